@@ -1,0 +1,472 @@
+"""On-device image augmentation for self-supervised pretraining, run inside the jitted train step.
+
+The host hands over uint8 batches [B, H, W, 3]; `augment_views` turns them into one normalised float32 batch per view.
+Everything random is drawn from a key derived from (key, view index, sample index), so a sample's augmentation does not
+depend on the batch size or on how the batch is sharded over devices.
+
+Per sample and view the pipeline is (torchvision / solo-learn order; the flip commutes with every later op):
+
+        uint8 -> [0, 1] -> random resized crop to `size` -> horizontal flip -> colour jitter -> grayscale
+                    -> Gaussian blur -> solarize -> (x - mean) / std
+
+Each op below is a pure function of one float image in [0, 1] (HWC) and explicit parameters; the `random_*` wrappers
+and `augment_views` draw those parameters. Ops whose probability is 0 in a view are left out of the compiled graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "GRAY_WEIGHTS", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD", "RECIPES",
+    "ViewConfig", "recipe", "augment_views", "augment_image", "eval_view",
+    "crop_box", "resized_crop", "random_resized_crop", "hflip",
+    "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
+    "jitter_params", "apply_color_jitter", "color_jitter",
+    "grayscale", "blur_kernel_size", "gaussian_blur", "solarize", "normalize",
+]
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# solo-learn's CIFAR-10 statistics (its pretrain pipeline normalises CIFAR with these).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+_TUPLE_FIELDS = ("crop_scale", "crop_ratio", "blur_sigma", "mean", "std")
+_PROB_FIELDS = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# View recipe
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    """One view's augmentation recipe. Frozen and hashable, so it can be a static jit argument.
+
+    size: output side in pixels. crop_scale: range of the crop's area as a fraction of the image's area;
+    crop_ratio: range of the crop's width / height (sampled log-uniformly). flip_prob: horizontal flip probability.
+    jitter_prob: probability of colour jitter, which draws brightness / contrast / saturation factors uniformly from
+    [max(0, 1 - b), 1 + b] and a hue shift from [-hue, hue] (hue in turns, at most 0.5). grayscale_prob: probability of
+    BT.601 grayscale. blur_prob: probability of a Gaussian blur with sigma uniform in blur_sigma (pixels of the output)
+    and kernel side `blur_kernel_size(size)`. solarize_prob: probability of x -> 1 - x where x >= solarize_threshold.
+    mean, std: per-channel normalisation applied last.
+    """
+    size: int
+    crop_scale: tuple = (0.08, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.0
+    blur_sigma: tuple = (0.1, 2.0)
+    solarize_prob: float = 0.0
+    solarize_threshold: float = 0.5
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def __post_init__(self):
+        # Configs often carry lists (ml_collections, YAML); store tuples so the dataclass stays hashable.
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or len(value) != (3 if name in ("mean", "std") else 2):
+                n = 3 if name in ("mean", "std") else 2
+                raise ValueError(f"ViewConfig.{name} must be a sequence of {n} numbers, got {value!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if int(self.size) != self.size or self.size < 1:
+            raise ValueError(f"ViewConfig.size must be a positive integer, got {self.size!r}")
+        object.__setattr__(self, "size", int(self.size))
+        for name in _PROB_FIELDS:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ViewConfig.{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"ViewConfig.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale!r}")
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"ViewConfig.crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio!r}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ViewConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"ViewConfig.hue must lie in [0, 0.5], got {self.hue!r}")
+        lo, hi = self.blur_sigma
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"ViewConfig.blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma!r}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"ViewConfig.std must be positive, got {self.std!r}")
+
+
+def _simclr_views(image_size, strength=1.0):
+    s = float(strength)
+    view = ViewConfig(size=image_size, brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s,
+                      hue=min(0.2 * s, 0.5), jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, flip_prob=0.5)
+    return (view, view)
+
+
+def _byol_views(image_size):
+    base = ViewConfig(size=image_size)  # jitter (0.4, 0.4, 0.2, 0.1) p 0.8, gray 0.2, flip 0.5
+    return (dataclasses.replace(base, blur_prob=1.0, solarize_prob=0.0),
+            dataclasses.replace(base, blur_prob=0.1, solarize_prob=0.2))
+
+
+def _solo_simclr_cifar_views(image_size):
+    view = ViewConfig(size=image_size, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_prob=0.8,
+                      grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0, flip_prob=0.5,
+                      mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    return (view, view)
+
+
+def _solo_byol_cifar_views(image_size):
+    base = ViewConfig(size=image_size, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, jitter_prob=0.8,
+                      grayscale_prob=0.2, blur_prob=0.0, flip_prob=0.5, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    return (dataclasses.replace(base, solarize_prob=0.0), dataclasses.replace(base, solarize_prob=0.2))
+
+
+def _multicrop_views(image_size, n_local=6, local_size=None, global_crop_scale=(0.4, 1.0),
+                     local_crop_scale=(0.05, 0.4)):
+    if int(n_local) != n_local or n_local < 0:
+        raise ValueError(f"recipe 'multicrop': n_local must be a non-negative integer, got {n_local!r}")
+    if local_size is None:
+        local_size = max(8, int(round(image_size * 96 / 224)))
+    base = ViewConfig(size=image_size, crop_scale=tuple(global_crop_scale))
+    globals_ = (dataclasses.replace(base, blur_prob=1.0, solarize_prob=0.0),
+                dataclasses.replace(base, blur_prob=0.1, solarize_prob=0.2))
+    local = dataclasses.replace(base, size=int(local_size), crop_scale=tuple(local_crop_scale), blur_prob=0.5)
+    return globals_ + (local,) * int(n_local)
+
+
+def _none_views(image_size):
+    # Full image (centre square crop when not square), resized and normalised; nothing random is applied.
+    return (ViewConfig(size=image_size, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
+                       grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0),)
+
+
+# name -> (builder, recipe-level override names)
+RECIPES = {
+    "simclr": (_simclr_views, ("strength",)),
+    "byol": (_byol_views, ()),
+    "solo_simclr_cifar": (_solo_simclr_cifar_views, ()),
+    "solo_byol_cifar": (_solo_byol_cifar_views, ()),
+    "multicrop": (_multicrop_views, ("n_local", "local_size", "global_crop_scale", "local_crop_scale")),
+    "none": (_none_views, ()),
+}
+
+
+def recipe(name: str, image_size: int, **overrides) -> tuple[ViewConfig, ...]:
+    """Returns the views of a named augmentation recipe, each a ViewConfig.
+
+    'simclr': two identical views (SimCLR paper, strength s = 1 by default, override `strength`): crop scale (0.08, 1),
+        flip 0.5, jitter p 0.8 with brightness / contrast / saturation 0.8 s and hue 0.2 s, grayscale 0.2, blur p 0.5.
+        (SimCLR's own CIFAR runs used no blur: pass blur_prob=0.0 for that.)
+    'byol': BYOL's asymmetric pair: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, flip 0.5; view 1 blur p 1.0,
+        solarize p 0.0; view 2 blur p 0.1, solarize p 0.2.
+    'solo_simclr_cifar': solo-learn's CIFAR SimCLR: two views, crop (0.08, 1), jitter (0.8, 0.8, 0.8, 0.2) p 0.8,
+        grayscale 0.2, blur p 0.5, flip 0.5, CIFAR-10 mean / std.
+    'solo_byol_cifar': solo-learn's CIFAR BYOL: crop (0.08, 1), jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2,
+        flip 0.5, no blur, solarize p 0.0 on view 1 and 0.2 on view 2, CIFAR-10 mean / std.
+    'multicrop': DINO's multi-crop: 2 global views at image_size with crop scale (0.4, 1.0) (DINO's code default;
+        override `global_crop_scale`) and BYOL's asymmetric blur 1.0 / 0.1 and solarize 0.0 / 0.2, then `n_local`
+        (default 6) local views at `local_size` (default max(8, round(image_size * 96 / 224))) with crop scale
+        (0.05, 0.4) (override `local_crop_scale`) and blur p 0.5. Jitter, grayscale and flip as in 'byol'.
+    'none': one deterministic view: the whole image (centre square crop if not square) resized and normalised.
+
+    overrides: any ViewConfig field, applied to every view (e.g. blur_prob=0.0, mean=..., std=...), plus the
+    recipe-level names listed above. An unknown recipe or override name raises ValueError.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown augmentation recipe {name!r}; valid recipes: {', '.join(sorted(RECIPES))}")
+    builder, recipe_keys = RECIPES[name]
+    view_keys = tuple(f.name for f in dataclasses.fields(ViewConfig))
+    unknown = sorted(set(overrides) - set(view_keys) - set(recipe_keys))
+    if unknown:
+        raise ValueError(f"unknown override(s) {', '.join(unknown)} for recipe {name!r}; "
+                         f"valid: {', '.join(recipe_keys + view_keys)}")
+    if int(image_size) != image_size or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    views = builder(int(image_size), **{k: v for k, v in overrides.items() if k in recipe_keys})
+    field_overrides = {k: v for k, v in overrides.items() if k in view_keys}
+    return tuple(dataclasses.replace(v, **field_overrides) for v in views)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Geometric ops
+# ----------------------------------------------------------------------------------------------------------------------
+
+def crop_box(key, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts: int = 10):
+    """Samples a random-resized-crop box the way torchvision's RandomResizedCrop.get_params does.
+
+    Each of `attempts` candidates draws an area a ~ U(scale) * H * W and an aspect r = exp(U(log ratio)), and sets
+    w = round(sqrt(a r)), h = round(sqrt(a / r)). The first candidate with 0 < w <= W and 0 < h <= H wins, placed at
+    top ~ U{0..H-h}, left ~ U{0..W-w}. If none fits, the fallback is the centre crop of the whole image clamped to the
+    ratio range. The candidates are drawn all at once (no loop over data).
+
+    Returns (box, from_attempt): box int32 [top, left, h, w]; from_attempt a bool scalar, False for the fallback.
+    """
+    k_area, k_ratio, k_pos = jax.random.split(key, 3)
+    area = float(height * width)
+    target = area * jax.random.uniform(k_area, (attempts,), minval=scale[0], maxval=scale[1])
+    log_r = jax.random.uniform(k_ratio, (attempts,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+    aspect = jnp.exp(log_r)
+    w = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
+    h = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
+    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = jnp.argmax(valid)  # index of the first True (0 if none, masked below)
+    ok = jnp.any(valid)
+
+    # Fallback (static: depends on shapes only), as torchvision.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+
+    hh = jnp.where(ok, h[first], fh)
+    ww = jnp.where(ok, w[first], fw)
+    u = jax.random.uniform(k_pos, (2,))
+    top_r = jnp.minimum(jnp.floor(u[0] * (height - hh + 1)).astype(jnp.int32), height - hh)
+    left_r = jnp.minimum(jnp.floor(u[1] * (width - ww + 1)).astype(jnp.int32), width - ww)
+    top = jnp.where(ok, top_r, (height - fh) // 2)
+    left = jnp.where(ok, left_r, (width - fw) // 2)
+    return jnp.stack([top, left, hh, ww]).astype(jnp.int32), ok
+
+
+def resized_crop(image, box, size: int):
+    """Resamples the box [top, left, h, w] of an HWC image to size x size with an antialiased bilinear filter.
+
+    In continuous coordinates (pixel i spans [i, i + 1]) the output pixel (p, q) is centred at input
+    (top + (p + 0.5) h / size, left + (q + 0.5) w / size). Along each axis the weights are the triangle
+    max(0, 1 - |d| / s) of the distance d from that centre to each input pixel centre, with support s = max(1, h / size)
+    (widened when shrinking, as PIL and torchvision's antialias=True), normalised over the pixels inside the image.
+    Pixels just outside the box but inside the image may contribute (the box is not cut out first).
+    """
+    box = jnp.asarray(box, jnp.float32)
+    top, left, h, w = box[0], box[1], box[2], box[3]
+    scale = jnp.stack([size / h, size / w])
+    translation = -jnp.stack([top, left]) * scale
+    return jax.image.scale_and_translate(image, (size, size, image.shape[-1]), (0, 1), scale, translation,
+                                         method="linear", antialias=True)
+
+
+def random_resized_crop(image, key, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """resized_crop(image, crop_box(key, H, W, scale, ratio)[0], size)."""
+    box, _ = crop_box(key, image.shape[0], image.shape[1], scale, ratio)
+    return resized_crop(image, box, size)
+
+
+def hflip(image):
+    """Mirrors an HWC image left-right: out[i, j] = image[i, W - 1 - j]."""
+    return image[:, ::-1, :]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Colour ops (torchvision semantics on float images in [0, 1])
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _gray_plane(image):
+    w = jnp.asarray(GRAY_WEIGHTS, image.dtype)
+    return jnp.sum(image * w, axis=-1, keepdims=True)
+
+
+def grayscale(image):
+    """BT.601 luma g = 0.299 R + 0.587 G + 0.114 B, replicated to the 3 channels."""
+    return jnp.broadcast_to(_gray_plane(image), image.shape)
+
+
+def adjust_brightness(image, factor):
+    """clip(f x, 0, 1): torchvision's brightness (a blend with black). dm_pix's version adds a delta instead."""
+    return jnp.clip(image * factor, 0.0, 1.0)
+
+
+def adjust_contrast(image, factor):
+    """clip(f x + (1 - f) m, 0, 1) with m the mean of the grayscale image over all pixels (torchvision).
+
+    dm_pix / tf.image instead blend each channel with its own mean.
+    """
+    m = jnp.mean(_gray_plane(image))
+    return jnp.clip(factor * image + (1.0 - factor) * m, 0.0, 1.0)
+
+
+def adjust_saturation(image, factor):
+    """clip(f x + (1 - f) g, 0, 1) with g the per-pixel grayscale (torchvision).
+
+    dm_pix instead scales the HSV saturation.
+    """
+    return jnp.clip(factor * image + (1.0 - factor) * _gray_plane(image), 0.0, 1.0)
+
+
+def adjust_hue(image, delta):
+    """RGB -> HSV, h <- (h + delta) mod 1, HSV -> RGB (torchvision; delta in turns). Uses dm_pix.adjust_hue, which
+    implements exactly this for inputs in [0, 1]."""
+    return dm_pix.adjust_hue(image, delta)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def jitter_params(key, brightness: float, contrast: float, saturation: float, hue: float):
+    """Draws torchvision ColorJitter parameters.
+
+    Returns (factors, order): factors float32 [4] = (b ~ U[max(0, 1 - brightness), 1 + brightness], c likewise,
+    s likewise, hue delta ~ U[-hue, hue]); order int32 [4], a uniformly random permutation of (0, 1, 2, 3), the
+    sequence in which the four adjustments are applied.
+    """
+    k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
+
+    def factor(k, v):
+        return jax.random.uniform(k, (), minval=max(0.0, 1.0 - v), maxval=1.0 + v)
+
+    factors = jnp.stack([factor(k_b, brightness), factor(k_c, contrast), factor(k_s, saturation),
+                         jax.random.uniform(k_h, (), minval=-hue, maxval=hue)])
+    order = jax.random.permutation(k_order, 4).astype(jnp.int32)
+    return factors, order
+
+
+def apply_color_jitter(image, factors, order, enabled=(True, True, True, True)):
+    """Applies adjust_{brightness, contrast, saturation, hue}(., factors[op]) for op = order[0], ..., order[3].
+
+    `enabled` (static) drops ops from the graph; a disabled op acts as the identity wherever it falls in the order.
+    Each step selects its op with jnp.where, so this works per sample under vmap and jit.
+    """
+    x = image
+    for step in range(4):
+        out = x
+        for op, fn in enumerate(_JITTER_OPS):
+            if enabled[op]:
+                out = jnp.where(order[step] == op, fn(x, factors[op]), out)
+        x = out
+    return x
+
+
+def color_jitter(image, key, brightness: float, contrast: float, saturation: float, hue: float):
+    """torchvision ColorJitter: apply_color_jitter with parameters from jitter_params(key, ...)."""
+    factors, order = jitter_params(key, brightness, contrast, saturation, hue)
+    enabled = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
+    return apply_color_jitter(image, factors, order, enabled)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Blur, solarize, normalise
+# ----------------------------------------------------------------------------------------------------------------------
+
+def blur_kernel_size(size: int) -> int:
+    """SimCLR's kernel side for an image of side `size`: 2 * ((size // 10) // 2) + 1, at least 3 (and < 2 size)."""
+    k = max(3, 2 * ((size // 10) // 2) + 1)
+    return max(1, min(k, 2 * (size - 1) + 1))  # reflect padding needs radius < size
+
+
+def gaussian_blur(image, sigma, kernel_size: int):
+    """Separable Gaussian blur with reflect padding (torchvision GaussianBlur).
+
+    1-D kernel k_t = exp(-t^2 / (2 sigma^2)) / sum, t = -r..r, r = kernel_size // 2; applied along H then W, with the
+    image mirrored at its borders (without repeating the edge pixel). dm_pix.gaussian_blur pads with zeros, which
+    darkens borders, hence this version. `sigma` may be traced; `kernel_size` is static.
+    """
+    r = kernel_size // 2
+    if r == 0:
+        return image
+    t = jnp.arange(-r, r + 1, dtype=jnp.float32)
+    k = jnp.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / jnp.sum(k)).astype(image.dtype)
+    height, width = image.shape[0], image.shape[1]
+    x = jnp.pad(image, ((r, r), (0, 0), (0, 0)), mode="reflect")
+    x = sum(k[i] * x[i:i + height] for i in range(2 * r + 1))  # static loop over kernel taps
+    x = jnp.pad(x, ((0, 0), (r, r), (0, 0)), mode="reflect")
+    return sum(k[i] * x[:, i:i + width] for i in range(2 * r + 1))
+
+
+def solarize(image, threshold):
+    """x -> 1 - x where x >= threshold, x elsewhere (dm_pix.solarize)."""
+    return dm_pix.solarize(image, threshold)
+
+
+def normalize(image, mean, std):
+    """(x - mean) / std per channel."""
+    return (image - jnp.asarray(mean, image.dtype)) / jnp.asarray(std, image.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pipelines
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _coin(key, p: float):
+    return jax.random.bernoulli(key, p)
+
+
+def augment_image(image, key, view: ViewConfig):
+    """Augments one image (uint8 or float in [0, 1], HWC) with one view's recipe; returns float32 [size, size, C].
+
+    Pipeline: to [0, 1] -> random resized crop -> flip (p) -> colour jitter (p) -> grayscale (p) -> blur (p)
+    -> solarize (p) -> normalise. Each random choice has its own subkey of `key`; each "(p)" is a Bernoulli draw
+    applied with jnp.where. Ops with probability 0 are not traced at all.
+    """
+    if image.dtype == jnp.uint8:
+        x = image.astype(jnp.float32) / 255.0
+    else:
+        x = image.astype(jnp.float32)
+    k_crop, k_flip, k_jit_p, k_jit, k_gray, k_blur_p, k_sigma, k_sol = jax.random.split(key, 8)
+
+    x = random_resized_crop(x, k_crop, view.size, view.crop_scale, view.crop_ratio)
+    if view.flip_prob > 0:
+        x = jnp.where(_coin(k_flip, view.flip_prob), hflip(x), x)
+    if view.jitter_prob > 0 and max(view.brightness, view.contrast, view.saturation, view.hue) > 0:
+        jittered = color_jitter(x, k_jit, view.brightness, view.contrast, view.saturation, view.hue)
+        x = jnp.where(_coin(k_jit_p, view.jitter_prob), jittered, x)
+    if view.grayscale_prob > 0:
+        x = jnp.where(_coin(k_gray, view.grayscale_prob), grayscale(x), x)
+    if view.blur_prob > 0:
+        sigma = jax.random.uniform(k_sigma, (), minval=view.blur_sigma[0], maxval=view.blur_sigma[1])
+        x = jnp.where(_coin(k_blur_p, view.blur_prob), gaussian_blur(x, sigma, blur_kernel_size(view.size)), x)
+    if view.solarize_prob > 0:
+        x = jnp.where(_coin(k_sol, view.solarize_prob), solarize(x, view.solarize_threshold), x)
+    return normalize(x, view.mean, view.std)
+
+
+def augment_views(images, key, views: Sequence[ViewConfig]) -> list[jax.Array]:
+    """Augments a uint8 batch [B, H, W, 3] into one float32 [B, size, size, 3] normalised array per view.
+
+    View i uses key_i = fold_in(key, i); sample b of view i uses fold_in(key_i, b), so sample b's output depends only
+    on (key, i, b, image b): not on the batch size nor on how the batch is sharded over devices (b is the index in the
+    global batch). `views` must be static under jit (it is a tuple of hashable ViewConfigs).
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"augment_views expects images of shape [B, H, W, 3], got {images.shape}")
+    if not views:
+        raise ValueError("augment_views needs at least one ViewConfig")
+    index = jnp.arange(images.shape[0], dtype=jnp.uint32)
+    outputs = []
+    for i, view in enumerate(views):
+        view_key = jax.random.fold_in(key, i)
+        sample_keys = jax.vmap(lambda b, k=view_key: jax.random.fold_in(k, b))(index)
+        outputs.append(jax.vmap(lambda im, k, v=view: augment_image(im, k, v))(images, sample_keys))
+    return outputs
+
+
+def eval_view(images, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Deterministic evaluation view: uint8 [B, H, W, 3] -> float32 [B, size, size, 3].
+
+    x / 255, then (if H != W) the centre square crop of side min(H, W), then (if that side != size) the antialiased
+    bilinear resize of `resized_crop` to size, then (x - mean) / std.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"eval_view expects images of shape [B, H, W, C], got {images.shape}")
+    _, height, width, _ = images.shape
+    x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+    side = min(height, width)
+    if (height, width) != (size, size):
+        box = jnp.array([(height - side) // 2, (width - side) // 2, side, side])
+        x = jax.vmap(lambda im: resized_crop(im, box, size))(x)
+    return normalize(x, mean, std)

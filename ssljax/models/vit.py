@@ -1,0 +1,234 @@
+"""Vision Transformer encoder (Dosovitskiy et al. 2021) in Flax linen, with MAE / SimMIM style patch masking.
+
+Architecture as timm's / MAE's ViT: non-overlapping patch embedding (a Linear on flattened p x p x C patches, the same
+map as a stride-p conv), a [CLS] token, pre-norm blocks ``x + Attn(LN(x))``, ``x + MLP(LN(x))`` with exact GELU and
+MLP ratio 4, LayerNorm eps 1e-6, and a final LayerNorm. Initialisation: xavier-uniform Linears (patch embedding
+included, on its [p*p*C, D] matrix), zero biases, [CLS] and mask token N(0, 0.02^2) truncated at 2 sigma.
+
+Positional embeddings (``pos_embed``):
+  * ``'sincos'`` (default, MAE's): fixed 2-D sine-cosine table, zero for [CLS]. It is not a parameter; it is computed
+    for the grid of the input actually seen, so crops of any size divisible by ``patch_size`` (e.g. DINO's 96 px local
+    crops) get exact positions.
+  * ``'learned'``: a parameter [1 + N, D] for the grid of ``image_size``, init N(0, 0.02^2); other grids get a bilinear
+    resize of the patch part (DINO's interpolation).
+
+Because the sin-cos table is not a parameter, ViT-S/16 at 224 has 21,590,016 parameters: timm's vit_small_patch16_224
+without its classifier has 21,665,664, the difference being its learned 197 x 384 = 75,648 position table.
+
+Masking (``mask`` bool [B, N_patches], True = masked):
+  * ``mask_mode='drop'`` (MAE): positions are added first, then only the visible patches are kept. Every sample must
+    have the same number of visible patches. They are gathered with a stable argsort of the mask, so the visible
+    patches stay in raster order, and their indices are returned as ``'visible_idx'`` [B, N_visible].
+    Under ``jit`` the mask is abstract, so pass ``num_visible=`` (e.g. ``N - int(N * mask_ratio)``); with a concrete
+    mask it is read off the mask and checked.
+  * ``mask_mode='token'`` (SimMIM): masked patch embeddings are replaced by a learnable ``mask_token`` before the
+    positions are added; all N patches are kept.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+dense_init = nn.initializers.xavier_uniform()
+token_init = nn.initializers.truncated_normal(stddev=0.02)
+LN_EPSILON = 1e-6
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+    """Fixed 2-D sine-cosine positional table [grid_h * grid_w, dim] in raster order (MAE's construction).
+
+    Half of the channels encode the column index w, half the row index h; each half is
+    [sin(pos * omega_k), cos(pos * omega_k)] with omega_k = 1 / 10000^(k / (dim/4)), k = 0 .. dim/4 - 1.
+    ``dim`` must be divisible by 4.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"sin-cos positional embedding needs dim divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    hh, ww = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+
+    def one_axis(pos):
+        angles = pos.reshape(-1)[:, None] * omega[None, :]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return np.concatenate([one_axis(ww), one_axis(hh)], axis=1).astype(np.float32)
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p) * (W/p), p * p * C], patches in raster order, each flattened as (row, col, channel)."""
+    b, h, w, c = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch_size {p}")
+    x = images.reshape(b, h // p, p, w // p, p, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def _static_num_visible(mask, num_visible):
+    """Number of visible patches per sample as a Python int; checks it against a concrete mask."""
+    try:
+        counts = np.asarray((~mask).sum(axis=1))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        counts = None  # Abstract mask under jit: trust num_visible.
+    if counts is not None:
+        if counts.size and np.any(counts != counts[0]):
+            raise ValueError(f"mask must leave the same number of visible patches in every sample, got {counts}")
+        n = int(counts[0]) if counts.size else 0
+        if num_visible is not None and num_visible != n:
+            raise ValueError(f"num_visible={num_visible} but the mask leaves {n} visible patches per sample")
+        return n
+    if num_visible is None:
+        raise ValueError("mask is abstract (under jit): pass num_visible= (visible patches per sample)")
+    return int(num_visible)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: softmax(Q K^T / sqrt(d_head)) V over all tokens, then a Linear projection."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, n, d = x.shape
+        if d % self.num_heads:
+            raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
+        qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=dense_init, name="qkv")(x)
+        q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads), 3, axis=2)
+        # jax.nn.dot_product_attention takes [B, T, heads, d_head] and does the softmax in float32.
+        y = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+        return nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="proj")(y.reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) with MLP = Linear(4D) - GELU - Linear(D)."""
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        ln = partial(nn.LayerNorm, epsilon=LN_EPSILON, dtype=self.dtype)
+        x = x + Attention(self.num_heads, dtype=self.dtype, name="attn")(ln(name="norm1")(x))
+        y = ln(name="norm2")(x)
+        y = nn.Dense(int(d * self.mlp_ratio), dtype=self.dtype, kernel_init=dense_init, name="fc1")(y)
+        y = nn.gelu(y, approximate=False)
+        y = nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="fc2")(y)
+        return x + y
+
+
+class ViT(nn.Module):
+    """ViT encoder without classifier.
+
+    Attributes:
+      dim, depth, num_heads, mlp_ratio: width, blocks, heads, MLP expansion.
+      patch_size: side of the square patches; input H and W must be multiples of it.
+      image_size: side of the training images; sets the learned positional table (checked to divide by patch_size).
+      pos_embed: 'sincos' (fixed, default) or 'learned'.
+      pool: 'cls' ([CLS] token after the final LayerNorm, default) or 'mean' (mean of the returned patch tokens).
+      mask_mode: 'drop' (MAE, keep visible patches only) or 'token' (SimMIM, learnable mask token).
+      dtype: compute dtype; parameters are float32.
+
+    ``__call__(x, train=True, mask=None, num_visible=None)`` takes float images [B, H, W, C] and returns
+    ``{'pooled': float32 [B, dim], 'tokens': float32 [B, N, dim]}`` (patch tokens after the final norm, [CLS]
+    excluded), plus ``'visible_idx'`` int32 [B, N_visible] when a mask is given in 'drop' mode, in which case
+    ``tokens`` holds only the visible patches (N = N_visible), in raster order. ``train`` is accepted for a uniform
+    encoder signature (no dropout here).
+    """
+
+    dim: int
+    depth: int
+    num_heads: int
+    patch_size: int = 16
+    image_size: int = 224
+    mlp_ratio: float = 4.0
+    pos_embed: str = "sincos"
+    pool: str = "cls"
+    mask_mode: str = "drop"
+    dtype: Dtype = jnp.float32
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of 'pooled': dim."""
+        return self.dim
+
+    def _check_config(self):
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+        if self.mask_mode not in ("drop", "token"):
+            raise ValueError(f"mask_mode must be 'drop' or 'token', got {self.mask_mode!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+
+    def _positions(self, grid_h: int, grid_w: int):
+        """Returns (cls_pos [1, 1, D], patch_pos [1, grid_h * grid_w, D]) in float32."""
+        if self.pos_embed == "sincos":
+            table = jnp.asarray(sincos_pos_embed_2d(self.dim, grid_h, grid_w))
+            return jnp.zeros((1, 1, self.dim), jnp.float32), table[None]
+        g = self.image_size // self.patch_size
+        table = self.param("pos_embed", token_init, (1, 1 + g * g, self.dim), jnp.float32)
+        cls_pos, patch_pos = table[:, :1], table[:, 1:]
+        if (grid_h, grid_w) != (g, g):
+            grid = patch_pos.reshape(g, g, self.dim)
+            grid = jax.image.resize(grid, (grid_h, grid_w, self.dim), method="bilinear")
+            patch_pos = grid.reshape(1, grid_h * grid_w, self.dim)
+        return cls_pos, patch_pos
+
+    @nn.compact
+    def __call__(self, x, train: bool = True, mask=None, num_visible: int | None = None) -> dict:
+        self._check_config()
+        if x.ndim != 4:
+            raise ValueError(f"ViT expects images [B, H, W, C], got shape {x.shape}")
+        b, h, w, _ = x.shape
+        grid_h, grid_w = h // self.patch_size, w // self.patch_size
+        n = grid_h * grid_w
+        tokens = patchify(x.astype(self.dtype), self.patch_size)
+        tokens = nn.Dense(self.dim, dtype=self.dtype, kernel_init=dense_init, name="patch_embed")(tokens)
+        cls_pos, patch_pos = self._positions(grid_h, grid_w)
+        cls_token = self.param("cls_token", token_init, (1, 1, self.dim), jnp.float32)
+        # The mask token exists in 'token' mode whether or not this call has a mask, so init creates it.
+        mask_token = (self.param("mask_token", token_init, (1, 1, self.dim), jnp.float32)
+                      if self.mask_mode == "token" else None)
+
+        out = {}
+        if mask is not None and mask.shape != (b, n):
+            raise ValueError(f"mask must have shape {(b, n)} (batch, patches), got {mask.shape}")
+        if mask is not None and self.mask_mode == "token":
+            tokens = jnp.where(mask[..., None], mask_token.astype(self.dtype), tokens)
+        tokens = tokens + patch_pos.astype(self.dtype)
+        if mask is not None and self.mask_mode == "drop":
+            n_vis = _static_num_visible(mask, num_visible)
+            # Stable argsort puts the False (visible) entries first, in their original raster order.
+            order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
+            visible_idx = order[:, :n_vis].astype(jnp.int32)
+            tokens = jnp.take_along_axis(tokens, visible_idx[..., None], axis=1)
+            out["visible_idx"] = visible_idx
+
+        cls = jnp.broadcast_to((cls_token + cls_pos).astype(self.dtype), (b, 1, self.dim))
+        tokens = jnp.concatenate([cls, tokens], axis=1)
+        for i in range(self.depth):
+            tokens = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f"block{i + 1}")(tokens)
+        tokens = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="norm")(tokens).astype(jnp.float32)
+        patch_tokens = tokens[:, 1:]
+        out["tokens"] = patch_tokens
+        out["pooled"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(patch_tokens, axis=1)
+        return out
+
+
+ViTTiny = partial(ViT, dim=192, depth=12, num_heads=3)
+ViTSmall = partial(ViT, dim=384, depth=12, num_heads=6)
+ViTBase = partial(ViT, dim=768, depth=12, num_heads=12)
+# Test-size net: width 32, 2 blocks, 2 heads, patch 4.
+ViTTest = partial(ViT, dim=32, depth=2, num_heads=2, patch_size=4, image_size=32)

@@ -1,0 +1,162 @@
+"""The objective contract: an objective is static settings plus pure functions.
+
+The train loop (ssljax/train.py) knows nothing about any method. It augments the views, then calls
+
+    head_variables, objective_state = objective.init(rng, encoder_variables)
+    loss, out = objective.loss(variables, objective_state, views, batch, rng)     # differentiated w.r.t. params
+    params, objective_state = objective.update(params, objective_state, step)     # after the optimizer step
+
+where ``variables = {'params': {'encoder': ..., <head>: ...}, 'batch_stats': {...same keys...}}`` and ``out`` is a
+:class:`LossOutput` carrying metrics, the new batch statistics, the new objective state and the features that the
+online linear probe trains on. ``objective_state`` is any pytree the method carries: a target network, DirectPred's EMA
+correlation matrix, a MoCo queue, per-sample temperatures indexed by ``batch['index']``, DINO's centre. It is part of
+the train state, so it is checkpointed and restored with everything else.
+
+Each method is a frozen dataclass registered by name with :func:`register`; ``from_config`` builds it from the
+method's config block. :class:`Forward` is the helper a loss uses to run the encoder and heads while collecting the
+updated BatchNorm statistics.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class LossOutput:
+    """What ``Objective.loss`` returns next to the scalar loss."""
+    metrics: dict                 # scalar arrays, logged as train/<name>
+    batch_stats: PyTree           # updated BatchNorm statistics of the online networks (same tree as the input)
+    objective_state: PyTree       # the method's state after this step (target network, F, queue, ...)
+    probe_features: jax.Array     # float32 [B, D] encoder features the online probe trains on (gradient stopped there)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Facts about the run an objective may need when it is built."""
+    encoder: nn.Module
+    feature_dim: int
+    total_steps: int
+    global_batch: int
+    num_examples: int
+    dtype: Any = jnp.float32
+
+
+class Forward:
+    """Runs modules on one set of variables and collects their new BatchNorm statistics (trace-time helper).
+
+    ``fw = Forward(variables); feats = fw.encode(encoder, views); z = fw.apply('projector', projector, x)`` then
+    ``fw.batch_stats`` is the updated statistics tree to return in :class:`LossOutput`.
+    """
+
+    def __init__(self, variables: dict, train: bool = True):
+        self.params = variables['params']
+        self.batch_stats = dict(variables.get('batch_stats', {}))
+        self.train = train
+
+    def apply(self, name: str, module: nn.Module, *args, **kwargs):
+        """module.apply on the subtree ``name``; updates the subtree's batch statistics in train mode."""
+        module_vars = {'params': self.params[name]}
+        if name in self.batch_stats:
+            module_vars['batch_stats'] = self.batch_stats[name]
+        if self.train and 'batch_stats' in module_vars:
+            out, updates = module.apply(module_vars, *args, train=True, mutable=['batch_stats'], **kwargs)
+            self.batch_stats[name] = updates['batch_stats']
+            return out
+        return module.apply(module_vars, *args, train=self.train, **kwargs)
+
+    def encode(self, encoder: nn.Module, views: Sequence[jax.Array], name: str = 'encoder') -> list[dict]:
+        """Encodes each view; views of equal shape go through the encoder as one concatenated batch.
+
+        One forward per resolution (not per view) is faster, and BatchNorm then normalises with statistics over all
+        views of that resolution, as SimCLR's reference implementation does. Returns one output dict per view
+        (``'pooled'`` float32 [B, D], plus ``'feature_map'`` or ``'tokens'``).
+        """
+        groups: dict[tuple, list[int]] = {}
+        for i, v in enumerate(views):
+            groups.setdefault(tuple(v.shape), []).append(i)
+        outputs: list = [None] * len(views)
+        for indices in groups.values():
+            out = self.apply(name, encoder, jnp.concatenate([views[i] for i in indices], axis=0))
+            for j, i in enumerate(indices):
+                outputs[i] = jax.tree.map(lambda a: jnp.split(a, len(indices), axis=0)[j], out)
+        return outputs
+
+    def apply_views(self, name: str, module: nn.Module, xs: Sequence[jax.Array]) -> list[jax.Array]:
+        """Applies a head to several views as one batch (one BatchNorm statistic over all of them)."""
+        y = self.apply(name, module, jnp.concatenate(list(xs), axis=0))
+        return list(jnp.split(y, len(xs), axis=0))
+
+
+def init_heads(rng: jax.Array, heads: dict[str, tuple[nn.Module, tuple]]) -> dict:
+    """Initialises named head modules on example inputs: ``{name: (module, example_args)}`` -> variables dict."""
+    params, stats = {}, {}
+    for i, (name, (module, example_args)) in enumerate(heads.items()):
+        variables = module.init(jax.random.fold_in(rng, i), *example_args, train=False)
+        params[name] = variables['params']
+        if 'batch_stats' in variables:
+            stats[name] = variables['batch_stats']
+    return {'params': params, 'batch_stats': stats}
+
+
+def cosine_ema_momentum(base: float, step: jax.Array, total_steps: int, final: float = 1.0) -> jax.Array:
+    """BYOL's target momentum tau_t = final - (final - base) (cos(pi t / T) + 1) / 2, rising from base to final."""
+    progress = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
+    return final - (final - base) * (jnp.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def ema_update(target: PyTree, online: PyTree, momentum: jax.Array) -> PyTree:
+    """target <- m target + (1 - m) online, leaf by leaf."""
+    return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective(abc.ABC):
+    """Base of every method. Subclasses are frozen dataclasses: hashable, static under jit."""
+    ctx: Context
+    name: ClassVar[str] = 'objective'
+    # Heads the method sets itself (e.g. DirectPred's predictor): the optimizer leaves them alone.
+    frozen_heads: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config, ctx: Context) -> 'Objective':
+        """Builds the method from the whole run config (its own keys live in ``config.objective``)."""
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, encoder_variables: dict) -> tuple[dict, PyTree]:
+        """-> (head variables {'params': {...}, 'batch_stats': {...}}, objective_state)."""
+
+    @abc.abstractmethod
+    def loss(self, variables: dict, objective_state: PyTree, views: Sequence[jax.Array], batch: dict,
+             rng: jax.Array) -> tuple[jax.Array, LossOutput]:
+        """Pure and jit-able; ``variables`` hold the online params (differentiated) and batch statistics."""
+
+    def update(self, params: dict, objective_state: PyTree, step: jax.Array) -> tuple[dict, PyTree]:
+        """After the optimizer step: EMA targets, closed-form predictors, queues. Identity by default."""
+        return params, objective_state
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: makes the method available as ``config.method = cls.name``."""
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def create_objective(config, ctx: Context) -> Objective:
+    """Builds ``config.method`` from its config block ``config.objective``."""
+    if config.method not in OBJECTIVES:
+        raise ValueError(f'unknown method {config.method!r}; known: {", ".join(sorted(OBJECTIVES))}')
+    return OBJECTIVES[config.method].from_config(config, ctx)
