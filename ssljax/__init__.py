@@ -1,0 +1,2 @@
+"""ssljax: self-supervised pretraining of image encoders in JAX/Flax."""
+__version__ = "0.1.0"

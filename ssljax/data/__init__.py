@@ -1,0 +1,1 @@
+"""Data: sources (host, uint8), the batch pipeline, and on-device augmentation."""
