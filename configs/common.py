@@ -69,6 +69,8 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.augment.size = ds['image_size']  # output side of the global views
     c.augment.blur_prob = -1.0         # < 0: the recipe's own value
     c.augment.crop_min_scale = -1.0     # < 0: the recipe's own value
+    c.augment.n_local = 0               # multicrop: local views (0: the recipe's own value)
+    c.augment.local_size = 0            # multicrop: side of the local views (0: the recipe's own value)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = 'lars'          # lars | sgd | adamw

@@ -12,13 +12,14 @@ from configs import common
 
 def get_config(arg=None):
     a = common.parse_arg(arg, dataset='mnist', backbone='', epochs=-1.0, batch_size=0)
-    c = common.base_config('simclr', a.dataset, a.backbone or ('resnet18' if a.dataset != 'mnist' else 'resnet_tiny'))
+    c = common.base_config('simclr', a.dataset, a.backbone or ('resnet18' if a.dataset != 'mnist' else 'resnet_mini'))
     c.augment.recipe = 'simclr'
     c.objective.temperature = 0.5
     c.objective.projector_hidden = (512,)
     c.objective.projector_dim = 128
     c.objective.projector_bn = True
     if a.dataset == 'mnist':
+        c.model.cifar_stem = False  # resnet_mini: stride-2 stem + max-pool, 28 -> 7 px, fast on CPUs
         c.batch_size = 256
         c.epochs = 15.0
         c.augment.blur_prob = 0.0  # 28 px digits: blur erases strokes

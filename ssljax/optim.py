@@ -90,23 +90,33 @@ def base_transform(config, schedule: optax.Schedule, mask) -> optax.GradientTran
     raise ValueError(f'unknown optimizer.name {o.name!r}; known: lars, sgd, adamw')
 
 
-def create_optimizer(config, params, total_steps: int, steps_per_epoch: int,
+def create_optimizer(config, total_steps: int, steps_per_epoch: int,
                      frozen_heads: tuple[str, ...] = ()) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """-> (optimizer over the whole params tree, the main learning-rate schedule for logging)."""
+    """-> (optimizer over the whole params tree, the main learning-rate schedule for logging).
+
+    Groups are assigned from the top-level names of the params tree when the optimizer is initialised; call
+    ``check_param_groups`` once the params exist to catch a misspelt head name.
+    """
     o = config.optimizer
     peak = learning_rate(config)
     warmup = o.warmup_steps if o.warmup_steps >= 0 else int(round(o.warmup_epochs * steps_per_epoch))
     schedule = warmup_cosine(peak, total_steps, warmup, o.warmup_init_lr, o.final_lr)
-    unknown = [h for h in tuple(o.constant_lr_heads) + tuple(frozen_heads) if h not in params]
-    if unknown:
-        raise ValueError(f'optimizer groups name heads {unknown} that the model does not have; '
-                         f'its parameter groups are {sorted(params)}')
-    labels = {name: ('frozen' if name in frozen_heads else
-                     'constant' if name in tuple(o.constant_lr_heads) else 'main') for name in params}
+    constant = tuple(o.constant_lr_heads)
+
+    def group(name: str) -> str:
+        return 'frozen' if name in frozen_heads else 'constant' if name in constant else 'main'
+
     transforms = {'main': base_transform(config, schedule, decay_mask),
                   'constant': base_transform(config, optax.constant_schedule(peak), decay_mask),
                   'frozen': optax.set_to_zero()}
-    used = set(labels.values())
-    tx = optax.multi_transform({k: v for k, v in transforms.items() if k in used},
-                               lambda p: {name: jax.tree.map(lambda _: labels[name], sub) for name, sub in p.items()})
+    tx = optax.multi_transform(
+        transforms, lambda p: {name: jax.tree.map(lambda _: group(name), sub) for name, sub in p.items()})
     return tx, schedule
+
+
+def check_param_groups(config, params, frozen_heads: tuple[str, ...] = ()) -> None:
+    """Every head named by an optimizer group must exist in ``params``."""
+    unknown = [h for h in tuple(config.optimizer.constant_lr_heads) + tuple(frozen_heads) if h not in params]
+    if unknown:
+        raise ValueError(f'optimizer groups name heads {unknown} that the model does not have; '
+                         f'its parameter groups are {sorted(params)} (config key "optimizer.constant_lr_heads")')

@@ -34,10 +34,9 @@ def initialize_distributed(config) -> None:
         jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
-    """A one-axis mesh named 'data' over all devices of all processes (auto axis type)."""
-    devices = np.asarray(jax.devices())
-    return Mesh(devices, (DATA_AXIS,))
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis mesh named 'data' over ``devices`` (default: all devices of all processes)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -25,6 +26,10 @@ from ssljax.evaluation import features as features_lib
 from ssljax.evaluation import knn, linear_probe
 from ssljax.models import registry
 from ssljax.objectives import Context, Objective, create_objective
+
+
+# Test-only fault injection: SIGKILL this process right after the checkpoint of this step is on disk.
+_KILL_AT_STEP = int(os.environ.get('SSLJAX_TEST_KILL_AT_STEP', '-1'))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,9 +68,9 @@ class Experiment:
     total_steps: int
     steps_per_epoch: int
     num_classes: int
-    tx: optax.GradientTransformation = None
-    schedule: Callable = None
-    probe_tx: optax.GradientTransformation = None
+    tx: optax.GradientTransformation
+    schedule: Callable
+    probe_tx: optax.GradientTransformation
 
 
 def augment_views_from_config(config) -> tuple:
@@ -75,9 +80,10 @@ def augment_views_from_config(config) -> tuple:
         overrides['blur_prob'] = config.augment.blur_prob
     if config.augment.crop_min_scale >= 0:
         overrides['crop_scale'] = (config.augment.crop_min_scale, 1.0)
-    for key in ('n_local', 'local_size'):
-        if key in config.augment and config.augment[key] > 0:
-            overrides[key] = config.augment[key]
+    if config.augment.recipe == 'multicrop':
+        for key in ('n_local', 'local_size'):
+            if config.augment[key] > 0:
+                overrides[key] = config.augment[key]
     return augment.recipe(config.augment.recipe, config.augment.size, **overrides)
 
 
@@ -91,8 +97,11 @@ def build_experiment(config, mesh, num_examples: int, num_classes: int) -> Exper
                   num_examples=num_examples, dtype=dtype)
     objective = create_objective(config, ctx)
     views = augment_views_from_config(config)
+    tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch, objective.frozen_heads)
+    probe_peak = config.eval.online_probe_lr * config.batch_size / 256
+    probe_tx = optax.sgd(optax.cosine_decay_schedule(probe_peak, total_steps), momentum=0.9)
     return Experiment(config, mesh, encoder, feature_dim, objective, views, config.augment.size, total_steps,
-                      steps_per_epoch, num_classes)
+                      steps_per_epoch, num_classes, tx, schedule, probe_tx)
 
 
 def init_state(exp: Experiment) -> TrainState:
@@ -110,10 +119,7 @@ def init_state(exp: Experiment) -> TrainState:
         return params, batch_stats, objective_state
 
     params, batch_stats, objective_state = jax.jit(init_fn)()
-    exp.tx, exp.schedule = optim.create_optimizer(config, params, exp.total_steps, exp.steps_per_epoch,
-                                                  exp.objective.frozen_heads)
-    probe_peak = config.eval.online_probe_lr * config.batch_size / 256
-    exp.probe_tx = optax.sgd(optax.cosine_decay_schedule(probe_peak, exp.total_steps), momentum=0.9)
+    optim.check_param_groups(config, params, exp.objective.frozen_heads)
     probe_params = linear_probe.online_probe_init(probe_key, exp.feature_dim, exp.num_classes)
     state = TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
                        opt_state=exp.tx.init(params), objective_state=objective_state, probe_params=probe_params,
@@ -329,6 +335,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 _check_finite(state, ckpt)
                 ckpt.save(step, state)
+                if step == _KILL_AT_STEP:  # fault injection for the crash-resume test
+                    ckpt.wait()
+                    os.kill(os.getpid(), signal.SIGKILL)
         jax.block_until_ready(state.step)
         if t0 is not None:
             train_time, timed_steps = time.time() - t0, step - t0_step

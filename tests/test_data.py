@@ -174,6 +174,10 @@ def test_image_folder_errors(tmp_path):
   (tmp_path / 'test' / 'a' / 'readme.txt').write_text('x')
   with pytest.raises(ValueError, match=f'no images .* {tmp_path / "test"}$'):
     S.load_split('image_folder', 'test', str(tmp_path))
+  loose = _save(_rgb(), tmp_path / 'test' / 'loose.png')
+  with pytest.raises(ValueError, match=f'image {loose} is not inside a class subfolder'):
+    S.load_split('image_folder', 'test', str(tmp_path))
+  loose.unlink()
   bad = tmp_path / 'train' / 'a' / '1.jpg'
   bad.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
   with pytest.raises(ValueError, match=f'cannot decode image {bad}'):
@@ -218,7 +222,7 @@ def test_image_folder_cache_round_trip(tmp_path, monkeypatch):
     arr = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
     _save(Image.fromarray(arr), root / 'train' / f'c{i % 2}' / f'{i}.png')
   first = S.load_split('image_folder', 'train', str(root), cache_dir=str(cache))
-  assert len(list(cache.glob('*.npz'))) == 1
+  assert len(list(cache.glob('*.meta.npz'))) == 1 == len(list(cache.glob('*.images.npy')))
 
   def fail(*a, **k):
     raise AssertionError('decoded although cached')
@@ -232,10 +236,10 @@ def test_image_folder_cache_round_trip(tmp_path, monkeypatch):
   # A new file changes the key, so the cache is rebuilt rather than served stale.
   _save(_rgb((6, 6)), root / 'train' / 'c0' / '9.png')
   third = S.load_split('image_folder', 'train', str(root), cache_dir=str(cache))
-  assert len(third) == 6 and len(list(cache.glob('*.npz'))) == 2
+  assert len(third) == 6 and len(list(cache.glob('*.meta.npz'))) == 2 == len(list(cache.glob('*.images.npy')))
   # Another image_size is another key.
   S.load_split('image_folder', 'train', str(root), image_size=4, cache_dir=str(cache))
-  assert len(list(cache.glob('*.npz'))) == 3
+  assert len(list(cache.glob('*.meta.npz'))) == 3 == len(list(cache.glob('*.images.npy')))
   with pytest.raises(ValueError, match='image_folder only'):
     S.load_split('mnist', 'train', cache_dir=str(cache))
 

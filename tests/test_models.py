@@ -12,6 +12,7 @@ from scipy.special import erf
 
 from ssljax.models import (BACKBONES, MLP, DINOHead, LinearPredictor, create_encoder, patchify,
                            sincos_pos_embed_2d)
+from ssljax.models.resnet import BasicBlock, Bottleneck
 
 
 def n_params(tree):
@@ -21,6 +22,56 @@ def n_params(tree):
 def abstract_init(module, image_size, batch=2):
     x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
     return jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+
+
+def intermediates_shape(module, variables, x, **kw):
+    """Abstract forward with captured intermediates: (out, intermediates) shapes, no compute."""
+    out, state = jax.eval_shape(lambda v, x: module.apply(v, x, capture_intermediates=True,
+                                                           mutable=["intermediates"], **kw), variables, x)
+    return out, state["intermediates"]
+
+
+def random_variables(module, x, seed=0, **kw):
+    """Variables with the structure of ``module.init`` but random values drawn in NumPy.
+
+    Real ``init`` compiles a random initialiser per parameter shape, which costs seconds on CPU; the numerical tests
+    do not need the initial values (those are tested on single blocks), and random BN scales / biases / tokens make
+    them stricter. Kernels ~ N(0, 1/fan_in), 'scale' ~ 1 + N(0, 0.1^2), other vectors / tokens ~ N(0, 0.25),
+    BN running stats: mean 0, var 1 (as after init).
+    """
+    rng = np.random.default_rng(seed)
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), x, **kw))
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "mean":
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        if name == "var":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+        if name == "scale":
+            return jnp.asarray(1 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
+        return jnp.asarray(0.5 * rng.normal(size=leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    module, _ = create_encoder("resnet_tiny", cifar_stem=True)
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3)) * 2 + 1
+    return module, random_variables(module, x, train=False), x
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    """vit_test on 16 px (16 patches of 4 px), with variables of the 'token' mode and a learned table so that one set
+    serves every variant: modules that do not use 'mask_token' / 'pos_embed' ignore them."""
+    module, _ = create_encoder("vit_test", image_size=16, mask_mode="token", pos_embed="learned")
+    x = jax.random.normal(jax.random.key(3), (3, 16, 16, 3))
+    return x, random_variables(module, x, seed=1)
 
 
 # ----------------------------------------------------------------------------------------------------- registry
@@ -51,21 +102,21 @@ def test_large_backbones_shapes_abstract(name, dim, size, kw, spatial):
         assert out["tokens"].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name,kw,out_key,shape", [
-    ("resnet_tiny", {"cifar_stem": True}, "feature_map", (3, 8, 8, 16)),
-    ("resnet_tiny", {}, "feature_map", (3, 2, 2, 16)),
-    ("vit_test", {"image_size": 16}, "tokens", (3, 16, 32)),
-])
-def test_tiny_backbones_run(name, kw, out_key, shape):
-    module, feature_dim = create_encoder(name, **kw)
-    x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
-    variables = module.init(jax.random.key(0), x, train=False)
+def test_tiny_resnet_runs(tiny_resnet):
+    module, variables, x = tiny_resnet
     out = module.apply(variables, x, train=False)
-    assert out[out_key].shape == shape
-    assert out["pooled"].shape == (3, feature_dim)
+    assert out["feature_map"].shape == (4, 8, 8, 16) and out["pooled"].shape == (4, 16)
+    np.testing.assert_allclose(out["pooled"], np.asarray(out["feature_map"]).mean(axis=(1, 2)), rtol=1e-5)
     assert np.all(np.isfinite(np.asarray(out["pooled"])))
-    if name.startswith("resnet"):
-        np.testing.assert_allclose(out["pooled"], np.asarray(out["feature_map"]).mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_tiny_vit_runs(tiny_vit):
+    x, variables = tiny_vit
+    module, feature_dim = create_encoder("vit_test", image_size=16)
+    assert feature_dim == 32
+    out = module.apply(variables, x, train=False)
+    assert out["tokens"].shape == (3, 16, 32) and out["pooled"].shape == (3, 32)
+    assert np.all(np.isfinite(np.asarray(out["pooled"])))
 
 
 def test_unknown_backbone_and_bad_options():
@@ -78,7 +129,7 @@ def test_unknown_backbone_and_bad_options():
     module, _ = create_encoder("resnet_tiny")
     x = jnp.zeros((1, 8, 8, 3))
     with pytest.raises(ValueError, match="mask"):
-        module.init(jax.random.key(0), x, mask=jnp.zeros((1, 4), bool))
+        jax.eval_shape(lambda: module.init(jax.random.key(0), x, mask=jnp.zeros((1, 4), bool)))
     assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "resnet_tiny",
                               "vit_tiny", "vit_small", "vit_base", "vit_test"}
 
@@ -114,20 +165,22 @@ def test_vit_small_param_count():
 # ------------------------------------------------------------------------------------------------------ ResNet
 
 
-def test_bf16_compute_float32_params_and_outputs():
-    for name, kw, probe in [("resnet_tiny", {}, ("stage1_block1", "conv1")),
-                            ("vit_test", {"image_size": 16}, ("block1", "fc1"))]:
+def test_bf16_compute_float32_params_and_outputs(tiny_resnet, tiny_vit):
+    vx, vvars = tiny_vit
+    cases = [("resnet_tiny", {"cifar_stem": True}, tiny_resnet[1], tiny_resnet[2], ("stage1_block1", "conv1")),
+             ("vit_test", {"image_size": 16}, vvars, vx, ("block1", "fc1"))]
+    for name, kw, variables, x, probe in cases:
         module, _ = create_encoder(name, dtype=jnp.bfloat16, **kw)
-        x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-        variables = module.init(jax.random.key(1), x, train=False)
-        assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
-        out, inter = module.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+        abstract = jax.eval_shape(lambda: module.init(jax.random.key(1), x, train=False))
+        assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(abstract)), name
+        out, inter = jax.jit(lambda v, x: module.apply(v, x, train=False, capture_intermediates=True,
+                                                       mutable=["intermediates"]))(variables, x)
         assert all(v.dtype == jnp.float32 for v in out.values())
         act = inter["intermediates"][probe[0]][probe[1]]["__call__"][0]
         assert act.dtype == jnp.bfloat16, name
-        # Same parameters in float32: bf16 result is close to it.
+        # Same parameters in float32: the bf16 result is close to it.
         module32, _ = create_encoder(name, **kw)
-        out32 = module32.apply(variables, x, train=False)
+        out32 = jax.jit(lambda v, x: module32.apply(v, x, train=False))(variables, x)
         np.testing.assert_allclose(out["pooled"], out32["pooled"], atol=0.1, rtol=0.1)
 
 
@@ -135,35 +188,36 @@ def test_stem_spatial_sizes():
     x = jnp.zeros((1, 32, 32, 3))
     for cifar, stem_hw, final_hw in [(True, 32, 16), (False, 8, 4)]:
         module, _ = create_encoder("resnet_tiny", cifar_stem=cifar)
-        variables = module.init(jax.random.key(0), x, train=False)
-        out, inter = module.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+        variables = abstract_init(module, 32, batch=1)
+        out, inter = intermediates_shape(module, variables, x, train=False)
         kernel = variables["params"]["stem_conv"]["kernel"]
         assert kernel.shape == ((3, 3, 3, 8) if cifar else (7, 7, 3, 8))
+        assert inter["stem_conv"]["__call__"][0].shape[1:3] == ((32, 32) if cifar else (16, 16))
         # Input to stage 1 = stem output (after the max-pool for the ImageNet stem).
-        stage1 = inter["intermediates"]["stage1_block1"]["conv1"]["__call__"][0]
-        assert stage1.shape[1:3] == (stem_hw, stem_hw)
+        assert inter["stage1_block1"]["conv1"]["__call__"][0].shape[1:3] == (stem_hw, stem_hw)
         assert out["feature_map"].shape == (1, final_hw, final_hw, 16)
 
 
 def test_resnet_init_zero_gamma_and_kaiming_fan_out():
-    module, _ = create_encoder("resnet18")
-    variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    params = variables["params"]
-    for stage in range(1, 5):
-        for block in (1, 2):
-            blk = params[f"stage{stage}_block{block}"]
-            assert np.all(np.asarray(blk["bn2"]["scale"]) == 0)
-            assert np.all(np.asarray(blk["bn1"]["scale"]) == 1)
-    assert np.all(np.asarray(params["stage2_block1"]["downsample_bn"]["scale"]) == 1)
-    k = np.asarray(params["stage4_block1"]["conv2"]["kernel"])  # 3x3x512x512, fan_out = 9 * 512
-    np.testing.assert_allclose(k.std(), np.sqrt(2.0 / (9 * 512)), rtol=0.02)
-    assert abs(k.mean()) < 1e-4
+    # BasicBlock: the second BN starts at scale 0, so the block starts as relu(identity).
+    bp = jax.jit(BasicBlock(width=16).init)(jax.random.key(0), jnp.ones((1, 4, 4, 16)))["params"]
+    assert np.all(np.asarray(bp["bn2"]["scale"]) == 0) and np.all(np.asarray(bp["bn1"]["scale"]) == 1)
+    k = np.asarray(bp["conv2"]["kernel"])  # 3x3x16x16, fan_out = 9 * 16
+    np.testing.assert_allclose(k.std(), np.sqrt(2.0 / (9 * 16)), rtol=0.08)
+    assert abs(k.mean()) < 0.02
+    # Bottleneck: the third BN is the zero-initialised one; the shortcut BN is not; the stride is on the 3x3 (v1.5).
+    block = Bottleneck(width=2, stride=2)
+    variables = jax.jit(block.init)(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
+    bp = variables["params"]
+    assert np.all(np.asarray(bp["bn3"]["scale"]) == 0) and bp["bn3"]["scale"].shape == (8,)
+    assert np.all(np.asarray(bp["bn2"]["scale"]) == 1) and np.all(np.asarray(bp["downsample_bn"]["scale"]) == 1)
+    _, inter = intermediates_shape(block, variables, jnp.ones((1, 4, 4, 4)), train=False)
+    assert inter["conv1"]["__call__"][0].shape == (1, 4, 4, 2)
+    assert inter["conv2"]["__call__"][0].shape == (1, 2, 2, 2)
 
 
-def test_batchnorm_train_vs_eval():
-    module, _ = create_encoder("resnet_tiny", cifar_stem=True)
-    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3)) * 2 + 1
-    variables = module.init(jax.random.key(1), x, train=False)
+def test_batchnorm_train_vs_eval(tiny_resnet):
+    module, variables, x = tiny_resnet
     stats0 = variables["batch_stats"]
     # Eval: running statistics; each sample's output does not depend on the rest of the batch.
     eval_all = module.apply(variables, x, train=False)["pooled"]
@@ -171,19 +225,27 @@ def test_batchnorm_train_vs_eval():
     np.testing.assert_allclose(eval_all[:1], eval_one, rtol=1e-5, atol=1e-6)
     _, upd = module.apply(variables, x, train=False, mutable=["batch_stats"])
     jax.tree_util.tree_map(np.testing.assert_array_equal, upd["batch_stats"], stats0)
-    # Train: batch statistics, so a sample's output depends on the batch; running stats move by momentum 0.9.
-    (out, inter), upd = (lambda r: ((r[0], r[1]["intermediates"]), r[1]))(module.apply(
-        variables, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True))
-    train_one, _ = module.apply(variables, x[:2], train=True, mutable=["batch_stats"])
-    assert not np.allclose(out["pooled"][:1], train_one["pooled"][:1], atol=1e-4)
-    conv = np.asarray(inter["stem_conv"]["__call__"][0]).reshape(-1, 8)
-    new = upd["batch_stats"]["stem_bn"]
+    # Train: batch statistics, so a sample's output depends on the batch; running stats move with momentum 0.9.
+    out, state = module.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
+                              capture_intermediates=True)
+    inter = state["intermediates"]
+    train_two, _ = module.apply(variables, x[:2], train=True, mutable=["batch_stats"])
+    assert not np.allclose(out["pooled"][:1], train_two["pooled"][:1], atol=1e-4)
+    conv = np.asarray(inter["stem_conv"]["__call__"][0], np.float64).reshape(-1, 8)
+    new = state["batch_stats"]["stem_bn"]
     np.testing.assert_allclose(new["mean"], 0.9 * 0 + 0.1 * conv.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(new["var"], 0.9 * 1 + 0.1 * conv.var(0), rtol=1e-4)
-    # Train-mode normalised stem output: zero batch mean, unit batch variance (scale 1, bias 0 at init).
-    bn_out = np.asarray(inter["stem_bn"]["__call__"][0]).reshape(-1, 8)
-    np.testing.assert_allclose(bn_out.mean(0), 0, atol=1e-5)
-    np.testing.assert_allclose(bn_out.var(0), conv.var(0) / (conv.var(0) + 1e-5), rtol=1e-4)
+    # Train-mode stem BN output: (conv - batch mean) / sqrt(batch var + eps) * scale + bias.
+    bn_out = np.asarray(inter["stem_bn"]["__call__"][0], np.float64).reshape(-1, 8)
+    bn = variables["params"]["stem_bn"]
+    ref = (conv - conv.mean(0)) / np.sqrt(conv.var(0) + 1e-5) * np.asarray(bn["scale"]) + np.asarray(bn["bias"])
+    np.testing.assert_allclose(bn_out, ref, atol=1e-4)
+    # Every BN layer's statistics changed.
+    for path, a in jax.tree_util.tree_leaves_with_path(state["batch_stats"]):
+        b = stats0
+        for k in path:
+            b = b[k.key]
+        assert not np.allclose(a, b), path
 
 
 # --------------------------------------------------------------------------------------------------------- ViT
@@ -236,11 +298,8 @@ def np_embed(images, params, patch, dim, mask=None, mask_mode="drop"):
     return np.concatenate([cls, tok], axis=1)
 
 
-def make_vit(**kw):
-    module, _ = create_encoder("vit_test", image_size=16, **kw)  # dim 32, 2 blocks, 2 heads, patch 4 -> 16 patches
-    x = jax.random.normal(jax.random.key(3), (3, 16, 16, 3))
-    variables = module.init(jax.random.key(4), x)
-    return module, variables, x
+def vit_module(**kw):
+    return create_encoder("vit_test", image_size=16, **kw)[0]  # dim 32, 2 blocks, 2 heads, patch 4 -> 16 patches
 
 
 def test_sincos_table_formula():
@@ -265,8 +324,9 @@ def test_patchify_order():
     np.testing.assert_array_equal(p[1, 4], img[1, 2:4, 2:4].reshape(-1))  # patch row 1, col 1 -> index 1*3+1
 
 
-def test_vit_matches_numpy_reference_and_pooling():
-    module, variables, x = make_vit()
+def test_vit_matches_numpy_reference_and_pooling(tiny_vit):
+    x, variables = tiny_vit
+    module = vit_module()
     params = jax.device_get(variables["params"])
     out = module.apply(variables, x)
     ref = np_vit_blocks(np_embed(x, params, 4, 32), params, 2, 2)
@@ -278,8 +338,9 @@ def test_vit_matches_numpy_reference_and_pooling():
     np.testing.assert_allclose(out_mean["pooled"], ref[:, 1:].mean(1), atol=2e-4)
 
 
-def test_vit_mask_drop_keeps_visible_patches():
-    module, variables, x = make_vit()
+def test_vit_mask_drop_keeps_visible_patches(tiny_vit):
+    x, variables = tiny_vit
+    module = vit_module()
     params = jax.device_get(variables["params"])
     rng = np.random.default_rng(0)
     mask = np.zeros((3, 16), bool)
@@ -303,12 +364,19 @@ def test_vit_mask_drop_keeps_visible_patches():
         module.apply(variables, x, mask=jnp.asarray(uneven))
     with pytest.raises(ValueError, match="mask must have shape"):
         module.apply(variables, x, mask=jnp.asarray(mask[:, :8]))
+    with pytest.raises(ValueError, match="boolean"):
+        module.apply(variables, x, mask=jnp.asarray(mask, jnp.int32))
+    # Any mutable collection works as for the ResNet (the ViT has no batch_stats, so nothing comes back).
+    out2, state = module.apply(variables, x, train=True, mask=jnp.asarray(mask), mutable=["batch_stats"])
+    assert state == {} and out2["tokens"].shape == (3, 4, 32)
 
 
-def test_vit_mask_token_mode():
-    module, variables, x = make_vit(mask_mode="token")
-    params = jax.device_get(variables["params"])
-    assert params["mask_token"].shape == (1, 1, 32)
+def test_vit_mask_token_mode(tiny_vit):
+    x, variables = tiny_vit
+    module = vit_module(mask_mode="token")
+    x16 = jnp.zeros((1, 16, 16, 3))
+    assert jax.eval_shape(lambda: module.init(jax.random.key(0), x16))["params"]["mask_token"].shape == (1, 1, 32)
+    assert "mask_token" not in jax.eval_shape(lambda: vit_module().init(jax.random.key(0), x16))["params"]
     # Give the mask token a distinctive value so the replacement matters.
     variables = {"params": {**variables["params"], "mask_token": jnp.full((1, 1, 32), 0.5)}}
     params = jax.device_get(variables["params"])
@@ -324,15 +392,26 @@ def test_vit_mask_token_mode():
     assert not np.allclose(out["tokens"][0], plain["tokens"][0], atol=1e-3)
 
 
-def test_vit_learned_positions_and_resize():
-    module, variables, x = make_vit(pos_embed="learned")
+def test_vit_learned_positions_and_resize(tiny_vit):
+    x, variables = tiny_vit
+    module = vit_module(pos_embed="learned")
     assert variables["params"]["pos_embed"].shape == (1, 1 + 16, 32)
-    out = module.apply(variables, jnp.zeros((2, 8, 8, 3)))  # 2x2 grid: table bilinearly resized
-    assert out["tokens"].shape == (2, 4, 32)
+    # At the native grid the table is used as is: [CLS] gets row 0, patch i gets row 1 + i.
+    params = jax.device_get(variables["params"])
+    table = np.asarray(params["pos_embed"], np.float64)
+    xf = np.asarray(x, np.float64)
+    patches = xf.reshape(3, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(3, 16, -1)
+    emb = np.concatenate([np.broadcast_to(params["cls_token"] + table[:, :1], (3, 1, 32)),
+                          np_dense(patches, params["patch_embed"]) + table[:, 1:]], axis=1)
+    ref = np_vit_blocks(emb, params, 2, 2)
+    forward = jax.jit(module.apply)
+    np.testing.assert_allclose(forward(variables, x)["tokens"], ref[:, 1:], atol=2e-4)
+    out = forward(variables, jnp.zeros((1, 8, 8, 3)))  # 2x2 grid: table bilinearly resized
+    assert out["tokens"].shape == (1, 4, 32)
     # A constant table stays constant under resizing, so a constant image gives identical tokens per patch.
     table = jnp.concatenate([jnp.zeros((1, 1, 32)), jnp.ones((1, 16, 32))], axis=1)
     variables = {"params": {**variables["params"], "pos_embed": table}}
-    tok = module.apply(variables, jnp.zeros((1, 8, 8, 3)))["tokens"]
+    tok = forward(variables, jnp.zeros((1, 8, 8, 3)))["tokens"]
     np.testing.assert_allclose(tok[0], np.broadcast_to(tok[0, :1], tok[0].shape), atol=1e-3)
 
 
@@ -347,7 +426,7 @@ def np_bn_train(x, p=None, eps=1e-5):
 def test_mlp_matches_numpy_and_bn_placement():
     x = jax.random.normal(jax.random.key(0), (8, 6))
     head = MLP(hidden_dims=(10, 12), out_dim=5, last_bn=True, last_bn_affine=False)
-    variables = head.init(jax.random.key(1), x)
+    variables = random_variables(head, x)
     p = jax.device_get(variables["params"])
     assert set(p) == {"linear_0", "bn_0", "linear_1", "bn_1", "linear_out"}  # no affine params on bn_out
     assert set(variables["batch_stats"]) == {"bn_0", "bn_1", "bn_out"}
@@ -360,17 +439,22 @@ def test_mlp_matches_numpy_and_bn_placement():
     np.testing.assert_allclose(out, ref, atol=1e-4)
     # Without BN: plain Linear-ReLU-Linear, no batch_stats.
     plain = MLP(hidden_dims=(10,), out_dim=5, use_bn=False, use_bias=False)
-    v2 = plain.init(jax.random.key(2), x)
+    v2 = random_variables(plain, x, seed=2)
     assert "batch_stats" not in v2 and "bias" not in v2["params"]["linear_0"]
     p2 = jax.device_get(v2["params"])
     ref2 = np.maximum(np.asarray(x) @ p2["linear_0"]["kernel"], 0) @ p2["linear_out"]["kernel"]
     np.testing.assert_allclose(plain.apply(v2, x), ref2, atol=1e-5)
-    # Eval mode uses running statistics (init: mean 0, var 1): BN is x / sqrt(1 + eps).
+    # Eval mode uses the running statistics (mean 0, var 1 here): BN is x / sqrt(1 + eps) * scale + bias.
     ev = head.apply(variables, x, train=False)
     h = np.asarray(x, np.float64)
     for i in range(2):
-        h = np.maximum(np_dense(h, p[f"linear_{i}"]) / np.sqrt(1 + 1e-5), 0)
+        bn = p[f"bn_{i}"]
+        h = np.maximum(np_dense(h, p[f"linear_{i}"]) / np.sqrt(1 + 1e-5) * bn["scale"] + bn["bias"], 0)
     np.testing.assert_allclose(ev, np_dense(h, p["linear_out"]) / np.sqrt(1 + 1e-5), atol=1e-4)
+    # Running statistics after a train step: 0.9 * old + 0.1 * batch statistic of the BN input.
+    pre = np_dense(np.asarray(x, np.float64), p["linear_0"])
+    np.testing.assert_allclose(upd["batch_stats"]["bn_0"]["mean"], 0.1 * pre.mean(0), atol=1e-5)
+    np.testing.assert_allclose(upd["batch_stats"]["bn_0"]["var"], 0.9 + 0.1 * pre.var(0), rtol=1e-4)
 
 
 def test_linear_predictor_is_x_at_kernel():
@@ -384,7 +468,7 @@ def test_linear_predictor_is_x_at_kernel():
     np.testing.assert_allclose(out, np.asarray(x) @ kernel, rtol=1e-5, atol=1e-6)
     assert not np.allclose(out, np.asarray(x) @ kernel.T, atol=1e-3)
     biased = LinearPredictor(dim=4, use_bias=True)
-    assert set(biased.init(jax.random.key(1), x)["params"]) == {"kernel", "bias"}
+    assert set(jax.eval_shape(lambda: biased.init(jax.random.key(1), x))["params"]) == {"kernel", "bias"}
     with pytest.raises(ValueError, match="last dimension 3"):
         pred.apply(variables, x[:, :3])
 
@@ -392,7 +476,7 @@ def test_linear_predictor_is_x_at_kernel():
 def test_dino_head_normalised_last_layer():
     x = jax.random.normal(jax.random.key(0), (5, 12))
     head = DINOHead(out_dim=7, hidden_dim=16, bottleneck_dim=8)
-    variables = head.init(jax.random.key(1), x)
+    variables = random_variables(head, x)
     p = jax.device_get(variables["params"])
     assert set(p["last_layer"]) == {"kernel"}  # no bias, no learnable g
     out = head.apply(variables, x)
@@ -405,9 +489,11 @@ def test_dino_head_normalised_last_layer():
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert np.all(np.abs(np.asarray(out)) <= 1 + 1e-6)
     # Rescaling a column of V does not change the output (the weight is normalised per output unit).
-    scaled = jax.tree_util.tree_map(lambda a: a, variables)
-    scaled["params"]["last_layer"]["kernel"] = variables["params"]["last_layer"]["kernel"] * jnp.arange(1.0, 8.0)
+    kernel = variables["params"]["last_layer"]["kernel"] * jnp.arange(1.0, 8.0)
+    scaled = {"params": {**variables["params"], "last_layer": {"kernel": kernel}}}
     np.testing.assert_allclose(head.apply(scaled, x), out, atol=1e-5)
     learn_g = DINOHead(out_dim=7, hidden_dim=16, bottleneck_dim=8, norm_last_layer=False)
-    vg = learn_g.init(jax.random.key(1), x)
-    np.testing.assert_array_equal(vg["params"]["last_layer"]["g"], np.ones(7))
+    assert jax.eval_shape(lambda: learn_g.init(jax.random.key(1), x))["params"]["last_layer"]["g"].shape == (7,)
+    g = np.linspace(0.5, 2.0, 7)
+    vg = {"params": {**variables["params"], "last_layer": {**variables["params"]["last_layer"], "g": jnp.asarray(g)}}}
+    np.testing.assert_allclose(learn_g.apply(vg, x), ref * g, atol=1e-5)

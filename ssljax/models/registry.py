@@ -15,6 +15,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet34": resnet.ResNet34,
     "resnet50": resnet.ResNet50,
     "resnet_tiny": resnet.ResNetTiny,
+    "resnet_mini": resnet.ResNetMini,
     "vit_tiny": vit.ViTTiny,
     "vit_small": vit.ViTSmall,
     "vit_base": vit.ViTBase,

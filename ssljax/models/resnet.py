@@ -161,3 +161,5 @@ ResNet34 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
 ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
 # Test-size net: stem width 8, two basic stages of width 8 and 16, one block each; feature_dim 16.
 ResNetTiny = partial(ResNet, stage_sizes=(1, 1), block=BasicBlock, widths=(8, 16), stem_width=8)
+# A small ResNet for the embedded 28x28 default on CPUs: three stages of one block, widths 32-64-128.
+ResNetMini = partial(ResNet, stage_sizes=(1, 1, 1), block=BasicBlock, widths=(32, 64, 128), stem_width=32)

@@ -205,6 +205,8 @@ class ViT(nn.Module):
         out = {}
         if mask is not None and mask.shape != (b, n):
             raise ValueError(f"mask must have shape {(b, n)} (batch, patches), got {mask.shape}")
+        if mask is not None and mask.dtype != jnp.bool_:
+            raise ValueError(f"mask must be boolean (True = masked), got dtype {mask.dtype}")
         if mask is not None and self.mask_mode == "token":
             tokens = jnp.where(mask[..., None], mask_token.astype(self.dtype), tokens)
         tokens = tokens + patch_pos.astype(self.dtype)

@@ -55,3 +55,108 @@ def byol_loss(p_a: jax.Array, p_b: jax.Array, z_a: jax.Array, z_b: jax.Array) ->
     """
     z_a, z_b = jax.lax.stop_gradient(z_a), jax.lax.stop_gradient(z_b)
     return normalized_mse(p_a, z_b) + normalized_mse(p_b, z_a)
+
+
+def simsiam_loss(p_a: jax.Array, p_b: jax.Array, z_a: jax.Array, z_b: jax.Array) -> jax.Array:
+    """SimSiam's symmetrised negative cosine: -1/2 [mean_i s(p_a_i, sg z_b_i) + mean_i s(p_b_i, sg z_a_i)].
+
+    p_* are the predictions, z_* the projections of the same online network; gradients are stopped at z here.
+    Ranges over [-1, 1]; -1 when each prediction points along the other view's projection.
+    """
+    z_a, z_b = jax.lax.stop_gradient(z_a), jax.lax.stop_gradient(z_b)
+    return -0.5 * (cosine_similarity(p_a, z_b).mean() + cosine_similarity(p_b, z_a).mean())
+
+
+def off_diagonal(m: jax.Array) -> jax.Array:
+    """The d(d - 1) off-diagonal entries of a square matrix, as a flat vector (row-major order)."""
+    d = m.shape[0]
+    return m.reshape(-1)[:-1].reshape(d - 1, d + 1)[:, 1:].reshape(-1)
+
+
+def standardize(z: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Per-dimension standardisation over the batch: (z - mean) / sqrt(var + eps), biased variance, float32.
+
+    This is BatchNorm in train mode without affine parameters (what Barlow Twins' reference applies before the
+    cross-correlation), over the rows given, i.e. the global batch.
+    """
+    z = z.astype(jnp.float32)
+    mean = z.mean(axis=0)
+    var = jnp.mean(jnp.square(z - mean), axis=0)
+    return (z - mean) / jnp.sqrt(var + eps)
+
+
+def cross_correlation(z_a: jax.Array, z_b: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Barlow Twins' C = standardize(z_a)^T standardize(z_b) / B, float32 [D, D]; C_ii is in [-1, 1] (eps aside)."""
+    return standardize(z_a, eps).T @ standardize(z_b, eps) / z_a.shape[0]
+
+
+def barlow_twins_loss(z_a: jax.Array, z_b: jax.Array, lambd: float = 0.0051, eps: float = 1e-5) -> jax.Array:
+    """Barlow Twins: L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2 with C = :func:`cross_correlation`.
+
+    Each branch is standardised per dimension over the (global) batch with the biased variance plus ``eps`` = 1e-5
+    (BatchNorm1d(affine=False) in train mode, as in the reference), and C is divided by B. lambda = 0.0051 is the
+    published value for D = 8192.
+    """
+    c = cross_correlation(z_a, z_b, eps)
+    on_diag = jnp.sum(jnp.square(1.0 - jnp.diagonal(c)))
+    off_diag = jnp.sum(jnp.square(off_diagonal(c)))
+    return on_diag + lambd * off_diag
+
+
+def vicreg_loss(z_a: jax.Array, z_b: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+                cov_coeff: float = 1.0, eps: float = 1e-4) -> tuple[jax.Array, dict]:
+    """VICReg: -> (sim_coeff * inv + std_coeff * var + cov_coeff * cov, {'invariance', 'variance', 'covariance'}).
+
+    With B rows (the global batch) and D dimensions, as in the reference code:
+        inv = mean_{i,d} (z_a - z_b)^2                                   (MSE over all B x D entries)
+        var = 1/2 sum_{z in (z_a, z_b)} mean_d relu(1 - sqrt(Var_d(z) + eps))
+        cov = sum_{z in (z_a, z_b)} sum_{i != j} Cov(z)_ij^2 / D
+    Var and Cov are unbiased (divided by B - 1). The returned terms are unweighted; all float32.
+    """
+    z_a, z_b = z_a.astype(jnp.float32), z_b.astype(jnp.float32)
+    batch, dim = z_a.shape
+    invariance = jnp.mean(jnp.square(z_a - z_b))
+
+    def var_cov(z):
+        z = z - z.mean(axis=0)
+        std = jnp.sqrt(jnp.sum(jnp.square(z), axis=0) / (batch - 1) + eps)
+        cov = z.T @ z / (batch - 1)
+        return jnp.mean(jax.nn.relu(1.0 - std)), jnp.sum(jnp.square(off_diagonal(cov))) / dim
+
+    var_a, cov_a = var_cov(z_a)
+    var_b, cov_b = var_cov(z_b)
+    variance = 0.5 * (var_a + var_b)
+    covariance = cov_a + cov_b
+    total = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+    return total, {'invariance': invariance, 'variance': variance, 'covariance': covariance}
+
+
+def dino_loss(student_logits, teacher_logits, center: jax.Array, student_temp: float,
+              teacher_temp) -> jax.Array:
+    """DINO's cross-entropy from the centred, sharpened teacher to the student, averaged over view pairs.
+
+    ``student_logits``: V arrays [B, K] (all views, global ones first); ``teacher_logits``: the teacher's outputs on
+    the global views, T arrays [B, K] (T = 2), where teacher view t and student view t are the same image crop;
+    ``center`` [K] or [1, K]. With q_t = softmax((teacher_t - center) / teacher_temp) (gradient stopped) and
+    log p_v = log_softmax(student_v / student_temp):
+        L = 1 / #pairs  sum_{t < T} sum_{v < V, v != t}  mean_i ( - sum_k q_t[i, k] log p_v[i, k] )
+    with #pairs = T V - T (the same view is never its own target), as DINO's code does. ``teacher_temp`` may be a
+    traced scalar (the warm-up schedule).
+    """
+    student_logits, teacher_logits = list(student_logits), list(teacher_logits)
+    if len(teacher_logits) > len(student_logits):
+        raise ValueError(f'dino_loss: {len(teacher_logits)} teacher views but only {len(student_logits)} student views')
+    center = jnp.asarray(center, jnp.float32)
+    targets = [jax.lax.stop_gradient(jax.nn.softmax((t.astype(jnp.float32) - center) / teacher_temp, axis=-1))
+               for t in teacher_logits]
+    log_probs = [jax.nn.log_softmax(s.astype(jnp.float32) / student_temp, axis=-1) for s in student_logits]
+    total, pairs = 0.0, 0
+    for t, q in enumerate(targets):
+        for v, logp in enumerate(log_probs):
+            if v == t:
+                continue
+            total = total + jnp.mean(-jnp.sum(q * logp, axis=-1))
+            pairs += 1
+    if pairs == 0:
+        raise ValueError('dino_loss needs at least two views (one teacher view and another student view)')
+    return total / pairs

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssljax.models.heads import MLP
-from ssljax.objectives import losses
+from ssljax.models.heads import MLP, DINOHead, LinearPredictor, torch_linear_init
+from ssljax.objectives import directpred, losses
 from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, cosine_ema_momentum, ema_update,
                                     init_heads, register)
 
@@ -75,3 +76,384 @@ class BYOL(Objective):
         online = {'encoder': params['encoder'], 'projector': params['projector']}
         new_target = dict(target, params=ema_update(target['params'], online, momentum))
         return params, dict(objective_state, target=new_target)
+
+
+# ======================================================================================================================
+# SimSiam, the BYOL predictor family (DirectPred, DirectCopy, trained linear, 2-layer MLP, none), Barlow Twins, VICReg,
+# DINO. Each from_config reads exactly the keys its docstring names from ``config.objective``.
+# ======================================================================================================================
+
+def mlp_head(cfg, prefix: str, dtype, *, last_bn: bool = False, last_bn_affine: bool = True,
+             use_bias: bool = True) -> MLP:
+    """The MLP of ``cfg.<prefix>_hidden``, ``_dim``, ``_bn``; the method fixes the rest (its architecture, not a knob)."""
+    return MLP(hidden_dims=tuple(cfg[f'{prefix}_hidden']), out_dim=cfg[f'{prefix}_dim'], use_bn=cfg[f'{prefix}_bn'],
+               last_bn=last_bn, last_bn_affine=last_bn_affine, use_bias=use_bias, dtype=dtype)
+
+
+def _embedding_std(z: jax.Array) -> jax.Array:
+    """SimSiam's collapse monitor: mean over dimensions of the batch std of n(z) (about 1/sqrt(D) when spread)."""
+    return jnp.mean(jnp.std(losses.l2_normalize(jax.lax.stop_gradient(z)), axis=0))
+
+
+def _ema_copy(encoder_variables: dict, heads: dict, names: tuple[str, ...]) -> dict:
+    """A target/teacher network: copies of the encoder and the named heads (params and batch statistics)."""
+    return jax.tree.map(jnp.copy, {
+        'params': {'encoder': encoder_variables['params'], **{n: heads['params'][n] for n in names}},
+        'batch_stats': {'encoder': encoder_variables.get('batch_stats', {}),
+                        **{n: heads['batch_stats'].get(n, {}) for n in names}},
+    })
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class SimSiam(Objective):
+    """SimSiam (Chen & He 2021): one network, a predictor, and a stop-gradient; no target network, no negatives.
+
+    Encoder f, projector g (3 Linear layers, each followed by BN, the last BN without affine), predictor h
+    (2048-512-2048 bottleneck with BN in the hidden layer). With z = g(f(x)) and p = h(z) for views a, b:
+        L = -1/2 [ mean_i s(p_a, sg z_b) + mean_i s(p_b, sg z_a) ]          (s = cosine similarity)
+    The published recipe keeps the predictor's learning rate constant: its config sets
+    ``optimizer.constant_lr_heads = ('predictor',)``.
+
+    Keys (config.objective): projector_hidden (2048, 2048), projector_dim 2048, projector_bn True,
+    predictor_hidden (512,), predictor_dim 2048 (must equal projector_dim), predictor_bn True.
+    Metrics: ``pred_cosine`` (= -loss), ``z_std`` (std of n(z) over the batch, averaged over dims; collapse -> 0).
+    """
+    name = 'simsiam'
+    projector: MLP = None
+    predictor: MLP = None
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'SimSiam':
+        cfg = config.objective
+        if cfg.predictor_dim != cfg.projector_dim:
+            raise ValueError(f'simsiam: objective.predictor_dim ({cfg.predictor_dim}) must equal '
+                             f'objective.projector_dim ({cfg.projector_dim})')
+        # Linear biases before a BN are redundant (the reference drops them); the last BN has no affine parameters.
+        return cls(ctx=ctx, projector=mlp_head(cfg, 'projector', ctx.dtype, last_bn=True, last_bn_affine=False,
+                                               use_bias=False),
+                   predictor=mlp_head(cfg, 'predictor', ctx.dtype))
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
+        proj = jnp.zeros((2, self.projector.out_dim), jnp.float32)
+        return init_heads(rng, {'projector': (self.projector, (feats,)), 'predictor': (self.predictor, (proj,))}), {}
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        fw = Forward(variables)
+        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
+        z_a, z_b = fw.apply_views('projector', self.projector, feats)
+        p_a, p_b = fw.apply_views('predictor', self.predictor, [z_a, z_b])
+        loss = losses.simsiam_loss(p_a, p_b, z_a, z_b)
+        metrics = {'pred_cosine': -loss, 'z_std': _embedding_std(z_a)}
+        return loss, LossOutput(metrics, fw.batch_stats, objective_state, feats[0])
+
+
+PREDICTOR_KINDS = ('directpred', 'directcopy', 'linear', 'mlp', 'none')
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class PredictorBYOL(BYOL):
+    """BYOL with a choice of predictor: DirectPred (Tian et al. 2021), DirectCopy (Wang et al. 2021) and baselines.
+
+    Everything is BYOL (EMA target, cosine momentum, L = ||n(p_a) - n(sg z'_b)||^2 + ||n(p_b) - n(sg z'_a)||^2)
+    except the predictor q, chosen by ``objective.predictor`` so that the paper's comparison is one switch:
+      'directpred'  q(z) = W_p z, W_p set in closed form, not trained (below)
+      'directcopy'  q(z) = W_p z with W_p = F / ||F||_2 + eps I  (``directcopy_norm``: 'spectral' | 'frobenius' | 'none')
+      'linear'      a trained bias-free d x d linear predictor (PyTorch's default Linear init), the paper's baseline
+      'mlp'         BYOL's trained 2-layer predictor Linear(predictor_hidden) - BN - ReLU - Linear(d)
+      'none'        q = identity (the no-predictor ablation, which collapses in the paper)
+
+    DirectPred / DirectCopy: the objective state holds F (the EMA correlation of the online projections, float32
+    [d, d]), mu (their EMA mean, [d]) and a count of batches seen. Inside ``loss``, from the detached projections f of
+    both views: F <- rho F + (1 - rho) E[f f^T] (F = the first batch's E[f f^T]), likewise mu. In ``update``, when
+    ``step % freq == 0`` (``step`` = optimizer steps completed, so the first write is after ``freq`` steps; the
+    predictor starts as the identity), W_p is computed from F (or F - mu mu^T when ``center``) and written to
+    params['predictor']['kernel']; ``lax.cond`` runs the decomposition only on those steps. DirectPred's W_p:
+    F = U diag(s) U^T, p_j = max(sqrt(max(s_j, 0) / max s) + eps, 1e-4), W_p = U diag(p) U^T (``transform`` 'sqrt';
+    'linear' and 'sqrt_eps_inside' are the paper code's alternatives), by ``solver`` 'eigh' (exact), 'newton_schulz'
+    (matrix products only; eigh when its check fails, counted in the state's ``ns_fallbacks``) or 'diagonal'
+    (diag(F) only, an ablation). See ssljax/objectives/directpred.py. The predictor is then one of the
+    ``frozen_heads``, so the optimizer leaves it alone.
+
+    Keys (config.objective): projector_hidden, projector_dim, projector_bn, predictor (kind, above),
+    predictor_hidden, predictor_bn (used by 'mlp'), ema_base, ema_final, rho, eps, freq, center, transform, solver,
+    directcopy_norm (rho, eps, ... used by 'directpred' / 'directcopy'). Paper defaults (STL-10 code): projector
+    (512,) -> 128 with BN, rho 0.3, eps 0.01, freq 1, center False, transform 'sqrt', solver 'eigh', EMA 0.996.
+    """
+    name = 'directpred'
+    predictor: nn.Module | None = None
+    kind: str = 'directpred'
+    rho: float = 0.3
+    eps: float = 0.01
+    freq: int = 1
+    center: bool = False
+    transform: str = 'sqrt'
+    solver: str = 'eigh'
+    directcopy_norm: str = 'spectral'
+
+    @property
+    def frozen_heads(self) -> tuple[str, ...]:  # instance-level: depends on the predictor kind
+        return ('predictor',) if self.closed_form else ()
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether the predictor is set from F (DirectPred / DirectCopy) rather than trained."""
+        return self.kind in ('directpred', 'directcopy')
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'PredictorBYOL':
+        cfg = config.objective
+        kind = cfg.predictor
+        if kind not in PREDICTOR_KINDS:
+            raise ValueError(f'unknown objective.predictor {kind!r}; known: {", ".join(PREDICTOR_KINDS)}')
+        if int(cfg.freq) < 1:
+            raise ValueError(f'objective.freq must be >= 1, got {cfg.freq}')
+        if not 0.0 <= cfg.rho < 1.0:
+            raise ValueError(f'objective.rho must be in [0, 1), got {cfg.rho}')
+        if cfg.transform not in directpred.TRANSFORMS:
+            raise ValueError(f'unknown objective.transform {cfg.transform!r}; known: {", ".join(directpred.TRANSFORMS)}')
+        if cfg.solver not in directpred.METHODS:
+            raise ValueError(f'unknown objective.solver {cfg.solver!r}; known: {", ".join(directpred.METHODS)}')
+        if cfg.directcopy_norm not in directpred.NORMALIZATIONS:
+            raise ValueError(f'unknown objective.directcopy_norm {cfg.directcopy_norm!r}; '
+                             f'known: {", ".join(directpred.NORMALIZATIONS)}')
+        projector = mlp_from_config(cfg, 'projector', ctx.dtype)
+        dim = projector.out_dim
+        if kind == 'mlp':
+            predictor = MLP(hidden_dims=tuple(cfg.predictor_hidden), out_dim=dim, use_bn=cfg.predictor_bn,
+                            dtype=ctx.dtype)
+        elif kind == 'linear':
+            predictor = LinearPredictor(dim=dim, use_bias=False, kernel_init=torch_linear_init, dtype=ctx.dtype)
+        elif kind == 'none':
+            predictor = None
+        else:  # set in closed form; identity until the first write
+            predictor = LinearPredictor(dim=dim, use_bias=False, dtype=ctx.dtype)
+        return cls(ctx=ctx, projector=projector, predictor=predictor, ema_base=cfg.ema_base, ema_final=cfg.ema_final,
+                   kind=kind, rho=float(cfg.rho), eps=float(cfg.eps), freq=int(cfg.freq), center=bool(cfg.center),
+                   transform=cfg.transform, solver=cfg.solver, directcopy_norm=cfg.directcopy_norm)
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
+        dim = self.projector.out_dim
+        modules = {'projector': (self.projector, (feats,))}
+        if self.predictor is not None:
+            modules['predictor'] = (self.predictor, (jnp.zeros((2, dim), jnp.float32),))
+        heads = init_heads(rng, modules)
+        state = {'target': _ema_copy(encoder_variables, heads, ('projector',))}
+        if self.closed_form:
+            state.update(corr=jnp.zeros((dim, dim), jnp.float32), mean=jnp.zeros((dim,), jnp.float32),
+                         count=jnp.zeros((), jnp.int32), ns_fallbacks=jnp.zeros((), jnp.int32))
+        return heads, state
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        fw = Forward(variables)
+        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
+        z_a, z_b = fw.apply_views('projector', self.projector, feats)
+        if self.predictor is None:
+            p_a, p_b = z_a, z_b
+        else:
+            p_a, p_b = fw.apply_views('predictor', self.predictor, [z_a, z_b])
+        t_a, t_b = self.target_projections(objective_state, views[:2])
+        loss = losses.byol_loss(p_a, p_b, t_a, t_b)
+        metrics = {'pred_target_cosine': 0.5 * (losses.cosine_similarity(p_a, t_b).mean()
+                                                + losses.cosine_similarity(p_b, t_a).mean())}
+        state = objective_state
+        if self.closed_form:
+            seen = state['count'] > 0
+            state = dict(state, corr=directpred.update_correlation(state['corr'], z_a, z_b, self.rho, seen),
+                         mean=directpred.update_mean(state['mean'], z_a, z_b, self.rho, seen),
+                         count=state['count'] + 1)
+            metrics['corr_trace'] = jnp.trace(state['corr'])
+            if self.solver == 'newton_schulz':
+                metrics['ns_fallbacks'] = state['ns_fallbacks']
+        return loss, LossOutput(metrics, fw.batch_stats, state, feats[0])
+
+    def predictor_matrix(self, objective_state) -> tuple[jax.Array, jax.Array]:
+        """(W_p from the state's F, whether Newton-Schulz fell back to eigh); float32 [d, d], bool scalar."""
+        F = objective_state['corr']
+        if self.center:
+            F = directpred.centered_correlation(F, objective_state['mean'])
+        if self.kind == 'directcopy':
+            return directpred.directcopy_predictor(F, self.eps, self.directcopy_norm), jnp.zeros((), bool)
+        if self.solver != 'newton_schulz':
+            return directpred.predictor_from_correlation(F, self.eps, self.solver, self.transform), jnp.zeros((), bool)
+        W, ok = directpred.newton_schulz_predictor(F, self.eps, self.transform)
+        W = jax.lax.cond(ok, lambda: W, lambda: directpred.eigh_predictor(F, self.eps, self.transform))
+        return W, jnp.logical_not(ok)
+
+    def update(self, params, objective_state, step):
+        params, state = super().update(params, objective_state, step)  # EMA of the target network
+        if not self.closed_form:
+            return params, state
+
+        def write(args):
+            p, fallbacks = args
+            W, fell_back = self.predictor_matrix(state)
+            return dict(p, predictor=dict(p['predictor'], kernel=W)), fallbacks + fell_back.astype(jnp.int32)
+
+        due = (jnp.asarray(step) % self.freq == 0) & (state['count'] > 0)
+        params, fallbacks = jax.lax.cond(due, write, lambda args: args, (params, state['ns_fallbacks']))
+        return params, dict(state, ns_fallbacks=fallbacks)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class BarlowTwins(Objective):
+    """Barlow Twins (Zbontar et al. 2021): make the cross-correlation of the two views' embeddings the identity.
+
+    z = g(f(x)) with projector g = [Linear - BN - ReLU] x 2 - Linear (no biases, as the reference); with C the D x D
+    cross-correlation of the per-dimension standardised z_a, z_b over the global batch (biased variance, eps 1e-5),
+        L = scale_loss * ( sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2 )        (losses.barlow_twins_loss)
+
+    Keys (config.objective): projector_hidden (8192, 8192), projector_dim 8192, projector_bn True, lambd 0.0051,
+    scale_loss 1.0 (the published code's final version; solo-learn's CIFAR recipe uses 0.1).
+    Metrics: ``pos_cosine`` (mean cosine of z_a and z_b).
+    """
+    name = 'barlow_twins'
+    projector: MLP = None
+    lambd: float = 0.0051
+    scale_loss: float = 1.0
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'BarlowTwins':
+        cfg = config.objective
+        return cls(ctx=ctx, projector=mlp_head(cfg, 'projector', ctx.dtype, use_bias=False),
+                   lambd=float(cfg.lambd), scale_loss=float(cfg.scale_loss))
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
+        return init_heads(rng, {'projector': (self.projector, (feats,))}), {}
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        fw = Forward(variables)
+        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
+        z_a, z_b = fw.apply_views('projector', self.projector, feats)
+        loss = self.scale_loss * losses.barlow_twins_loss(z_a, z_b, self.lambd)
+        metrics = {'pos_cosine': losses.cosine_similarity(z_a, z_b).mean()}
+        return loss, LossOutput(metrics, fw.batch_stats, objective_state, feats[0])
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class VICReg(Objective):
+    """VICReg (Bardes et al. 2022): invariance + variance + covariance terms, statistics over the global batch.
+
+    z = g(f(x)) with projector g = [Linear - BN - ReLU] x 2 - Linear; (losses.vicreg_loss)
+        L = sim_coeff MSE(z_a, z_b) + std_coeff 1/2 sum_z mean_d relu(1 - sqrt(Var_d(z) + 1e-4))
+            + cov_coeff sum_z sum_{i != j} Cov(z)_ij^2 / D            (Var, Cov unbiased)
+
+    Keys (config.objective): projector_hidden (8192, 8192), projector_dim 8192, projector_bn True,
+    sim_coeff 25.0, std_coeff 25.0, cov_coeff 1.0.
+    Metrics: ``invariance``, ``variance``, ``covariance`` (unweighted terms).
+    """
+    name = 'vicreg'
+    projector: MLP = None
+    sim_coeff: float = 25.0
+    std_coeff: float = 25.0
+    cov_coeff: float = 1.0
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'VICReg':
+        cfg = config.objective
+        return cls(ctx=ctx, projector=mlp_head(cfg, 'projector', ctx.dtype), sim_coeff=float(cfg.sim_coeff),
+                   std_coeff=float(cfg.std_coeff), cov_coeff=float(cfg.cov_coeff))
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
+        return init_heads(rng, {'projector': (self.projector, (feats,))}), {}
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        fw = Forward(variables)
+        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
+        z_a, z_b = fw.apply_views('projector', self.projector, feats)
+        loss, terms = losses.vicreg_loss(z_a, z_b, self.sim_coeff, self.std_coeff, self.cov_coeff)
+        return loss, LossOutput(terms, fw.batch_stats, objective_state, feats[0])
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class DINO(Objective):
+    """DINO (Caron et al. 2021): self-distillation from an EMA teacher with centring and sharpening, multi-crop.
+
+    Student = encoder f + DINOHead h (MLP, L2-normalised bottleneck, weight-normalised output of K units); teacher =
+    EMA copies f', h'. ``views``: the first 2 are global crops, any further ones local crops (``multicrop`` recipe).
+    The teacher sees only the 2 global views, the student all V views; with t_i = h'(f'(x_i)) and s_v = h(f(x_v)):
+        q_i = softmax((t_i - c) / tau_t),  L = mean over pairs (i < 2, v != i) of  mean_b -sum_k q_i log softmax(s_v / tau_s)
+    (losses.dino_loss). After each loss the centre moves, c <- m c + (1 - m) mean over both global views and the batch
+    of t (m = center_momentum); tau_t rises linearly per step from warmup_teacher_temp to teacher_temp over
+    warmup_teacher_temp_epochs (DINO's code steps it per epoch), then stays; tau_s is fixed. After each optimizer
+    step the teacher moves, xi <- m_t xi + (1 - m_t) theta, m_t from ema_base to ema_final on BYOL's cosine schedule.
+    State: {'teacher', 'center' [K], 'step' (losses computed, drives the tau_t schedule)}.
+    Not done here (optimizer concerns): DINO's freezing of the last layer during the first epoch, gradient clipping.
+
+    Keys (config.objective): head_out 65536, head_hidden 2048, head_bottleneck 256, head_layers 3, head_bn False,
+    norm_last_layer True, student_temp 0.1, teacher_temp 0.07, warmup_teacher_temp 0.04,
+    warmup_teacher_temp_epochs 30.0, center_momentum 0.9, ema_base 0.996, ema_final 1.0.
+    Metrics: ``teacher_temp``, ``teacher_entropy`` (mean entropy of q; log K when uniform, 0 when one-hot),
+    ``student_teacher_ce`` (= loss).
+    """
+    name = 'dino'
+    head: DINOHead = None
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0
+    center_momentum: float = 0.9
+    ema_base: float = 0.996
+    ema_final: float = 1.0
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'DINO':
+        cfg = config.objective
+        head = DINOHead(out_dim=cfg.head_out, hidden_dim=cfg.head_hidden, bottleneck_dim=cfg.head_bottleneck,
+                        num_layers=cfg.head_layers, use_bn=cfg.head_bn, norm_last_layer=cfg.norm_last_layer,
+                        dtype=ctx.dtype)
+        steps_per_epoch = max(1, ctx.num_examples // max(1, ctx.global_batch))
+        return cls(ctx=ctx, head=head, student_temp=float(cfg.student_temp), teacher_temp=float(cfg.teacher_temp),
+                   warmup_teacher_temp=float(cfg.warmup_teacher_temp),
+                   warmup_teacher_temp_steps=int(round(cfg.warmup_teacher_temp_epochs * steps_per_epoch)),
+                   center_momentum=float(cfg.center_momentum), ema_base=float(cfg.ema_base),
+                   ema_final=float(cfg.ema_final))
+
+    def teacher_temperature(self, step: jax.Array) -> jax.Array:
+        """tau_t(step): linear from warmup_teacher_temp (step 0) to teacher_temp (step >= warm-up steps)."""
+        if self.warmup_teacher_temp_steps <= 0:
+            return jnp.asarray(self.teacher_temp, jnp.float32)
+        frac = jnp.clip(step / self.warmup_teacher_temp_steps, 0.0, 1.0)
+        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * frac
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
+        heads = init_heads(rng, {'head': (self.head, (feats,))})
+        state = {'teacher': _ema_copy(encoder_variables, heads, ('head',)),
+                 'center': jnp.zeros((self.head.out_dim,), jnp.float32), 'step': jnp.zeros((), jnp.int32)}
+        return heads, state
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        if len(views) < 2:
+            raise ValueError(f'dino needs at least 2 views (2 global crops first), got {len(views)}')
+        fw = Forward(variables)
+        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views)]
+        student = fw.apply_views('head', self.head, feats)
+        teacher_fw = Forward(objective_state['teacher'])
+        t_feats = [o['pooled'] for o in teacher_fw.encode(self.ctx.encoder, views[:2])]
+        teacher = [jax.lax.stop_gradient(t) for t in teacher_fw.apply_views('head', self.head, t_feats)]
+        center = objective_state['center']
+        temp = self.teacher_temperature(objective_state['step'])
+        loss = losses.dino_loss(student, teacher, center, self.student_temp, temp)
+        batch_center = jnp.mean(jnp.concatenate(teacher, axis=0), axis=0)
+        new_center = self.center_momentum * center + (1.0 - self.center_momentum) * batch_center
+        q = jax.nn.softmax((teacher[0] - center) / temp, axis=-1)
+        metrics = {'teacher_temp': temp, 'student_teacher_ce': loss,
+                   'teacher_entropy': jnp.mean(-jnp.sum(q * jnp.log(jnp.maximum(q, 1e-30)), axis=-1))}
+        state = dict(objective_state, center=new_center, step=objective_state['step'] + 1)
+        return loss, LossOutput(metrics, fw.batch_stats, state, feats[0])
+
+    def update(self, params, objective_state, step):
+        momentum = cosine_ema_momentum(self.ema_base, step, self.ctx.total_steps, self.ema_final)
+        teacher = objective_state['teacher']
+        online = {'encoder': params['encoder'], 'head': params['head']}
+        new_teacher = dict(teacher, params=ema_update(teacher['params'], online, momentum))
+        return params, dict(objective_state, teacher=new_teacher)

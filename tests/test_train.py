@@ -1,0 +1,123 @@
+"""The train loop end to end: summary, resume after kill -9, NaN handling, bad input through the command line."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO, tiny_config
+from ssljax import main as main_lib
+from ssljax import train
+from ssljax.objectives import base, contrastive
+
+SUMMARY_KEYS = ('method', 'dataset', 'backbone', 'steps', 'global_batch', 'devices', 'wall_s', 'train_samples_per_s',
+                'final_loss', 'knn_top1', 'linear_top1', 'random_init_knn_top1', 'random_init_linear_top1')
+
+
+@pytest.mark.parametrize('method', ['simclr', 'byol'])
+def test_train_and_evaluate_writes_summary_metrics_and_checkpoints(tmp_path, method):
+    config = tiny_config(method, **{'eval.random_init_baseline': True, 'eval_every': 2})
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    on_disk = json.load(open(tmp_path / 'summary.json'))
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in SUMMARY_KEYS:
+        assert key in summary and summary[key] is not None, key
+    assert summary['steps'] == 4 and summary['method'] == method and np.isfinite(summary['final_loss'])
+    assert 0.0 <= summary["knn_top1"] <= 1.0 and 0.0 <= summary["linear_top1"] <= 1.0
+    rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    assert [r['step'] for r in rows if 'train/loss' in r] == [2, 4]
+    assert any('eval/knn_top1' in r for r in rows)
+    assert glob.glob(str(tmp_path / 'tb' / 'events.out.tfevents.*'))
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+
+def restore_params(workdir, step):
+    path = os.path.join(workdir, 'checkpoints', str(step), 'default')
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def run_main(args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, '-m', 'ssljax.main', *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=600)
+
+
+TINY_ARGS = ['--config.dataset=digits', '--config.image_size=8', '--config.augment.size=8',
+             '--config.augment.blur_prob=0.0', '--config.batch_size=16', '--config.total_steps=4',
+             '--config.log_every=1', '--config.checkpoint_every=2', '--config.eval.linear_epochs=1',
+             '--config.eval.max_train_examples=128', '--config.eval.random_init_baseline=false']
+
+
+@pytest.mark.parametrize('method', ['byol'])
+def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
+    straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+    config = [f'--config=configs/{method}.py']
+    r = run_main([*config, f'--workdir={straight}', *TINY_ARGS])
+    assert r.returncode == 0, r.stderr
+    killed = run_main([*config, f'--workdir={resumed}', *TINY_ARGS], {'SSLJAX_TEST_KILL_AT_STEP': '2'})
+    assert killed.returncode == -9, killed.stderr  # SIGKILL right after step 2's checkpoint
+    assert os.listdir(os.path.join(resumed, 'checkpoints')) == ['2']
+    r = run_main([*config, f'--workdir={resumed}', *TINY_ARGS])
+    assert r.returncode == 0, r.stderr
+    assert 'resumed from' in r.stdout
+    a, b = restore_params(straight, 4), restore_params(resumed, 4)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+    assert int(a['step']) == 4
+
+
+@base.register
+@dataclasses.dataclass(frozen=True)
+class NaNAfterTwo(contrastive.SimCLR):
+    """SimCLR whose loss turns NaN from step 3 on (it counts steps in its state)."""
+    name = 'test_nan_after_two'
+
+    def init(self, rng, encoder_variables):
+        heads, _ = super().init(rng, encoder_variables)
+        return heads, {'count': jnp.zeros([], jnp.int32)}
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        loss, out = super().loss(variables, objective_state, views, batch, rng)
+        count = objective_state['count'] + 1
+        loss = jnp.where(count >= 3, jnp.nan, loss)
+        return loss, out.replace(objective_state={'count': count})
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_checkpoints(tmp_path, capsys):
+    config = tiny_config('simclr', method='test_nan_after_two', total_steps=6, log_every=1)
+    with pytest.raises(train.NonFiniteLossError, match='NaN/inf at step 2.*checkpoints up to step 2 are kept'):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert os.listdir(tmp_path / 'checkpoints') == ['2']
+    params = restore_params(str(tmp_path), 2)['params']
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--config.method=simclrr'], "unknown method 'simclrr'"),
+    (['--config.model.backbone=resnet7'], "unknown backbone 'resnet7'"),
+    (['--config.dataset=cifar11'], "unknown dataset 'cifar11'"),
+    (['--config.batch_size=sixteen'], "config key 'batch_size' expects a int"),
+    (['--config.optimizer.nme=sgd'], "unknown config key 'optimizer.nme'"),
+    (['--config.dataset=image_folder', '--config.data_dir=/nonexistent/x'], "data_dir '/nonexistent/x' does not exist"),
+])
+def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, capsys, extra, message):
+    code = main_lib.run(['--config=configs/simclr.py', f'--workdir={tmp_path}', *TINY_ARGS, *extra])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and err.startswith('ssljax: error:') and message in err, err
+
+
+def test_empty_image_folder_is_an_error(tmp_path, capsys):
+    root = tmp_path / 'data'
+    (root / 'train' / 'cat').mkdir(parents=True)
+    (root / 'test' / 'cat').mkdir(parents=True)
+    code = main_lib.run(['--config=configs/simclr.py', f'--workdir={tmp_path / "w"}', *TINY_ARGS,
+                         '--config.dataset=image_folder', f'--config.data_dir={root}'])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and str(root / 'train') in err, err
