@@ -9,10 +9,10 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
-def tiny_config(method: str = 'simclr', **overrides):
+def tiny_config(config_name: str = 'simclr', **overrides):
     """scikit-learn digits (8x8), resnet_tiny, batch 16, 4 steps, quick evaluation."""
     from ssljax import config_lib
-    c = config_lib.load_config(os.path.join(REPO, 'configs', f'{method}.py'))
+    c = config_lib.load_config(os.path.join(REPO, 'configs', f'{config_name}.py'))
     c.dataset = 'digits'
     c.image_size = 8
     c.augment.size = 8

@@ -39,8 +39,13 @@ def test_train_and_evaluate_writes_summary_metrics_and_checkpoints(tmp_path, met
 
 
 def restore_params(workdir, step):
+    """The saved train state as host arrays, whatever device topology wrote it."""
     path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-    return ocp.StandardCheckpointer().restore(path)
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    return checkpointer.restore(path, target)
 
 
 def run_main(args, env_extra=None):

@@ -26,7 +26,8 @@ p is a function of F's eigenvalues, so W_p is a matrix function of F: for 'sqrt'
 only (:func:`newton_schulz_predictor`), which runs at matmul speed on accelerators where a symmetric
 eigendecomposition does not.
 
-DirectCopy (Wang, Chen, Du & Tian 2021) skips the decomposition: W_p = F / ||F||_2 + eps I (:func:`directcopy_predictor`).
+DirectCopy (Wang, Chen, Du & Tian 2021) skips the decomposition: W_p = F / ||F||_2 + eps I
+(:func:`directcopy_predictor`).
 
 Every product here runs at ``Precision.HIGHEST``: on GPUs the default float32 matmul may use TF32 (10-bit mantissa),
 whose 1e-3 relative rounding would turn F's zero eigenvalues into negative ones of that size.

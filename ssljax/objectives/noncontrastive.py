@@ -85,7 +85,7 @@ class BYOL(Objective):
 
 def mlp_head(cfg, prefix: str, dtype, *, last_bn: bool = False, last_bn_affine: bool = True,
              use_bias: bool = True) -> MLP:
-    """The MLP of ``cfg.<prefix>_hidden``, ``_dim``, ``_bn``; the method fixes the rest (its architecture, not a knob)."""
+    """The MLP of ``cfg.<prefix>_hidden``, ``_dim``, ``_bn``; the method fixes the rest (architecture, not a knob)."""
     return MLP(hidden_dims=tuple(cfg[f'{prefix}_hidden']), out_dim=cfg[f'{prefix}_dim'], use_bn=cfg[f'{prefix}_bn'],
                last_bn=last_bn, last_bn_affine=last_bn_affine, use_bias=use_bias, dtype=dtype)
 
@@ -160,7 +160,7 @@ class PredictorBYOL(BYOL):
     Everything is BYOL (EMA target, cosine momentum, L = ||n(p_a) - n(sg z'_b)||^2 + ||n(p_b) - n(sg z'_a)||^2)
     except the predictor q, chosen by ``objective.predictor`` so that the paper's comparison is one switch:
       'directpred'  q(z) = W_p z, W_p set in closed form, not trained (below)
-      'directcopy'  q(z) = W_p z with W_p = F / ||F||_2 + eps I  (``directcopy_norm``: 'spectral' | 'frobenius' | 'none')
+      'directcopy'  q(z) = W_p z, W_p = F / ||F||_2 + eps I (``directcopy_norm``: 'spectral' | 'frobenius' | 'none')
       'linear'      a trained bias-free d x d linear predictor (PyTorch's default Linear init), the paper's baseline
       'mlp'         BYOL's trained 2-layer predictor Linear(predictor_hidden) - BN - ReLU - Linear(d)
       'none'        q = identity (the no-predictor ablation, which collapses in the paper)
@@ -213,7 +213,8 @@ class PredictorBYOL(BYOL):
         if not 0.0 <= cfg.rho < 1.0:
             raise ValueError(f'objective.rho must be in [0, 1), got {cfg.rho}')
         if cfg.transform not in directpred.TRANSFORMS:
-            raise ValueError(f'unknown objective.transform {cfg.transform!r}; known: {", ".join(directpred.TRANSFORMS)}')
+            raise ValueError(f'unknown objective.transform {cfg.transform!r}; '
+                             f'known: {", ".join(directpred.TRANSFORMS)}')
         if cfg.solver not in directpred.METHODS:
             raise ValueError(f'unknown objective.solver {cfg.solver!r}; known: {", ".join(directpred.METHODS)}')
         if cfg.directcopy_norm not in directpred.NORMALIZATIONS:
@@ -380,7 +381,8 @@ class DINO(Objective):
     Student = encoder f + DINOHead h (MLP, L2-normalised bottleneck, weight-normalised output of K units); teacher =
     EMA copies f', h'. ``views``: the first 2 are global crops, any further ones local crops (``multicrop`` recipe).
     The teacher sees only the 2 global views, the student all V views; with t_i = h'(f'(x_i)) and s_v = h(f(x_v)):
-        q_i = softmax((t_i - c) / tau_t),  L = mean over pairs (i < 2, v != i) of  mean_b -sum_k q_i log softmax(s_v / tau_s)
+        q_i = softmax((t_i - c) / tau_t),
+        L = mean over pairs (i < 2, v != i) of  mean_b -sum_k q_i log softmax(s_v / tau_s)
     (losses.dino_loss). After each loss the centre moves, c <- m c + (1 - m) mean over both global views and the batch
     of t (m = center_momentum); tau_t rises linearly per step from warmup_teacher_temp to teacher_temp over
     warmup_teacher_temp_epochs (DINO's code steps it per epoch), then stays; tau_s is fixed. After each optimizer
