@@ -118,3 +118,40 @@ def solo_cifar_optimizer(c: ml_collections.ConfigDict, lr: float, weight_decay: 
     c.optimizer.lars_clip = True
     c.optimizer.warmup_epochs = 10.0
     c.optimizer.warmup_init_lr = 3e-5
+
+
+EMBEDDED_EPOCHS = 30.0  # the embedded default's budget: about 5 minutes of training on 2 CPU cores
+
+
+def method_config(method: str, arg: str | None, **extra_args):
+    """Shared start of every method file: -> (config, parsed variant args).
+
+    Variant args: dataset (mnist | cifar10 | cifar100 | stl10 | imagenet2012), backbone, epochs, batch_size, plus
+    ``extra_args`` of the method. The embedded MNIST default gets settings that finish in minutes on a CPU; the
+    others start from solo-learn's CIFAR setup (ResNet-18 CIFAR stem, batch 256, 40 epochs, bf16).
+    """
+    a = parse_arg(arg, dataset='mnist', backbone='', epochs=-1.0, batch_size=0, **extra_args)
+    embedded = a.dataset == 'mnist'
+    c = base_config(method, a.dataset, a.backbone or ('resnet_mini' if embedded else 'resnet18'))
+    c.batch_size = 256
+    if embedded:
+        c.model.cifar_stem = False        # resnet_mini: stride-2 stem + max-pool, 28 -> 7 px, fast on CPUs
+        c.epochs = EMBEDDED_EPOCHS
+        c.augment.blur_prob = 0.0         # 28 px digits: blur erases strokes
+        c.augment.crop_min_scale = 0.2
+        c.optimizer.lr = 1.0
+        c.optimizer.warmup_epochs = 1.0
+        c.optimizer.weight_decay = 1e-5
+    else:
+        c.epochs = 40.0
+        c.dtype = 'bfloat16'
+    return c, a
+
+
+def finish(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Applies the variant args that win over a method's own defaults (epochs, batch_size)."""
+    if a.epochs > 0:
+        c.epochs = a.epochs
+    if a.batch_size > 0:
+        c.batch_size = a.batch_size
+    return c

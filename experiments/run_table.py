@@ -1,6 +1,6 @@
 """Runs several methods at one equal budget and writes a markdown table of their summaries.
 
-    python experiments/run_table.py --methods directpred,byol,simclr --out experiments/results/mnist_equal_budget \
+    python experiments/run_table.py --methods 'directpred directpred:predictor=linear byol' --out OUT \
         [--config.KEY=VALUE ...]
 
 Each method runs ``python -m ssljax.main --config configs/<method>.py --workdir OUT/<method> [overrides]`` in its own
@@ -20,9 +20,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_method(method: str, out: str, overrides: list[str], config_arg: str) -> dict:
-    workdir = os.path.join(out, method)
-    config = f'configs/{method}.py' + (f':{config_arg}' if config_arg else '')
+def run_method(spec: str, out: str, overrides: list[str], config_arg: str) -> dict:
+    """``spec`` is a config name with optional variant args, e.g. ``directpred:predictor=linear``."""
+    name, _, spec_arg = spec.partition(':')
+    method = spec
+    workdir = os.path.join(out, spec.replace(':', '-').replace('=', '-').replace(',', '-'))
+    arg = ','.join(filter(None, [config_arg, spec_arg]))
+    config = f'configs/{name}.py' + (f':{arg}' if arg else '')
     cmd = [sys.executable, '-m', 'ssljax.main', f'--config={config}', f'--workdir={workdir}', *overrides]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -68,14 +72,15 @@ def write_table(rows: list[dict], out: str, title: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('--methods', required=True, help='comma-separated config names under configs/')
+    parser.add_argument('--methods', required=True,
+                        help='space-separated config names under configs/, each optionally NAME:key=value,...')
     parser.add_argument('--out', required=True)
     parser.add_argument('--config-arg', default='', help='variant argument passed to every config (after the colon)')
     parser.add_argument('--title', default='Methods at one equal budget')
     args, overrides = parser.parse_known_args()
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    for method in args.methods.split(','):
+    for method in args.methods.split():
         print(f'== {method}', flush=True)
         rows.append(run_method(method, args.out, overrides, args.config_arg))
         print(json.dumps({k: rows[-1].get(k) for k in ('method', 'knn_top1', 'linear_top1', 'wall_s', 'error')}),

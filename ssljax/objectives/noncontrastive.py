@@ -165,7 +165,7 @@ class PredictorBYOL(BYOL):
       'mlp'         BYOL's trained 2-layer predictor Linear(predictor_hidden) - BN - ReLU - Linear(d)
       'none'        q = identity (the no-predictor ablation, which collapses in the paper)
 
-    DirectPred / DirectCopy: the objective state holds F (the EMA correlation of the online projections, float32
+    DirectPred / DirectCopy (and, for the eigen-alignment analysis, the trained linear predictor): the state holds F (the EMA correlation of the online projections, float32
     [d, d]), mu (their EMA mean, [d]) and a count of batches seen. Inside ``loss``, from the detached projections f of
     both views: F <- rho F + (1 - rho) E[f f^T] (F = the first batch's E[f f^T]), likewise mu. In ``update``, when
     ``step % freq == 0`` (``step`` = optimizer steps completed, so the first write is after ``freq`` steps; the
@@ -201,6 +201,11 @@ class PredictorBYOL(BYOL):
     def closed_form(self) -> bool:
         """Whether the predictor is set from F (DirectPred / DirectCopy) rather than trained."""
         return self.kind in ('directpred', 'directcopy')
+
+    @property
+    def tracks_correlation(self) -> bool:
+        """Whether F is kept: to set the predictor, or (trained linear) for the paper's eigen-alignment analysis."""
+        return self.kind in ('directpred', 'directcopy', 'linear')
 
     @classmethod
     def from_config(cls, config, ctx: Context) -> 'PredictorBYOL':
@@ -243,7 +248,7 @@ class PredictorBYOL(BYOL):
             modules['predictor'] = (self.predictor, (jnp.zeros((2, dim), jnp.float32),))
         heads = init_heads(rng, modules)
         state = {'target': _ema_copy(encoder_variables, heads, ('projector',))}
-        if self.closed_form:
+        if self.tracks_correlation:
             state.update(corr=jnp.zeros((dim, dim), jnp.float32), mean=jnp.zeros((dim,), jnp.float32),
                          count=jnp.zeros((), jnp.int32), ns_fallbacks=jnp.zeros((), jnp.int32))
         return heads, state
@@ -261,7 +266,7 @@ class PredictorBYOL(BYOL):
         metrics = {'pred_target_cosine': 0.5 * (losses.cosine_similarity(p_a, t_b).mean()
                                                 + losses.cosine_similarity(p_b, t_a).mean())}
         state = objective_state
-        if self.closed_form:
+        if self.tracks_correlation:
             seen = state['count'] > 0
             state = dict(state, corr=directpred.update_correlation(state['corr'], z_a, z_b, self.rho, seen),
                          mean=directpred.update_mean(state['mean'], z_a, z_b, self.rho, seen),

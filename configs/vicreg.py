@@ -1,0 +1,26 @@
+"""VICReg (Bardes et al. 2022): 25 invariance + 25 variance + 1 covariance, statistics over the global batch.
+
+Embedded default:  python -m ssljax.main --config configs/vicreg.py --workdir workdirs/vicreg_mnist
+CIFAR-10:          python -m ssljax.main --config configs/vicreg.py:dataset=cifar10 --config.dataset=image_folder \
+                       --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/vicreg_c10
+Published defaults: projector 3 x 8192 (ImageNet); solo-learn CIFAR: 3 x 2048, LARS lr 0.3, wd 1e-4.
+"""
+from configs import common
+
+
+def get_config(arg=None):
+    c, a = common.method_config('vicreg', arg)
+    embedded = a.dataset == 'mnist'
+    width = 1024 if embedded else 2048
+    c.augment.recipe = 'byol' if embedded else 'solo_byol_cifar'
+    c.objective.projector_hidden = (width, width)
+    c.objective.projector_dim = width
+    c.objective.projector_bn = True
+    c.objective.sim_coeff = 25.0
+    c.objective.std_coeff = 25.0
+    c.objective.cov_coeff = 1.0
+    c.optimizer.lr = 0.3
+    c.optimizer.weight_decay = 1e-4
+    if not embedded:
+        common.solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-4)
+    return common.finish(c, a)
