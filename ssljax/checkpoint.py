@@ -38,3 +38,24 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def list_steps(workdir: str) -> list[int]:
+    """Steps of the finished checkpoints in ``workdir/checkpoints``, ascending."""
+    directory = os.path.join(workdir, 'checkpoints')
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f'no checkpoints in {directory}')
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def load_tree(workdir: str, step: int):
+    """A saved train state as a pytree of arrays on this process's first device, whatever topology wrote it.
+
+    For analysis and tests: no model or config needed; the tree mirrors TrainState's fields as a dict.
+    """
+    path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step), 'default')
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    return checkpointer.restore(path, target)

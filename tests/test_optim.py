@@ -1,7 +1,6 @@
 """Optimizer construction: LARS against its formula, exclusions, parameter groups, schedule."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -20,7 +19,6 @@ def make_config(**opt):
 
 def test_schedule_warmup_then_cosine():
     c = make_config(lr=0.3, warmup_steps=10, warmup_init_lr=0.0)
-    params = {'encoder': {'w': jnp.ones((2, 2))}}
     _, schedule = optim.create_optimizer(c, total_steps=110, steps_per_epoch=10)
     peak = 0.3 * 512 / 256
     np.testing.assert_allclose(schedule(0), 0.0, atol=1e-8)

@@ -9,10 +9,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, tiny_config
+from ssljax import checkpoint as ckpt_lib
 from ssljax import main as main_lib
 from ssljax import train
 from ssljax.objectives import base, contrastive
@@ -39,13 +39,7 @@ def test_train_and_evaluate_writes_summary_metrics_and_checkpoints(tmp_path, met
 
 
 def restore_params(workdir, step):
-    """The saved train state as host arrays, whatever device topology wrote it."""
-    path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-    checkpointer = ocp.StandardCheckpointer()
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          checkpointer.metadata(path).item_metadata.tree)
-    return checkpointer.restore(path, target)
+    return ckpt_lib.load_tree(workdir, step)
 
 
 def run_main(args, env_extra=None):

@@ -13,7 +13,6 @@ import dataclasses
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ssljax import parallel

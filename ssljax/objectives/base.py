@@ -21,12 +21,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ssljax.models.heads import MLP
 
 PyTree = Any
 
@@ -97,6 +99,13 @@ class Forward:
         return list(jnp.split(y, len(xs), axis=0))
 
 
+def mlp_from_config(cfg, prefix: str, dtype, *, last_bn: bool = False, last_bn_affine: bool = True,
+                    use_bias: bool = True) -> MLP:
+    """The MLP of ``cfg.<prefix>_hidden``, ``_dim``, ``_bn``; the method fixes the rest (architecture, not a knob)."""
+    return MLP(hidden_dims=tuple(cfg[f'{prefix}_hidden']), out_dim=cfg[f'{prefix}_dim'], use_bn=cfg[f'{prefix}_bn'],
+               last_bn=last_bn, last_bn_affine=last_bn_affine, use_bias=use_bias, dtype=dtype)
+
+
 def init_heads(rng: jax.Array, heads: dict[str, tuple[nn.Module, tuple]]) -> dict:
     """Initialises named head modules on example inputs: ``{name: (module, example_args)}`` -> variables dict."""
     params, stats = {}, {}
@@ -160,3 +169,27 @@ def create_objective(config, ctx: Context) -> Objective:
     if config.method not in OBJECTIVES:
         raise ValueError(f'unknown method {config.method!r}; known: {", ".join(sorted(OBJECTIVES))}')
     return OBJECTIVES[config.method].from_config(config, ctx)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoViewObjective(Objective):
+    """Two views through one encoder and projector, then a loss of (z_a, z_b); no state.
+
+    Subclasses (SimCLR, Barlow Twins, VICReg, ...) define only ``from_config`` and ``pair_loss``.
+    """
+    projector: MLP = None
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
+        return init_heads(rng, {'projector': (self.projector, (feats,))}), {}
+
+    @abc.abstractmethod
+    def pair_loss(self, z_a: jax.Array, z_b: jax.Array) -> tuple[jax.Array, dict]:
+        """-> (loss, metrics) from the two views' projections."""
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        fw = Forward(variables)
+        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
+        z_a, z_b = fw.apply_views('projector', self.projector, feats)
+        loss, metrics = self.pair_loss(z_a, z_b)
+        return loss, LossOutput(metrics, fw.batch_stats, objective_state, feats[0])

@@ -9,14 +9,8 @@ import jax.numpy as jnp
 
 from ssljax.models.heads import MLP, DINOHead, LinearPredictor, torch_linear_init
 from ssljax.objectives import directpred, losses
-from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, cosine_ema_momentum, ema_update,
-                                    init_heads, register)
-
-
-def mlp_from_config(cfg, prefix: str, dtype) -> MLP:
-    """The MLP described by ``cfg.<prefix>_hidden``, ``cfg.<prefix>_dim`` and ``cfg.<prefix>_bn``."""
-    return MLP(hidden_dims=tuple(cfg[f'{prefix}_hidden']), out_dim=cfg[f'{prefix}_dim'], use_bn=cfg[f'{prefix}_bn'],
-               dtype=dtype)
+from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, TwoViewObjective, cosine_ema_momentum,
+                                    ema_update, init_heads, mlp_from_config, register)
 
 
 @register
@@ -83,13 +77,6 @@ class BYOL(Objective):
 # DINO. Each from_config reads exactly the keys its docstring names from ``config.objective``.
 # ======================================================================================================================
 
-def mlp_head(cfg, prefix: str, dtype, *, last_bn: bool = False, last_bn_affine: bool = True,
-             use_bias: bool = True) -> MLP:
-    """The MLP of ``cfg.<prefix>_hidden``, ``_dim``, ``_bn``; the method fixes the rest (architecture, not a knob)."""
-    return MLP(hidden_dims=tuple(cfg[f'{prefix}_hidden']), out_dim=cfg[f'{prefix}_dim'], use_bn=cfg[f'{prefix}_bn'],
-               last_bn=last_bn, last_bn_affine=last_bn_affine, use_bias=use_bias, dtype=dtype)
-
-
 def _embedding_std(z: jax.Array) -> jax.Array:
     """SimSiam's collapse monitor: mean over dimensions of the batch std of n(z) (about 1/sqrt(D) when spread)."""
     return jnp.mean(jnp.std(losses.l2_normalize(jax.lax.stop_gradient(z)), axis=0))
@@ -130,9 +117,9 @@ class SimSiam(Objective):
             raise ValueError(f'simsiam: objective.predictor_dim ({cfg.predictor_dim}) must equal '
                              f'objective.projector_dim ({cfg.projector_dim})')
         # Linear biases before a BN are redundant (the reference drops them); the last BN has no affine parameters.
-        return cls(ctx=ctx, projector=mlp_head(cfg, 'projector', ctx.dtype, last_bn=True, last_bn_affine=False,
+        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype, last_bn=True, last_bn_affine=False,
                                                use_bias=False),
-                   predictor=mlp_head(cfg, 'predictor', ctx.dtype))
+                   predictor=mlp_from_config(cfg, 'predictor', ctx.dtype))
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
@@ -306,7 +293,7 @@ class PredictorBYOL(BYOL):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class BarlowTwins(Objective):
+class BarlowTwins(TwoViewObjective):
     """Barlow Twins (Zbontar et al. 2021): make the cross-correlation of the two views' embeddings the identity.
 
     z = g(f(x)) with projector g = [Linear - BN - ReLU] x 2 - Linear (no biases, as the reference); with C the D x D
@@ -318,32 +305,23 @@ class BarlowTwins(Objective):
     Metrics: ``pos_cosine`` (mean cosine of z_a and z_b).
     """
     name = 'barlow_twins'
-    projector: MLP = None
     lambd: float = 0.0051
     scale_loss: float = 1.0
 
     @classmethod
     def from_config(cls, config, ctx: Context) -> 'BarlowTwins':
         cfg = config.objective
-        return cls(ctx=ctx, projector=mlp_head(cfg, 'projector', ctx.dtype, use_bias=False),
+        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype, use_bias=False),
                    lambd=float(cfg.lambd), scale_loss=float(cfg.scale_loss))
 
-    def init(self, rng, encoder_variables):
-        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
-        return init_heads(rng, {'projector': (self.projector, (feats,))}), {}
-
-    def loss(self, variables, objective_state, views, batch, rng):
-        fw = Forward(variables)
-        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
-        z_a, z_b = fw.apply_views('projector', self.projector, feats)
+    def pair_loss(self, z_a, z_b):
         loss = self.scale_loss * losses.barlow_twins_loss(z_a, z_b, self.lambd)
-        metrics = {'pos_cosine': losses.cosine_similarity(z_a, z_b).mean()}
-        return loss, LossOutput(metrics, fw.batch_stats, objective_state, feats[0])
+        return loss, {'pos_cosine': losses.cosine_similarity(z_a, z_b).mean()}
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class VICReg(Objective):
+class VICReg(TwoViewObjective):
     """VICReg (Bardes et al. 2022): invariance + variance + covariance terms, statistics over the global batch.
 
     z = g(f(x)) with projector g = [Linear - BN - ReLU] x 2 - Linear; (losses.vicreg_loss)
@@ -355,7 +333,6 @@ class VICReg(Objective):
     Metrics: ``invariance``, ``variance``, ``covariance`` (unweighted terms).
     """
     name = 'vicreg'
-    projector: MLP = None
     sim_coeff: float = 25.0
     std_coeff: float = 25.0
     cov_coeff: float = 1.0
@@ -363,19 +340,11 @@ class VICReg(Objective):
     @classmethod
     def from_config(cls, config, ctx: Context) -> 'VICReg':
         cfg = config.objective
-        return cls(ctx=ctx, projector=mlp_head(cfg, 'projector', ctx.dtype), sim_coeff=float(cfg.sim_coeff),
+        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype), sim_coeff=float(cfg.sim_coeff),
                    std_coeff=float(cfg.std_coeff), cov_coeff=float(cfg.cov_coeff))
 
-    def init(self, rng, encoder_variables):
-        feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
-        return init_heads(rng, {'projector': (self.projector, (feats,))}), {}
-
-    def loss(self, variables, objective_state, views, batch, rng):
-        fw = Forward(variables)
-        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
-        z_a, z_b = fw.apply_views('projector', self.projector, feats)
-        loss, terms = losses.vicreg_loss(z_a, z_b, self.sim_coeff, self.std_coeff, self.cov_coeff)
-        return loss, LossOutput(terms, fw.batch_stats, objective_state, feats[0])
+    def pair_loss(self, z_a, z_b):
+        return losses.vicreg_loss(z_a, z_b, self.sim_coeff, self.std_coeff, self.cov_coeff)
 
 
 @register
