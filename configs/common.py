@@ -42,7 +42,7 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.method = method
     c.dataset = dataset
     c.data_dir = ''                  # tfds data_dir or image-folder root; '' for embedded datasets
-    c.train_split = 'train'
+    c.train_split = 'train+unlabeled' if dataset == 'stl10' else 'train'  # STL-10 pretrains on its unlabeled images
     c.eval_train_split = 'train'     # kNN bank / linear-probe training features
     c.eval_split = 'test'
     c.image_size = ds['image_size']  # host-side size of stored images (folders are resized to it)

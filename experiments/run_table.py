@@ -20,11 +20,15 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def workdir_name(spec: str) -> str:
+    return spec.replace(':', '-').replace('=', '-').replace(',', '-')
+
+
 def run_method(spec: str, out: str, overrides: list[str], config_arg: str) -> dict:
     """``spec`` is a config name with optional variant args, e.g. ``directpred:predictor=linear``."""
     name, _, spec_arg = spec.partition(':')
     method = spec
-    workdir = os.path.join(out, spec.replace(':', '-').replace('=', '-').replace(',', '-'))
+    workdir = os.path.join(out, workdir_name(spec))
     arg = ','.join(filter(None, [config_arg, spec_arg]))
     config = f'configs/{name}.py' + (f':{arg}' if arg else '')
     cmd = [sys.executable, '-m', 'ssljax.main', f'--config={config}', f'--workdir={workdir}', *overrides]
@@ -39,7 +43,7 @@ def run_method(spec: str, out: str, overrides: list[str], config_arg: str) -> di
         error = (proc.stderr.strip().splitlines() or ['(no output)'])[-1]
         return {'method': method, 'error': error, 'command': command, 'wall_s': round(time.time() - t0, 1)}
     summary = json.load(open(summary_path))
-    summary['command'] = command
+    summary.update(method=spec, command=command)
     return summary
 
 
@@ -77,9 +81,18 @@ def main() -> None:
     parser.add_argument('--out', required=True)
     parser.add_argument('--config-arg', default='', help='variant argument passed to every config (after the colon)')
     parser.add_argument('--title', default='Methods at one equal budget')
+    parser.add_argument('--rebuild', action='store_true',
+                        help='only rebuild OUT/table.md from the runs already in OUT (their summary.json and logs)')
     args, overrides = parser.parse_known_args()
     os.makedirs(args.out, exist_ok=True)
     rows = []
+    if args.rebuild:
+        old = {r['command']: r for r in json.load(open(os.path.join(args.out, 'rows.json')))}
+        for spec in args.methods.split():
+            row = next(r for cmd, r in old.items() if f'--workdir={os.path.join(args.out, workdir_name(spec))} ' in cmd + ' ')
+            rows.append(dict(row, method=spec))
+        print(write_table(rows, args.out, args.title))
+        return
     for method in args.methods.split():
         print(f'== {method}', flush=True)
         rows.append(run_method(method, args.out, overrides, args.config_arg))

@@ -206,12 +206,6 @@ class Evaluator:
 
     def __init__(self, exp: Experiment, train_split: sources.Split, test_split: sources.Split):
         self.exp, self.train, self.test = exp, train_split, test_split
-        cfg = exp.config.eval
-        if cfg.max_train_examples and len(train_split.labels) > cfg.max_train_examples:
-            rng = np.random.default_rng(exp.config.seed)
-            keep = np.sort(rng.choice(len(train_split.labels), cfg.max_train_examples, replace=False))
-            self.train = dataclasses.replace(train_split, images=train_split.images[keep],
-                                             labels=train_split.labels[keep])
         self.encode = make_encode_fn(exp)
         self.batch = eval_batch_size(exp.config, exp.mesh)
 
@@ -274,12 +268,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # ----- data -----------------------------------------------------------------------------------------------------
     train_data = pipeline.load_train_data(config, mesh)
-    eval_size = config.image_size if config.dataset == 'image_folder' else None
-    eval_train = pipeline.load_split(config, config.eval_train_split, eval_size)
-    eval_test = pipeline.load_split(config, config.eval_split, eval_size)
-    num_classes = config.num_classes or len(train_data.split.class_names)
-    log(f'data: {config.dataset} {train_data.num_examples} train images {train_data.split.images.shape[1:]}, '
-        f'{len(eval_test.labels)} test, {num_classes} classes, '
+    if config.eval_train_split == config.train_split and isinstance(train_data.source, sources.Split):
+        eval_train = pipeline.subsample(train_data.source, config.eval.max_train_examples, config.seed)
+    else:
+        eval_train = pipeline.load_split(config, config.eval_train_split, config.eval.max_train_examples)
+    eval_test = pipeline.load_split(config, config.eval_split)
+    num_classes = config.num_classes or eval_train.num_classes
+    log(f'data: {config.dataset} {train_data.num_examples} train images, {len(eval_test.labels)} test '
+        f'{eval_test.images.shape[1:]}, {num_classes} classes, '
         f'{"on device" if train_data.on_device else "streamed from host"}')
 
     # ----- model, objective, state ----------------------------------------------------------------------------------

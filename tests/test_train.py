@@ -120,3 +120,15 @@ def test_empty_image_folder_is_an_error(tmp_path, capsys):
                          '--config.dataset=image_folder', f'--config.data_dir={root}'])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and str(root / 'train') in err, err
+
+
+def test_streamed_dataset_trains_from_host_and_evaluates_a_subsample(tmp_path, monkeypatch, capsys):
+    from ssljax.data import pipeline
+    monkeypatch.setattr(pipeline, 'STREAMED', ('digits',))  # as imagenet2012: host loader, subsampled evaluation
+    config = tiny_config('simclr', **{'eval.max_train_examples': 0})
+    with pytest.raises(ValueError, match='eval.max_train_examples'):
+        pipeline.load_split(config, 'train')  # a whole streamed split is never read into memory
+    config.eval.max_train_examples = 200
+    summary = train.train_and_evaluate(config, str(tmp_path / 'b'))
+    assert 'streamed from host' in capsys.readouterr().out
+    assert summary['steps'] == 4 and np.isfinite(summary['final_loss'])

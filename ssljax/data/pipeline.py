@@ -10,7 +10,7 @@ the mesh's data axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -21,7 +21,7 @@ from ssljax.data import loader, sources
 
 @dataclasses.dataclass
 class TrainData:
-    split: sources.Split
+    source: Any                    # sources.Split in memory, or a random-access source decoding on demand
     global_batch: int
     seed: int
     mesh: jax.sharding.Mesh
@@ -30,13 +30,13 @@ class TrainData:
 
     @property
     def num_examples(self) -> int:
-        return len(self.split.labels)
+        return len(self.source)
 
     def batches(self, start_step: int) -> Iterator[dict]:
         """Global batches from ``start_step`` on (the data position is the step)."""
         if self.on_device:
             return self._index_batches(start_step)
-        host = loader.HostLoader(self.split, self.global_batch, self.seed, start_step,
+        host = loader.HostLoader(self.source, self.global_batch, self.seed, start_step,
                                  jax.process_index(), jax.process_count())
         return (parallel.global_batch_from_host(b, self.mesh) for b in host)
 
@@ -56,15 +56,51 @@ def gather_batch(batch: dict, device_arrays: dict) -> dict:
     return {'image': device_arrays['images'][idx], 'label': device_arrays['labels'][idx], 'index': idx}
 
 
-def load_split(config, split: str, image_size: int | None = None) -> sources.Split:
-    return sources.load_split(config.dataset, split, config.data_dir or None, image_size=image_size or None,
-                              cache_dir=config.cache_dir or None)
+# Datasets too large to hold in host memory: training streams them, evaluation reads a subsample.
+STREAMED = ('imagenet2012',)
+
+
+def stored_size(config) -> int | None:
+    """The side images are stored at on the host (image folders and streamed datasets are resized to it)."""
+    return config.image_size if config.dataset in ('image_folder', *STREAMED) else None
+
+
+def subsample(source, max_examples: int, seed: int, name: str = '') -> sources.Split:
+    """A seeded random subset of ``max_examples`` (all when 0 or larger) of a Split or random-access source."""
+    n = len(source)
+    if isinstance(source, sources.Split) and (not max_examples or n <= max_examples):
+        return source
+    keep = np.arange(n) if not max_examples else np.sort(
+        np.random.default_rng(seed).choice(n, min(max_examples, n), replace=False))
+    batch = source.get(keep)
+    return sources.Split(images=batch['image'], labels=np.asarray(batch['label'], np.int32),
+                         class_names=tuple(getattr(source, 'class_names', ())), name=name)
+
+
+def load_split(config, split: str, max_examples: int = 0) -> sources.Split:
+    """A split in host memory (a seeded subsample of ``max_examples`` when > 0).
+
+    Streamed datasets are read through their random-access source, so only the subsample is decoded; reading a whole
+    ImageNet split this way is refused with a message naming the config key.
+    """
+    if config.dataset not in STREAMED:
+        data = sources.load_split(config.dataset, split, config.data_dir or None, image_size=stored_size(config),
+                                  cache_dir=config.cache_dir or None)
+        return subsample(data, max_examples, config.seed, data.name)
+    source = sources.open_source(config.dataset, split, config.data_dir or None, image_size=stored_size(config))
+    if not max_examples and split == config.eval_train_split:
+        raise ValueError(f'{config.dataset} is streamed: set config key "eval.max_train_examples" to the number of '
+                         f'{split} images for the kNN bank and linear probe (it has {len(source)})')
+    return subsample(source, max_examples, config.seed, f'{config.dataset}:{split}')
 
 
 def load_train_data(config, mesh) -> TrainData:
-    split = load_split(config, config.train_split, config.image_size if config.dataset == 'image_folder' else None)
-    nbytes = split.images.nbytes
-    on_device = nbytes <= config.device_data_max_mb * 2 ** 20
+    if config.dataset in STREAMED:
+        source = sources.open_source(config.dataset, config.train_split, config.data_dir or None,
+                                     image_size=stored_size(config))
+        return TrainData(source, config.batch_size, config.seed, mesh, False, {})
+    split = load_split(config, config.train_split)
+    on_device = split.images.nbytes <= config.device_data_max_mb * 2 ** 20
     arrays = {}
     if on_device:
         arrays = parallel.put_replicated({'images': split.images, 'labels': split.labels.astype(np.int32)}, mesh)
