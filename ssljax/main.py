@@ -33,7 +33,8 @@ def run(argv: list[str]) -> int:
     except (config_lib.ConfigError, ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         if os.environ.get('SSLJAX_TRACEBACK'):
             raise
-        print(f'ssljax: error: {e}', file=sys.stderr)
+        hint = '' if isinstance(e, (config_lib.ConfigError, FileNotFoundError)) else ' (SSLJAX_TRACEBACK=1 shows where)'
+        print(f'ssljax: error: {e}{hint}', file=sys.stderr)
         return 2 if isinstance(e, (config_lib.ConfigError, FileNotFoundError)) else 1
     return 0
 

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -237,6 +238,30 @@ class Evaluator:
 # =====================================================================================================================
 # The loop
 # =====================================================================================================================
+class Preempted(RuntimeError):
+    """The run received SIGTERM; a checkpoint of the current step was written."""
+
+
+class _PreemptionFlag:
+    """True once SIGTERM arrived (handler installed for the training loop only, main thread only)."""
+
+    def __init__(self):
+        self.received = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __bool__(self) -> bool:
+        return self.received
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def _check_finite(state: TrainState, ckpt: ckpt_lib.Checkpointer) -> None:
     bad = int(jax.device_get(state.nonfinite_step))
     if bad >= 0:
@@ -307,8 +332,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_time, timed_steps, t0 = 0.0, 0, None
     batches = train_data.batches(start_step)
     step = start_step
+    preempted = _PreemptionFlag()
     try:
         while step < exp.total_steps:
+            if preempted:  # SIGTERM (a scheduler's preemption): save where we are, then stop
+                _check_finite(state, ckpt)
+                ckpt.save(step, state)
+                ckpt.wait()
+                raise Preempted(f'stopped by SIGTERM at step {step}; saved a checkpoint there in {ckpt.directory}: '
+                                'rerun the same command to resume')
             state, metrics = train_step(state, next(batches), train_data.device_arrays)
             step += 1
             pending.append(metrics)
@@ -341,6 +373,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if ckpt.latest_step() != step:
             ckpt.save(step, state)
     finally:
+        preempted.restore()
         ckpt.wait()
         writer.close()
 

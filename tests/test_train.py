@@ -132,3 +132,24 @@ def test_streamed_dataset_trains_from_host_and_evaluates_a_subsample(tmp_path, m
     summary = train.train_and_evaluate(config, str(tmp_path / 'b'))
     assert 'streamed from host' in capsys.readouterr().out
     assert summary['steps'] == 4 and np.isfinite(summary['final_loss'])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(tmp_path):
+    import signal
+    import time
+    workdir = tmp_path / 'w'
+    args = [a for a in TINY_ARGS if not a.startswith('--config.total_steps')]
+    proc = subprocess.Popen([sys.executable, '-m', 'ssljax.main', '--config=configs/simclr.py', f'--workdir={workdir}',
+                             *args, '--config.total_steps=100000', '--config.checkpoint_every=0'],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith('ssljax: error: stopped by SIGTERM at step'), line
+    step = int(line.split('at step ')[1].split(';')[0])
+    assert os.listdir(workdir / 'checkpoints') == [str(step)]

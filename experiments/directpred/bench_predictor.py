@@ -9,8 +9,8 @@ Prints one JSON object per line:
       a whole BYOL-family step (loss + gradient + SGD + objective.update) averaged over --steps steps, against the
       same step with a trained linear predictor (no closed-form update at all).
 
-    python experiments/bench_directpred.py                      # CPU defaults, well under 2 minutes
-    python experiments/bench_directpred.py --dims 128,256,512,2048 --backbone resnet18 --batch 256 --size 32 \
+    python experiments/directpred/bench_predictor.py                      # CPU defaults, well under 2 minutes
+    python experiments/directpred/bench_predictor.py --dims 128,256,512,2048 --backbone resnet18 --batch 256 --size 32 \
         --step-dim 256 --steps 50                               # the GPU question of issue 3 (<= 5% over BYOL)
 
 CPU timings do not predict accelerator timings: on a CPU a d x d product and an eigendecomposition are both
