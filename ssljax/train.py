@@ -280,6 +280,14 @@ def _write_json(path: str, payload: dict) -> None:
         os.replace(tmp, path)
 
 
+def _last_logged_loss(workdir: str) -> float:
+    """The last train/loss in metrics.jsonl (a rerun of a finished run trains no step itself)."""
+    path = os.path.join(workdir, 'metrics.jsonl')
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+    return losses[-1] if losses else float('nan')
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Pretrains ``config.method`` and evaluates the encoder; writes ``workdir/summary.json`` and returns it."""
     wall_start = time.time()
@@ -391,7 +399,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         'wall_s': round(time.time() - wall_start, 2), 'train_s_this_run': round(train_time, 2),
         'train_samples_per_s': round(samples_per_s, 2),
         'train_samples_per_s_per_device': round(samples_per_s / num_devices, 2),
-        'final_loss': last_metrics.get('loss', float('nan')),
+        'final_loss': last_metrics['loss'] if last_metrics else _last_logged_loss(workdir),
         **final,
         'random_init_knn_top1': baseline.get('knn_top1'), 'random_init_linear_top1': baseline.get('linear_top1'),
     }

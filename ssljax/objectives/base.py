@@ -128,6 +128,12 @@ def ema_update(target: PyTree, online: PyTree, momentum: jax.Array) -> PyTree:
     return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
 
 
+def ema_network(network: dict, params: dict, momentum: jax.Array) -> dict:
+    """Moves a target/teacher network ``{'params': {name: ...}, 'batch_stats': ...}`` towards ``params[name]``."""
+    online = {name: params[name] for name in network['params']}
+    return dict(network, params=ema_update(network['params'], online, momentum))
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective(abc.ABC):
     """Base of every method. Subclasses are frozen dataclasses: hashable, static under jit."""

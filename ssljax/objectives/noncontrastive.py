@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from ssljax.models.heads import MLP, DINOHead, LinearPredictor, torch_linear_init
 from ssljax.objectives import directpred, losses
 from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, TwoViewObjective, cosine_ema_momentum,
-                                    ema_update, init_heads, mlp_from_config, register)
+                                    ema_network, init_heads, mlp_from_config, register)
 
 
 @register
@@ -66,10 +66,7 @@ class BYOL(Objective):
 
     def update(self, params, objective_state, step):
         momentum = cosine_ema_momentum(self.ema_base, step, self.ctx.total_steps, self.ema_final)
-        target = objective_state['target']
-        online = {'encoder': params['encoder'], 'projector': params['projector']}
-        new_target = dict(target, params=ema_update(target['params'], online, momentum))
-        return params, dict(objective_state, target=new_target)
+        return params, dict(objective_state, target=ema_network(objective_state['target'], params, momentum))
 
 
 # ======================================================================================================================
@@ -429,7 +426,4 @@ class DINO(Objective):
 
     def update(self, params, objective_state, step):
         momentum = cosine_ema_momentum(self.ema_base, step, self.ctx.total_steps, self.ema_final)
-        teacher = objective_state['teacher']
-        online = {'encoder': params['encoder'], 'head': params['head']}
-        new_teacher = dict(teacher, params=ema_update(teacher['params'], online, momentum))
-        return params, dict(objective_state, teacher=new_teacher)
+        return params, dict(objective_state, teacher=ema_network(objective_state['teacher'], params, momentum))
