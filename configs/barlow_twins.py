@@ -11,16 +11,7 @@ from configs import common
 
 def get_config(arg=None):
     c, a = common.method_config('barlow_twins', arg)
-    embedded = a.dataset == 'mnist'
-    width = 1024 if embedded else 2048
-    c.augment.recipe = 'byol' if embedded else 'solo_byol_cifar'
-    c.objective.projector_hidden = (width, width)
-    c.objective.projector_dim = width
-    c.objective.projector_bn = True
+    common.redundancy_reduction_setup(c, embedded=a.dataset == 'mnist')
     c.objective.lambd = 0.0051
     c.objective.scale_loss = 0.1
-    c.optimizer.lr = 0.3
-    c.optimizer.weight_decay = 1e-4
-    if not embedded:
-        common.solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-4)
     return common.finish(c, a)

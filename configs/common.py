@@ -155,3 +155,18 @@ def finish(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_col
     if a.batch_size > 0:
         c.batch_size = a.batch_size
     return c
+
+
+def redundancy_reduction_setup(c: ml_collections.ConfigDict, embedded: bool) -> None:
+    """Shared by Barlow Twins and VICReg: 3-layer projector (1024 wide on MNIST, 2048 as solo-learn's CIFAR),
+    BYOL's views, LARS lr 0.3, wd 1e-4."""
+    width = 1024 if embedded else 2048
+    c.augment.recipe = 'byol' if embedded else 'solo_byol_cifar'
+    c.objective.projector_hidden = (width, width)
+    c.objective.projector_dim = width
+    c.objective.projector_bn = True
+    if embedded:
+        c.optimizer.lr = 0.3
+        c.optimizer.weight_decay = 1e-4
+    else:
+        solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-4)
