@@ -1,5 +1,9 @@
 """Config loading, overrides and validation: each mistake is one clear error naming the key."""
+import os
+
 import pytest
+
+from conftest import REPO
 
 from configs import common
 from ssljax import config_lib
@@ -100,3 +104,20 @@ def test_steps_from_epochs():
     c.batch_size = 2000
     with pytest.raises(config_lib.ConfigError, match='larger than the training set'):
         config_lib.total_steps(c, 1000)
+
+
+METHOD_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
+                      if f.endswith('.py') and f not in ('common.py', '__init__.py'))
+
+
+@pytest.mark.parametrize('name', METHOD_FILES)
+@pytest.mark.parametrize('variant', ['', ':dataset=cifar10'])
+def test_every_method_config_validates_and_builds_its_objective(name, variant):
+    from ssljax.models import registry
+    from ssljax.objectives import Context, create_objective
+    config = config_lib.load_config(f'configs/{name}.py{variant}')
+    config_lib.validate(config, num_devices=1, check_data=False)
+    encoder, dim = registry.create_encoder(config.model.backbone, cifar_stem=config.model.cifar_stem)
+    objective = create_objective(config, Context(encoder=encoder, feature_dim=dim, total_steps=100,
+                                                 global_batch=config.batch_size, num_examples=50000))
+    assert objective.name == config.method
