@@ -369,3 +369,15 @@ def test_sharded_batch_gives_the_same_views(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, cwd=root, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
+
+
+def test_solo_simclr_blur_is_a_full_gaussian_kernel():
+    view = A.recipe("solo_simclr_cifar", 32)[0]
+    assert view.blur_kernel == 13 and A.recipe("simclr", 32)[0].blur_kernel == 0  # SimCLR's 10% rule elsewhere
+    with pytest.raises(ValueError, match="blur_kernel"):
+        A.ViewConfig(size=32, blur_kernel=4)
+    # sigma 2: the 13-tap kernel spreads a point further than the 3-tap one (3 sigma each side)
+    image = jnp.zeros((32, 32, 3)).at[16, 16].set(1.0)
+    wide, narrow = A.gaussian_blur(image, 2.0, 13), A.gaussian_blur(image, 2.0, 3)
+    assert float(wide[16, 22, 0]) > 0 and float(narrow[16, 22, 0]) == 0
+    np.testing.assert_allclose(float(wide[..., 0].sum()), 1.0, rtol=1e-5)  # mass is kept

@@ -57,7 +57,8 @@ class ViewConfig:
     jitter_prob: probability of colour jitter, which draws brightness / contrast / saturation factors uniformly from
     [max(0, 1 - b), 1 + b] and a hue shift from [-hue, hue] (hue in turns, at most 0.5). grayscale_prob: probability of
     BT.601 grayscale. blur_prob: probability of a Gaussian blur with sigma uniform in blur_sigma (pixels of the output)
-    and kernel side `blur_kernel_size(size)`. solarize_prob: probability of x -> 1 - x where x >= solarize_threshold.
+    and kernel side `blur_kernel` (0: SimCLR's rule `blur_kernel_size(size)`, about 10% of the side).
+    solarize_prob: probability of x -> 1 - x where x >= solarize_threshold.
     mean, std: per-channel normalisation applied last.
     """
     size: int
@@ -72,6 +73,7 @@ class ViewConfig:
     grayscale_prob: float = 0.2
     blur_prob: float = 0.0
     blur_sigma: tuple = (0.1, 2.0)
+    blur_kernel: int = 0
     solarize_prob: float = 0.0
     solarize_threshold: float = 0.5
     mean: tuple = IMAGENET_MEAN
@@ -105,6 +107,8 @@ class ViewConfig:
         lo, hi = self.blur_sigma
         if not 0.0 < lo <= hi:
             raise ValueError(f"ViewConfig.blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma!r}")
+        if self.blur_kernel and (self.blur_kernel % 2 == 0 or not 0 < self.blur_kernel < 2 * self.size):
+            raise ValueError(f"ViewConfig.blur_kernel must be 0 or odd and below 2 * size, got {self.blur_kernel!r}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"ViewConfig.std must be positive, got {self.std!r}")
 
@@ -123,9 +127,11 @@ def _byol_views(image_size):
 
 
 def _solo_simclr_cifar_views(image_size):
+    # solo-learn blurs with PIL's full Gaussian (radius = sigma up to 2), not SimCLR's 10%-of-side kernel, which is
+    # 3 taps at 32 px: a 2 ceil(3 sigma_max) + 1 = 13-tap kernel matches it (capped for tiny images).
     view = ViewConfig(size=image_size, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_prob=0.8,
                       grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0, flip_prob=0.5,
-                      mean=CIFAR10_MEAN, std=CIFAR10_STD)
+                      blur_kernel=min(13, 2 * (image_size - 1) + 1), mean=CIFAR10_MEAN, std=CIFAR10_STD)
     return (view, view)
 
 
@@ -477,7 +483,8 @@ def augment_image(image, key, view: ViewConfig):
         x = jnp.where(u[_U_GRAY] < view.grayscale_prob, grayscale(x), x)
     if view.blur_prob > 0:
         sigma = view.blur_sigma[0] + (view.blur_sigma[1] - view.blur_sigma[0]) * u[_U_SIGMA]
-        x = jnp.where(u[_U_BLUR_P] < view.blur_prob, gaussian_blur(x, sigma, blur_kernel_size(view.size)), x)
+        kernel = view.blur_kernel or blur_kernel_size(view.size)
+        x = jnp.where(u[_U_BLUR_P] < view.blur_prob, gaussian_blur(x, sigma, kernel), x)
     if view.solarize_prob > 0:
         x = jnp.where(u[_U_SOLARIZE] < view.solarize_prob, solarize(x, view.solarize_threshold), x)
     return normalize(x, view.mean, view.std)
