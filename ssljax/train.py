@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from ssljax import checkpoint as ckpt_lib
 from ssljax import config_lib, logging_lib, optim, parallel
-from ssljax.data import augment, pipeline, sources
+from ssljax.data import augment, loader, pipeline, sources
 from ssljax.evaluation import features as features_lib
 from ssljax.evaluation import knn, linear_probe
 from ssljax.models import registry
@@ -172,8 +172,11 @@ def make_train_step(exp: Experiment):
 # =====================================================================================================================
 # Evaluation
 # =====================================================================================================================
-def make_encode_fn(exp: Experiment):
-    """-> encode(state, uint8 numpy batch) -> float32 numpy [b, D] pooled features, eval mode, sharded over the mesh."""
+def make_encode_fn(exp: Experiment, batch_size: int):
+    """-> encode(state, uint8 numpy batch of ``batch_size``) -> float32 numpy [b, D] pooled features in eval mode.
+
+    Each process feeds its slice of the batch to the mesh and gathers the features of the whole batch.
+    """
     mean, std = exp.views[0].mean, exp.views[0].std
     size = exp.eval_size
 
@@ -184,12 +187,9 @@ def make_encode_fn(exp: Experiment):
         return out['pooled'].astype(jnp.float32)
 
     sharding = parallel.batch_sharded(exp.mesh)
-    local = None
+    local = loader.host_slice(batch_size, jax.process_index(), jax.process_count())
 
     def encode_numpy(state, images: np.ndarray) -> np.ndarray:
-        nonlocal local
-        from ssljax.data import loader
-        local = local or loader.host_slice(len(images), jax.process_index(), jax.process_count())
         x = jax.make_array_from_process_local_data(sharding, images[local])
         z = encode(state.params['encoder'], state.batch_stats['encoder'], x)
         return np.asarray(multihost_utils.process_allgather(z, tiled=True))
@@ -207,8 +207,8 @@ class Evaluator:
 
     def __init__(self, exp: Experiment, train_split: sources.Split, test_split: sources.Split):
         self.exp, self.train, self.test = exp, train_split, test_split
-        self.encode = make_encode_fn(exp)
         self.batch = eval_batch_size(exp.config, exp.mesh)
+        self.encode = make_encode_fn(exp, self.batch)
 
     def features(self, state, split: sources.Split) -> np.ndarray:
         return features_lib.extract_features(lambda x: self.encode(state, x), split.images, self.batch,

@@ -216,7 +216,6 @@ class HostLoader:
         self.close()
 
     def __del__(self):
-        try:
-            self._stop.set()
-        except Exception:  # pylint: disable=broad-except
-            pass
+        stop = getattr(self, '_stop', None)  # absent when __init__ failed early
+        if stop is not None:
+            stop.set()
