@@ -4,7 +4,8 @@ Embedded default:  python -m ssljax.main --config configs/barlow_twins.py --work
 CIFAR-10:          python -m ssljax.main --config configs/barlow_twins.py:dataset=cifar10 --config.dataset=image_folder \
                        --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/barlow_c10
 Published defaults: projector 3 x 8192, lambda 0.0051 (ImageNet); solo-learn CIFAR: 3 x 2048, LARS lr 0.3,
-wd 1e-4, loss scale 0.1.
+wd 1e-4, loss scale 0.1. BatchNorm per view (objective.bn_per_view = True): the reference (facebookresearch/
+barlowtwins main.py, BarlowTwins.forward) and solo-learn run backbone and projector on each view separately.
 """
 from configs import common
 
@@ -14,4 +15,5 @@ def get_config(arg=None):
     common.redundancy_reduction_setup(c, embedded=a.dataset == 'mnist')
     c.objective.lambd = 0.0051
     c.objective.scale_loss = 0.1
+    c.objective.bn_per_view = True
     return common.finish(c, a)

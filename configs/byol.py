@@ -6,6 +6,10 @@ CIFAR-10 image folders with solo-learn's recipe (ResNet-18, batch 256, LARS lr 1
 4096-256 projector and predictor; solo-learn reaches 62.9% online-probe top-1 after 35 epochs on this JPEG copy):
     python -m ssljax.main --config configs/byol.py:dataset=cifar10 \
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/byol_c10
+
+BatchNorm per view (objective.bn_per_view = True): BYOL's reference (deepmind-research byol/byol_experiment.py
+applies the network to view1 and view2 in two calls) and solo-learn run each view, online and target, on its own.
+Target momentum: tau_t at t = optimizer steps before this update (tau_0 = ema_base), as both references.
 """
 from configs import common
 
@@ -21,12 +25,13 @@ def byol_objective(c, embedded: bool) -> None:
     c.objective.predictor_bn = True
     c.objective.ema_base = 0.99
     c.objective.ema_final = 1.0
+    c.objective.bn_per_view = True   # each view through the networks on its own (reference and solo-learn)
 
 
 def get_config(arg=None):
     c, a = common.method_config('byol', arg)
     embedded = a.dataset == 'mnist'
-    c.augment.recipe = 'byol' if embedded else 'solo_byol_cifar'
+    common.set_views(c, 'byol' if embedded else 'solo_byol_cifar')
     byol_objective(c, embedded)
     if not embedded:
         common.solo_cifar_optimizer(c, lr=1.0, weight_decay=1e-5)

@@ -33,6 +33,49 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return parsed
 
 
+VIEW_FIELDS = ('size', 'crop_scale', 'crop_ratio', 'flip_prob', 'jitter_prob', 'brightness', 'contrast', 'saturation',
+               'hue', 'grayscale_prob', 'blur_prob', 'blur_sigma', 'blur_kernel', 'solarize_prob', 'solarize_threshold',
+               'mean', 'std')
+
+
+def set_views(c: ml_collections.ConfigDict, recipe: str, names: tuple[str, ...] = (), **overrides) -> None:
+    """Writes the views of the preset ``recipe`` (ssljax.data.augment.RECIPES) into ``c.augment.views`` as data.
+
+    Consecutive identical views become one entry with ``count``; entries are named ``view`` (one kind),
+    ``view1, view2`` (asymmetric pairs) or ``global1, global2, local`` (multi-crop), unless ``names`` are given.
+    Every entry also has ``mask_ratio`` (0: no mask) and ``mask_patch_size`` (side of a masked patch in pixels, 0:
+    the model's patch size), the per-sample random patch mask that masked-image methods read from ``batch['masks']``.
+    ``size`` 0 means ``augment.size``; the global views are stored that way so that ``--config.augment.size`` moves
+    them. ``overrides`` are the preset's own arguments (``n_local=4``).
+    """
+    from ssljax.data import augment
+    size = c.augment.size
+    views = augment.recipe(recipe, size, **overrides)
+    groups: list[list] = []
+    for v in views:
+        if groups and groups[-1][0] == v:
+            groups[-1][1] += 1
+        else:
+            groups.append([v, 1])
+    if not names:
+        if len(groups) == 1:
+            names = ('view',)
+        elif recipe == 'multicrop':
+            names = ('global1', 'global2', 'local')[:len(groups)]
+        else:
+            names = tuple(f'view{i + 1}' for i in range(len(groups)))
+    if len(names) != len(groups):
+        raise ValueError(f'set_views({recipe!r}): {len(groups)} kinds of view but names {names}')
+    entries = ml_collections.ConfigDict()
+    for name, (view, count) in zip(names, groups):
+        fields = {f: getattr(view, f) for f in VIEW_FIELDS}
+        fields['size'] = 0 if view.size == size else view.size
+        entries[name] = dict(count=count, **fields, mask_ratio=0.0, mask_patch_size=0)
+    with c.augment.unlocked():
+        c.augment.views = entries
+        c.augment.order = tuple(names)
+
+
 def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tiny') -> ml_collections.ConfigDict:
     """The keys every run has. Method files fill in ``objective``, ``augment`` and optimizer settings."""
     if dataset not in DATASET_DEFAULTS:
@@ -48,6 +91,7 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.image_size = ds['image_size']  # host-side size of stored images (folders are resized to it)
     c.num_classes = ds['num_classes']  # 0: taken from the dataset
     c.cache_dir = ''                 # decoded image folders are cached here ('' = no cache)
+    c.bad_images = 'error'           # image folders: 'error' lists every unreadable file and stops; 'skip' trains without them
     c.device_data_max_mb = 4096      # datasets up to this size live on every device; larger ones stream from the host
     c.seed = 0
     c.batch_size = 256               # global, in source images; each yields len(views) augmented views
@@ -55,7 +99,7 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.epochs = 10.0
     c.dtype = 'float32'              # compute dtype: float32 | bfloat16 (params stay float32)
     c.log_every = 50
-    c.eval_every = 0                 # kNN monitor every N steps (0: only at the end)
+    c.eval_every = 0                 # default period of the evaluators whose own ``every`` is -1 (0: only at the end)
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
 
@@ -65,12 +109,15 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.model.patch_size = 4           # ViT only
 
     c.augment = ml_collections.ConfigDict()
-    c.augment.recipe = 'simclr'
-    c.augment.size = ds['image_size']  # output side of the global views
-    c.augment.blur_prob = -1.0         # < 0: the recipe's own value
-    c.augment.crop_min_scale = -1.0     # < 0: the recipe's own value
-    c.augment.n_local = 0               # multicrop: local views (0: the recipe's own value)
-    c.augment.local_size = 0            # multicrop: side of the local views (0: the recipe's own value)
+    c.augment.size = ds['image_size']  # side of the evaluation view, and of every view whose own size is 0
+    c.augment.blur_prob = -1.0         # >= 0: replaces every view's blur_prob (a quick switch, e.g. 0 for 8 px images)
+    c.augment.crop_min_scale = -1.0    # >= 0: replaces the lower end of every view's crop_scale
+    # The view recipe as data: augment.views.<name> (ViewConfig fields, count, mask_*), in the order augment.order.
+    # Method files fill it from a named preset with set_views(c, 'byol'); edit any field per view from the command
+    # line, e.g. --config.augment.views.local.count=8 or --config.augment.views.view1.solarize_prob=0.
+    c.augment.views = ml_collections.ConfigDict()
+    c.augment.order = ()
+    set_views(c, 'simclr')
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = 'lars'          # lars | sgd | adamw
@@ -79,7 +126,11 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.optimizer.weight_decay = 1e-6
     c.optimizer.momentum = 0.9
     c.optimizer.lars_eta = 0.001
-    c.optimizer.lars_clip = False        # LARC clipping: step = lr min(trust ratio, 1)
+    c.optimizer.lars_clip = False        # LARC clipping: step = min(trust ratio, lr) (solo-learn's clip_lr)
+    c.optimizer.lars_variant = 'solo_learn'  # solo_learn (lr times the momentum buffer) | tf (SimCLR's, lr inside)
+    c.optimizer.clip_grad = 0.0          # gradient clipping threshold (0 = off)
+    c.optimizer.clip_grad_mode = 'per_tensor'  # per_tensor (DINO's clip_gradients) | global (global norm)
+    c.optimizer.weight_decay_end = -1.0  # >= 0: weight decay follows a per-step cosine to this value (DINO)
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
     c.optimizer.warmup_epochs = 10.0
@@ -89,16 +140,27 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.optimizer.exclude_bias_and_norm = True  # from weight decay and LARS adaptation
     c.optimizer.constant_lr_heads = ()        # heads whose learning rate stays at the base value (SimSiam's predictor)
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.knn_k = 200
-    c.eval.knn_temperature = 0.1
-    c.eval.online_probe_lr = 0.1
-    c.eval.linear_epochs = 100
-    c.eval.linear_lr = 0.1
-    c.eval.linear_batch_size = 256
-    c.eval.batch_size = 512
-    c.eval.random_init_baseline = True
+    c.eval = ml_collections.ConfigDict()  # shared by every evaluator
+    c.eval.batch_size = 512            # images per encoder call
     c.eval.max_train_examples = 0      # > 0: subsample the kNN bank / probe training set (fast monitors)
+    c.eval.random_init_baseline = True  # score the encoder at initialisation too (random_init.json)
+    c.eval.baseline_evals = ('knn', 'linear')  # which evaluators the random-init baseline runs
+    c.eval.online_probe_lr = 0.1       # the online probe trains inside the step (SGD, cosine, x batch / 256)
+
+    # Evaluators chosen by name (big_vision style): evals.<name>.type picks the class (ssljax/evaluation/
+    # evaluators.py), ``every`` its period in steps during training (0: only at the end, -1: eval_every), ``network``
+    # the encoder it scores ('' = the method's default: online, or DINO's teacher; 'online', 'target', 'teacher').
+    # Every evaluator also runs once at the end; its values land in summary.json as <name>_<value> or <value>.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.knn = dict(type='knn', every=-1, network='', k=200, temperature=0.1)
+    c.evals.online_probe = dict(type='online_probe', every=-1, network='online')  # the probe trains on the online net
+    c.evals.linear = dict(type='linear', every=0, network='', epochs=100, lr=0.1, batch_size=256)
+    c.evals.clustering = dict(type='clustering', every=0, network='', num_clusters=0)
+    c.evals.diagnostics = dict(type='diagnostics', every=0, network='', max_examples=2048)
+
+    # Batch composition: which dataset indices form the global batch of each step (ssljax/data/samplers.py).
+    c.sampler = ml_collections.ConfigDict()
+    c.sampler.name = 'epoch_shuffle'   # a fresh seeded permutation per epoch, as every reference does
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = ''   # '' -> from the environment (JAX_COORDINATOR_ADDRESS, SLURM, TPU) or single host
@@ -161,7 +223,7 @@ def redundancy_reduction_setup(c: ml_collections.ConfigDict, embedded: bool) -> 
     """Shared by Barlow Twins and VICReg: 3-layer projector (1024 wide on MNIST, 2048 as solo-learn's CIFAR),
     BYOL's views, LARS lr 0.3, wd 1e-4."""
     width = 1024 if embedded else 2048
-    c.augment.recipe = 'byol' if embedded else 'solo_byol_cifar'
+    set_views(c, 'byol' if embedded else 'solo_byol_cifar')
     c.objective.projector_hidden = (width, width)
     c.objective.projector_dim = width
     c.objective.projector_bn = True

@@ -7,21 +7,27 @@ CIFAR-10 image folders with solo-learn's recipe (ResNet-18, batch 256, LARS lr 0
     python -m ssljax.main --config configs/simclr.py:dataset=cifar10 \
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/simclr_c10
 Measured results with their commands: BENCHMARKS.md.
+
+BatchNorm over the views (objective.bn_per_view): False by default, as SimCLR's reference (google-research/simclr
+tf2/model.py concatenates the views into one batch before the ResNet); True in the CIFAR variant, as solo-learn
+(solo/methods/base.py runs each crop through the backbone separately).
 """
 from configs import common
 
 
 def get_config(arg=None):
     c, a = common.method_config('simclr', arg)
-    c.augment.recipe = 'simclr'
+    common.set_views(c, 'simclr')
     c.objective.temperature = 0.2
     c.objective.projector_hidden = (512,)
     c.objective.projector_dim = 128
     c.objective.projector_bn = True
+    c.objective.bn_per_view = False
     if a.dataset != 'mnist':  # solo-learn's CIFAR recipe (METHODS.md, "The peer recipe")
-        c.augment.recipe = 'solo_simclr_cifar'
+        common.set_views(c, 'solo_simclr_cifar')
         c.objective.projector_hidden = (2048,)
         c.objective.projector_dim = 256
         c.objective.projector_bn = False
+        c.objective.bn_per_view = True
         common.solo_cifar_optimizer(c, lr=0.4, weight_decay=1e-4)
     return common.finish(c, a)

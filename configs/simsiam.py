@@ -4,7 +4,21 @@ Embedded default:  python -m ssljax.main --config configs/simsiam.py --workdir w
 CIFAR-10:          python -m ssljax.main --config configs/simsiam.py:dataset=cifar10 --config.dataset=image_folder \
                        --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/simsiam_c10
 Published defaults: projector 3 x 2048 (last BN without affine), predictor 2048-512-2048, SGD lr 0.05 x B/256,
-wd 1e-4, momentum 0.9 (CIFAR: solo-learn uses lr 0.5, wd 1e-5).
+wd 1e-4, momentum 0.9. BatchNorm per view (objective.bn_per_view = True): the reference (facebookresearch/simsiam
+simsiam/builder.py, z1 = encoder(x1), z2 = encoder(x2)) and solo-learn run each view separately.
+
+dataset=cifar10 (and the other non-MNIST datasets): solo-learn's recipe, scripts/pretrain/cifar/simsiam.yaml with
+solo/methods/simsiam.py, solo/methods/base.py and solo/args/pretrain.py defaults:
+  model      ResNet-18, CIFAR stem; projector Linear-BN-ReLU x 2 (2048, no bias) - Linear(2048) - BN(no affine);
+             predictor Linear(512, no bias) - BN - ReLU - Linear(2048)  (proj_hidden_dim 2048, proj_output_dim 2048,
+             pred_hidden_dim 512)
+  views      augmentations/symmetric_weak.yaml, 2 crops: random resized crop 32 (scale 0.08-1), colour jitter p 0.8
+             (brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1), grayscale p 0.2, Gaussian blur p 0.5,
+             no solarization, flip p 0.5 (= solo_simclr_cifar with the jitter edited)
+  optimizer  SGD momentum 0.9 (solo's default for sgd), lr 0.5 x B/256, wd 1e-5 on every parameter
+             (exclude_bias_n_norm_wd defaults to False), warmup_cosine: 10 warm-up epochs from 3e-5, cosine to 0;
+             the predictor's lr stays constant (static_lr)
+  batch 256, 1000 epochs in the yaml (40 here, the comparison budget; override with :epochs=N)
 """
 from configs import common
 
@@ -12,7 +26,7 @@ from configs import common
 def get_config(arg=None):
     c, a = common.method_config('simsiam', arg)
     embedded = a.dataset == 'mnist'
-    c.augment.recipe = 'simclr'
+    common.set_views(c, 'simclr')
     width = 512 if embedded else 2048
     c.objective.projector_hidden = (width, width)
     c.objective.projector_dim = width
@@ -26,8 +40,17 @@ def get_config(arg=None):
     c.optimizer.momentum = 0.9
     c.optimizer.warmup_epochs = 1.0 if embedded else 10.0
     c.optimizer.constant_lr_heads = ('predictor',)
-    if not embedded:
-        c.augment.recipe = 'solo_simclr_cifar'
+    c.objective.bn_per_view = True
+    if not embedded:  # solo-learn's scripts/pretrain/cifar/simsiam.yaml (docstring)
+        common.set_views(c, 'solo_simclr_cifar')
+        view = c.augment.views.view  # symmetric_weak.yaml: two identical views, weaker colour jitter
+        view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1
+        c.optimizer.name = 'sgd'
         c.optimizer.lr = 0.5
+        c.optimizer.momentum = 0.9
         c.optimizer.weight_decay = 1e-5
+        c.optimizer.exclude_bias_and_norm = False
+        c.optimizer.warmup_epochs = 10.0
+        c.optimizer.warmup_init_lr = 3e-5
+        c.optimizer.final_lr = 0.0
     return common.finish(c, a)

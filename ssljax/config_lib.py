@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import fnmatch
 import importlib.util
 import os
 import sys
@@ -69,14 +70,46 @@ def parse_value(key: str, text: str, current):
                       f'(e.g. {current!r}), got {text!r}')
 
 
+def _initials(name: str) -> str:
+    words = [w for w in name.split('_') if w]
+    return ''.join(w[0] for w in words) if len(words) > 1 else ''
+
+
+def suggest_keys(key: str, known: list[str], n: int = 3) -> list[str]:
+    """Known keys close to an unknown ``key``: by the whole dotted key (difflib) and by its last part.
+
+    The last part matches a known key's last part when it is equal (a key in another group), when one is the
+    other's initials (``learning_rate`` -> ``lr``, ``wd`` -> ``weight_decay``), when one starts the other (``temp``
+    -> ``temperature``) or when difflib finds them close. Keys of the same group as ``key`` rank first among equals.
+    """
+    parent, _, last = key.lower().rpartition('.')
+    scores = {}
+    for k in difflib.get_close_matches(key, known, n=n, cutoff=0.6):
+        scores[k] = 2 + difflib.SequenceMatcher(None, key, k).ratio()
+    for k in known:
+        k_last = k.lower().rpartition('.')[2]
+        if k_last == last:
+            score = 3.5
+        elif last and (_initials(last) == k_last or _initials(k_last) == last):
+            score = 3.0
+        elif min(len(last), len(k_last)) >= 3 and (k_last.startswith(last) or last.startswith(k_last)):
+            score = 2.5
+        else:
+            ratio = difflib.SequenceMatcher(None, last, k_last).ratio()
+            score = 1 + ratio if ratio >= 0.75 else 0
+        if score:
+            scores[k] = max(scores.get(k, 0), score)
+    ranked = sorted(scores, key=lambda k: (-(scores[k] + 0.5 * (k.rpartition('.')[0] == parent)), k.count('.'), k))
+    return ranked[:n]
+
+
 def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     """Sets ``config.<key>`` (dotted) from a command-line string, checking the key exists and the type fits."""
     parts = key.split('.')
     node = config
     for i, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            known = _all_keys(config)
-            close = difflib.get_close_matches(key, known, n=3)
+            close = suggest_keys(key, _all_keys(config))
             hint = f'; did you mean {", ".join(close)}?' if close else ''
             raise ConfigError(f'unknown config key {key!r}{hint}')
         if i < len(parts) - 1:
@@ -127,6 +160,131 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
         need(bool(config.data_dir), f'dataset {config.dataset!r} needs config key "data_dir" (the tfds data_dir or '
              f'the image-folder root)')
         need(os.path.isdir(config.data_dir), f'data_dir {config.data_dir!r} does not exist (config key "data_dir")')
+    if 'bad_images' in config:
+        need(config.bad_images in ('error', 'skip'), f'config key "bad_images" must be error or skip, '
+             f'got {config.bad_images!r}')
+    from ssljax.data import samplers
+    if 'sampler' in config:
+        need(config.sampler.name in samplers.SAMPLERS, f'unknown sampler {config.sampler.name!r} (config key '
+             f'"sampler.name"); known: {", ".join(sorted(samplers.SAMPLERS))}')
+    if 'evals' in config:
+        from ssljax.evaluation import evaluators
+        evaluators.validate_evals(config)
+    check_ranges(config)
+
+
+# Valid ranges of numeric config keys: (pattern over the dotted key, range, negative = "unset"). The first pattern
+# that matches a key decides (so specific keys come before the patterns that would also match them); range None
+# means the key is not checked. Tuples of numbers are checked element by element; bools and strings never.
+RANGES = (
+    ('keep_checkpoints', '[1, inf)', False),
+    ('log_every', '[1, inf)', False),
+    ('checkpoint_every', '[0, inf)', False),
+    ('eval_every', '[0, inf)', False),
+    ('*batch_size', '[1, inf)', False),
+    ('total_steps', '[0, inf)', False),            # 0: from epochs
+    ('epochs', '[0, inf)', False),
+    ('*_epochs', '[0, inf)', False),               # warm-up epochs, warmup_teacher_temp_epochs, linear_epochs
+    ('*.epochs', '[1, inf)', False),
+    ('seed', '[0, inf)', False),
+    ('image_size', '[1, inf)', False),
+    ('num_classes', '[0, inf)', False),            # 0: from the dataset
+    ('device_data_max_mb', '[0, inf)', False),
+    ('augment.size', '[1, inf)', False),
+    ('augment.blur_prob', '[0, 1]', True),         # negative: each view's own value
+    ('augment.crop_min_scale', '(0, 1]', True),
+    ('augment.*crop_scale', '(0, 1]', False),
+    ('augment.*crop_ratio', '(0, inf)', False),
+    ('augment.*blur_sigma', '(0, inf)', False),
+    ('augment.*.std', '(0, inf)', False),
+    ('augment.*.mean', '[0, 1]', False),
+    ('augment.*prob', '[0, 1]', False),
+    ('augment.*threshold', '[0, 1]', False),
+    ('augment.*mask_ratio', '[0, 1)', False),
+    ('augment.*size', '[0, inf)', False),          # per-view size, local_size: 0 = the default
+    ('augment.*count', '[0, inf)', False),
+    ('augment.n_local', '[0, inf)', False),
+    ('augment.*kernel', '[0, inf)', False),
+    ('augment.*', '[0, inf)', False),              # colour-jitter strengths, hue
+    ('optimizer.warmup_steps', None, False),       # negative: from warmup_epochs
+    ('optimizer.weight_decay_end', None, False),   # negative: constant weight decay
+    ('optimizer.warmup_init_lr', '[0, inf)', False),
+    ('optimizer.final_lr', '[0, inf)', False),
+    ('*lr', '(0, inf)', False),                    # optimizer.lr, probe and linear-eval learning rates
+    ('*weight_decay', '[0, inf)', False),
+    ('objective.ema_*', '[0, 1]', False),          # EMA schedule ends (BYOL's target reaches 1)
+    ('*momentum*', '[0, 1)', False),
+    ('optimizer.b1', '[0, 1)', False),
+    ('optimizer.b2', '[0, 1)', False),
+    ('optimizer.lars_eta', '(0, inf)', False),
+    ('optimizer.clip_grad', '[0, inf)', False),    # 0: off
+    ('*temp*', '(0, inf)', False),                 # softmax temperatures
+    ('evals.*.every', '[-1, inf)', False),         # -1: eval_every
+    ('*knn_k', '[1, inf)', False),
+    ('evals.*.k', '[1, inf)', False),
+    ('*max_examples', '[0, inf)', False),
+    ('*max_train_examples', '[0, inf)', False),
+    ('*num_clusters', '[0, inf)', False),
+    ('model.patch_size', '[1, inf)', False),
+    ('objective.*_dim', '[1, inf)', False),
+    ('objective.*_hidden', '[1, inf)', False),
+    ('objective.head_*', '[1, inf)', False),
+    ('objective.*coeff', '[0, inf)', False),
+    ('objective.lambd', '[0, inf)', False),
+    ('objective.scale_loss', '(0, inf)', False),
+    ('objective.eps', '[0, inf)', False),
+    ('objective.rho', '[0, 1]', False),
+    ('objective.freq', '[1, inf)', False),
+    ('distributed.num_processes', '[0, inf)', False),
+    ('distributed.process_id', '[-1, inf)', False),
+)
+
+
+def _parse_range(text: str):
+    lo_text, hi_text = text[1:-1].split(',')
+    return float(lo_text), text[0] == '[', float(hi_text), text[-1] == ']'
+
+
+def _range_words(text: str) -> str:
+    lo, lo_closed, hi, hi_closed = _parse_range(text)
+    if hi == float('inf'):
+        return f'{">=" if lo_closed else ">"} {lo:g}'
+    return f'in {text}'
+
+
+def _numbers(value) -> list | None:
+    """The numbers a value holds (itself, or a tuple's elements), None when it is not numeric."""
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return None
+    return values
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+    """Checks every numeric key of ``config`` that has a rule in ``RANGES``; one line naming each bad key."""
+    problems = []
+    for key in _all_keys(config):
+        rule = next((r for r in RANGES if fnmatch.fnmatchcase(key, r[0])), None)
+        if rule is None or rule[1] is None:
+            continue
+        node = config
+        for part in key.split('.'):
+            node = node[part]
+        numbers = _numbers(node)
+        if numbers is None:
+            continue
+        lo, lo_closed, hi, hi_closed = _parse_range(rule[1])
+        for v in numbers:
+            if rule[2] and v < 0:
+                continue
+            above = v >= lo if lo_closed else v > lo
+            below = v <= hi if hi_closed else v < hi
+            if not (above and below):
+                unset = ' (or negative: unset)' if rule[2] else ''
+                problems.append(f'config key "{key}" must be {_range_words(rule[1])}{unset}, got {node!r}')
+                break
+    if problems:
+        raise ConfigError('; '.join(problems))
 
 
 def total_steps(config, num_examples: int) -> tuple[int, int]:

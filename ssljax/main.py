@@ -2,6 +2,8 @@
 
 A run that cannot start or cannot go on ends with one line naming the problem and a non-zero exit
 (set SSLJAX_TRACEBACK=1 for the full traceback); checkpoints already written are never touched.
+Exit codes: 2 for a config, file or workdir problem (checked before anything runs), 1 for other errors, 130 when
+interrupted (a KeyboardInterrupt that escaped the train loop's own Ctrl-C handling, e.g. a second Ctrl-C).
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(prog='python -m ssljax.main', description=__doc__.splitlines()[0])
     parser.add_argument('--config', required=True, help='configs/<method>.py[:key=value,...]')
     parser.add_argument('--workdir', required=True, help='checkpoints, metrics.jsonl, tb/ and summary.json go here')
+    parser.add_argument('--allow-config-changes', action='store_true',
+                        help='resume a workdir with a config that differs from the one it was started with '
+                             '(the differences are recorded in WORKDIR/config_history.jsonl)')
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -26,17 +31,35 @@ def parse_args(argv: list[str]):
 def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
     from ssljax import config_lib
+    from ssljax import workdir as workdir_lib
+    usage_errors = (config_lib.ConfigError, FileNotFoundError, workdir_lib.WorkdirError)
     try:
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+        workdir_lib.check_workdir(args.workdir)
         from ssljax import train
-        train.train_and_evaluate(config, args.workdir)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        # Passed only when asked for, so that a train loop without the argument keeps working.
+        extra = {'allow_config_changes': True} if args.allow_config_changes else {}
+        train.train_and_evaluate(config, args.workdir, **extra)
+    except (*usage_errors, ValueError, KeyError, RuntimeError, OSError) as e:
         if os.environ.get('SSLJAX_TRACEBACK'):
             raise
-        hint = '' if isinstance(e, (config_lib.ConfigError, FileNotFoundError)) else ' (SSLJAX_TRACEBACK=1 shows where)'
-        print(f'ssljax: error: {e}{hint}', file=sys.stderr)
-        return 2 if isinstance(e, (config_lib.ConfigError, FileNotFoundError)) else 1
+        hint = '' if isinstance(e, usage_errors) else ' (SSLJAX_TRACEBACK=1 shows where)'
+        print(f'ssljax: error: {_one_line(e)}{hint}', file=sys.stderr)
+        return 2 if isinstance(e, usage_errors) else 1
+    except KeyboardInterrupt:
+        if os.environ.get('SSLJAX_TRACEBACK'):
+            raise
+        print('ssljax: interrupted (KeyboardInterrupt); checkpoints already written are kept: rerun the same command '
+              'to resume from the latest', file=sys.stderr)
+        return 130
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = ' '.join(str(error).split())
+    if isinstance(error, KeyError) or not text:  # str(KeyError('x')) is "'x'": say what it is
+        text = f'{type(error).__name__}: {text}'
+    return text
 
 
 def main() -> None:

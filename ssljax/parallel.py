@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
+_INITIALIZED = False  # initialize_distributed ran (it must run once, before anything touches a device)
 
 
 def initialize_distributed(config) -> None:
@@ -21,6 +22,10 @@ def initialize_distributed(config) -> None:
     of the cluster (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID). A single
     process with none of these set runs without it.
     """
+    global _INITIALIZED
+    if _INITIALIZED:
+        return
+    _INITIALIZED = True
     d = config.distributed
     address = d.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS', '')
     if address:
@@ -65,3 +70,16 @@ def put_replicated(tree, mesh: Mesh):
     """Places a host pytree on every device (identical values on every host)."""
     sharding = replicated(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def per_device(fn, mesh: Mesh | None, in_specs, out_specs):
+    """``jax.shard_map(fn)`` over the ``'data'`` axis: ``fn`` sees each device's shard of the batch.
+
+    ``in_specs`` / ``out_specs``: pytree prefixes of ``P('data')`` (split the leading axis) and ``P()`` (whole value
+    on every device). Use it inside a jitted loss for per-device semantics (MoCo's shuffled BatchNorm, per-device
+    negatives); everything else should stay global. Values returned with ``P()`` must agree across devices (pmean
+    them first). ``mesh=None`` uses a one-device mesh, so the same loss runs in a notebook without a run's mesh.
+    """
+    if mesh is None:
+        mesh = Mesh(np.asarray(jax.devices()[:1]), (DATA_AXIS,))
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

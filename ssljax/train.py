@@ -1,36 +1,33 @@
 """The one generic train loop: ``train_and_evaluate(config, workdir)``.
 
-It knows nothing about any method: the objective (ssljax/objectives) supplies init / loss / update, and the loop
-does the rest: data, on-device augmentation, the optimizer, the online probe, checkpoints, logging, evaluation.
+It knows nothing about any method. The objective (ssljax/objectives) supplies init / loss / update and declares what
+else it needs (the network evaluation scores, how its state is sharded, parameter prefixes frozen at the start); the
+config names the views (``augment.views``, optional patch masks included), the backbone and all its settings
+(``model``), the sampler that composes batches (``sampler``) and the evaluators (``evals``). The loop does the rest:
+data, on-device augmentation, the optimizer, the online probe, checkpoints, logging, evaluation. Hooks
+(``after_step``, ``after_checkpoint``) let a caller watch or interrupt the run without touching this file.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from ssljax import checkpoint as ckpt_lib
-from ssljax import config_lib, logging_lib, optim, parallel
-from ssljax.data import augment, loader, pipeline, sources
-from ssljax.evaluation import features as features_lib
-from ssljax.evaluation import knn, linear_probe
+from ssljax import config_lib, logging_lib, optim, parallel, preemption
+from ssljax import workdir as workdir_lib
+from ssljax.data import augment, pipeline, samplers, sources
+from ssljax.evaluation import evaluators, linear_probe
 from ssljax.models import registry
 from ssljax.objectives import Context, Objective, create_objective
-
-
-# Test-only fault injection: SIGKILL this process right after the checkpoint of this step is on disk.
-_KILL_AT_STEP = int(os.environ.get('SSLJAX_TEST_KILL_AT_STEP', '-1'))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,16 +39,92 @@ class NonFiniteLossError(RuntimeError):
 # =====================================================================================================================
 @flax.struct.dataclass
 class TrainState:
-    """Everything that must survive a restart. The data position is ``step``: sampling is a function of it."""
+    """Everything that must survive a restart. The data position is ``step`` (and the sampler's state)."""
     step: jax.Array               # int32 scalar: optimizer steps taken
     params: Any                   # {'encoder': ..., <head name>: ...}
     batch_stats: Any              # same top-level names, BatchNorm running statistics
     opt_state: Any
-    objective_state: Any          # target network, correlation matrix, queue, centre, ...
+    objective_state: Any          # target network, correlation matrix, queue, centre, per-sample tables, ...
     probe_params: Any             # online linear probe trained on stop-gradient features
     probe_opt_state: Any
     rng: jax.Array                # uint32 key data; per-step keys are fold_in(key, step)
     nonfinite_step: jax.Array     # int32: first step whose loss was not finite, -1 while all are
+    sampler_state: Any = None     # the batch sampler's state (pseudo-labels, ...); {} for the default sampler
+
+
+# =====================================================================================================================
+# Views and masks from the config
+# =====================================================================================================================
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """A per-sample random patch mask for one view: ``num_masked`` of ``num_patches`` patches of ``patch_size`` px."""
+    num_patches: int
+    num_masked: int
+    patch_size: int
+
+
+_VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(augment.ViewConfig))
+_VIEW_EXTRA = ('count', 'mask_ratio', 'mask_patch_size')
+
+
+def views_from_config(config) -> tuple[tuple[augment.ViewConfig, ...], tuple[MaskSpec | None, ...]]:
+    """``augment.views`` in ``augment.order`` -> (one ViewConfig per view, one MaskSpec or None per view).
+
+    A view's ``size`` 0 means ``augment.size``; ``augment.blur_prob`` / ``augment.crop_min_scale`` >= 0 replace every
+    view's value; ``count`` repeats an entry; ``mask_ratio`` > 0 draws a patch mask of ``mask_patch_size`` px patches
+    (0: ``model.patch_size``) with round(ratio x patches) masked per sample.
+    """
+    a = config.augment
+    order, names = tuple(a.order), tuple(a.views.keys())
+    if sorted(order) != sorted(names):
+        raise config_lib.ConfigError(f'config key "augment.order" {order} must list each of augment.views '
+                                     f'{tuple(sorted(names))} exactly once')
+    views, masks = [], []
+    for name in order:
+        entry, key = a.views[name], f'augment.views.{name}'
+        unknown = sorted(set(entry.keys()) - set(_VIEW_FIELDS) - set(_VIEW_EXTRA))
+        if unknown:
+            raise config_lib.ConfigError(f'unknown config key "{key}.{unknown[0]}"; a view has: '
+                                         f'{", ".join(_VIEW_FIELDS + _VIEW_EXTRA)}')
+        fields = {f: entry[f] for f in _VIEW_FIELDS if f in entry}
+        fields['size'] = entry.get('size', 0) or a.size
+        if a.blur_prob >= 0:
+            fields['blur_prob'] = a.blur_prob
+        if a.crop_min_scale >= 0:
+            fields['crop_scale'] = (a.crop_min_scale, tuple(fields.get('crop_scale', (0.08, 1.0)))[1])
+        try:
+            view = augment.ViewConfig(**fields)
+        except (ValueError, TypeError) as e:
+            raise config_lib.ConfigError(f'{key}: {e}') from None
+        count = entry.get('count', 1)
+        if not isinstance(count, int) or count < 0:
+            raise config_lib.ConfigError(f'config key "{key}.count" must be an integer >= 0, got {count!r}')
+        mask = None
+        ratio = float(entry.get('mask_ratio', 0.0))
+        if not 0.0 <= ratio < 1.0:
+            raise config_lib.ConfigError(f'config key "{key}.mask_ratio" must be in [0, 1), got {ratio}')
+        if ratio > 0:
+            patch = int(entry.get('mask_patch_size', 0) or config.model.get('patch_size', 0))
+            if patch <= 0 or view.size % patch:
+                raise config_lib.ConfigError(f'config key "{key}.mask_patch_size": the view side {view.size} must be '
+                                             f'a multiple of a positive patch size, got {patch}')
+            n = (view.size // patch) ** 2
+            mask = MaskSpec(n, int(round(ratio * n)), patch)
+        views += [view] * count
+        masks += [mask] * count
+    if not views:
+        raise config_lib.ConfigError('config key "augment.views" gives no view (every count is 0)')
+    return tuple(views), tuple(masks)
+
+
+def make_views(images: jax.Array, key: jax.Array, views: tuple, masks: tuple) -> tuple[list, tuple]:
+    """Inside the step: the augmented views and their masks (bool [B, patches], True = masked; None: no mask)."""
+    aug_key, mask_key = jax.random.split(key)
+    out = augment.augment_views(images, aug_key, views)
+    drawn = tuple(None if m is None else augment.random_patch_masks(jax.random.fold_in(mask_key, i), images.shape[0],
+                                                                     m.num_patches, m.num_masked)
+                  for i, m in enumerate(masks))
+    return out, drawn
 
 
 # =====================================================================================================================
@@ -72,40 +145,43 @@ class Experiment:
     tx: optax.GradientTransformation
     schedule: Callable
     probe_tx: optax.GradientTransformation
+    masks: tuple = ()
 
 
-def augment_views_from_config(config) -> tuple:
-    """The view recipe named by ``augment.recipe`` with the config's overrides (negative = the recipe's value)."""
-    overrides = {}
-    if config.augment.blur_prob >= 0:
-        overrides['blur_prob'] = config.augment.blur_prob
-    if config.augment.crop_min_scale >= 0:
-        overrides['crop_scale'] = (config.augment.crop_min_scale, 1.0)
-    if config.augment.recipe == 'multicrop':
-        for key in ('n_local', 'local_size'):
-            if config.augment[key] > 0:
-                overrides[key] = config.augment[key]
-    return augment.recipe(config.augment.recipe, config.augment.size, **overrides)
+def create_encoder(config):
+    """The backbone ``model.backbone`` built with every other key of ``config.model`` (mask token, drop-path, ...)."""
+    dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+    settings = {k: v for k, v in config.model.items() if k != 'backbone'}
+    return registry.create_encoder(config.model.backbone, dtype=dtype, image_size=config.augment.size, **settings)
 
 
 def build_experiment(config, mesh, num_examples: int, num_classes: int) -> Experiment:
     dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-    encoder, feature_dim = registry.create_encoder(
-        config.model.backbone, dtype=dtype, cifar_stem=config.model.cifar_stem,
-        patch_size=config.model.patch_size, image_size=config.augment.size)
+    encoder, feature_dim = create_encoder(config)
     total_steps, steps_per_epoch = config_lib.total_steps(config, num_examples)
     ctx = Context(encoder=encoder, feature_dim=feature_dim, total_steps=total_steps, global_batch=config.batch_size,
-                  num_examples=num_examples, dtype=dtype)
+                  num_examples=num_examples, dtype=dtype, mesh=mesh, steps_per_epoch=steps_per_epoch)
     objective = create_objective(config, ctx)
-    views = augment_views_from_config(config)
-    tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch, objective.frozen_heads)
+    views, masks = views_from_config(config)
+    tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch, objective.frozen_heads,
+                                          freeze_steps=objective.freeze_steps)
     probe_peak = config.eval.online_probe_lr * config.batch_size / 256
     probe_tx = optax.sgd(optax.cosine_decay_schedule(probe_peak, total_steps), momentum=0.9)
     return Experiment(config, mesh, encoder, feature_dim, objective, views, config.augment.size, total_steps,
-                      steps_per_epoch, num_classes, tx, schedule, probe_tx)
+                      steps_per_epoch, num_classes, tx, schedule, probe_tx, masks)
 
 
-def init_state(exp: Experiment) -> TrainState:
+def state_shardings(exp: Experiment, state: TrainState) -> TrainState:
+    """Replicated everywhere except the objective state's leaves the objective declares sharded (per-sample)."""
+    replicated = parallel.replicated(exp.mesh)
+    specs = exp.objective.state_partition(state.objective_state)
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    objective = jax.tree.map(lambda spec, sub: jax.tree.map(lambda _: jax.sharding.NamedSharding(exp.mesh, spec), sub),
+                             specs, state.objective_state, is_leaf=is_spec)
+    return jax.tree.map(lambda _: replicated, state).replace(objective_state=objective)
+
+
+def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState:
     """Initialises encoder, heads, objective state, optimizer and online probe from ``config.seed``."""
     config = exp.config
     key = jax.random.key(config.seed)
@@ -125,22 +201,30 @@ def init_state(exp: Experiment) -> TrainState:
     state = TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
                        opt_state=exp.tx.init(params), objective_state=objective_state, probe_params=probe_params,
                        probe_opt_state=exp.probe_tx.init(probe_params), rng=jax.random.key_data(key),
-                       nonfinite_step=jnp.full([], -1, jnp.int32))
-    return jax.device_put(state, parallel.replicated(exp.mesh))
+                       nonfinite_step=jnp.full([], -1, jnp.int32),
+                       sampler_state=jax.tree.map(jnp.asarray, dict(sampler_state or {})))
+    return jax.device_put(state, state_shardings(exp, state))
 
 
 # =====================================================================================================================
 # The train step
 # =====================================================================================================================
-def make_train_step(exp: Experiment):
-    """-> jitted ``step(state, batch, device_data) -> (state, metrics)``; state buffers are donated."""
-    objective, tx, probe_tx, schedule, views_cfg = exp.objective, exp.tx, exp.probe_tx, exp.schedule, exp.views
+def make_train_step(exp: Experiment, state: TrainState | None = None):
+    """-> jitted ``step(state, batch, device_data) -> (state, metrics)``; state buffers are donated.
+
+    ``state`` (optional, any state of this experiment) fixes the output shardings of per-sample objective state;
+    without it every output is replicated.
+    """
+    objective, tx, probe_tx, schedule = exp.objective, exp.tx, exp.probe_tx, exp.schedule
+    views_cfg, masks_cfg = exp.views, exp.masks or (None,) * len(exp.views)
 
     def step_fn(state: TrainState, batch: dict, device_data: dict):
         batch = pipeline.gather_batch(batch, device_data)
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         aug_key, loss_key = jax.random.split(step_key)
-        views = augment.augment_views(batch['image'], aug_key, views_cfg)
+        views, masks = make_views(batch['image'], aug_key, views_cfg, masks_cfg)
+        if any(m is not None for m in masks):
+            batch = dict(batch, masks=masks)
 
         def loss_fn(params):
             variables = {'params': params, 'batch_stats': state.batch_stats}
@@ -166,118 +250,41 @@ def make_train_step(exp: Experiment):
         return new_state, metrics
 
     replicated = parallel.replicated(exp.mesh)
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+    out_state = replicated if state is None else state_shardings(exp, state)
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(out_state, replicated))
+
+
+@jax.jit
+def _accumulate(sums: dict, metrics: dict) -> dict:
+    """Train metrics summed on the device between log intervals (one transfer per interval, not per step)."""
+    return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), sums, metrics)
 
 
 # =====================================================================================================================
-# Evaluation
+# Hooks, signals, checks
 # =====================================================================================================================
-def make_encode_fn(exp: Experiment, batch_size: int):
-    """-> encode(state, uint8 numpy batch of ``batch_size``) -> float32 numpy [b, D] pooled features in eval mode.
+class Hook:
+    """Watches the loop: subclass and pass ``hooks=[...]`` to ``train_and_evaluate``. Methods run on every process."""
 
-    Each process feeds its slice of the batch to the mesh and gathers the features of the whole batch.
-    """
-    mean, std = exp.views[0].mean, exp.views[0].std
-    size = exp.eval_size
+    def after_step(self, step: int, state: TrainState) -> None:
+        """After optimizer step ``step`` (1-based count of steps taken) was dispatched."""
 
-    @jax.jit
-    def encode(params, batch_stats, images):
-        x = augment.eval_view(images, size, mean, std)
-        out = exp.encoder.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
-        return out['pooled'].astype(jnp.float32)
-
-    sharding = parallel.batch_sharded(exp.mesh)
-    local = loader.host_slice(batch_size, jax.process_index(), jax.process_count())
-
-    def encode_numpy(state, images: np.ndarray) -> np.ndarray:
-        x = jax.make_array_from_process_local_data(sharding, images[local])
-        z = encode(state.params['encoder'], state.batch_stats['encoder'], x)
-        return np.asarray(multihost_utils.process_allgather(z, tiled=True))
-
-    return encode_numpy
+    def after_checkpoint(self, step: int) -> None:
+        """After the checkpoint of ``step`` is complete on disk."""
 
 
-def eval_batch_size(config, mesh) -> int:
-    n = mesh.devices.size
-    return max(n, (config.eval.batch_size // n) * n)
-
-
-class Evaluator:
-    """kNN monitor, online-probe test accuracy, and the offline linear probe on frozen features."""
-
-    def __init__(self, exp: Experiment, train_split: sources.Split, test_split: sources.Split):
-        self.exp, self.train, self.test = exp, train_split, test_split
-        self.batch = eval_batch_size(exp.config, exp.mesh)
-        self.encode = make_encode_fn(exp, self.batch)
-
-    def features(self, state, split: sources.Split) -> np.ndarray:
-        return features_lib.extract_features(lambda x: self.encode(state, x), split.images, self.batch,
-                                             preprocess=lambda x: x)
-
-    def knn(self, state) -> dict:
-        cfg = self.exp.config.eval
-        train_f, test_f = self.features(state, self.train), self.features(state, self.test)
-        top1 = knn.knn_top1(train_f, self.train.labels, test_f, self.test.labels, self.exp.num_classes,
-                            k=cfg.knn_k, temperature=cfg.knn_temperature)
-        probe_logits = test_f @ np.asarray(state.probe_params['kernel']) + np.asarray(state.probe_params['bias'])
-        probe_top1 = float(np.mean(probe_logits.argmax(-1) == self.test.labels))
-        return {'knn_top1': float(top1), 'online_probe_top1': probe_top1}, (train_f, test_f)
-
-    def full(self, state) -> dict:
-        """kNN, online probe and the offline linear probe."""
-        cfg = self.exp.config.eval
-        results, (train_f, test_f) = self.knn(state)
-        probe = linear_probe.train_linear_probe(train_f, self.train.labels, test_f, self.test.labels,
-                                                self.exp.num_classes, epochs=cfg.linear_epochs,
-                                                batch_size=cfg.linear_batch_size, lr=cfg.linear_lr,
-                                                seed=self.exp.config.seed)
-        results['linear_top1'] = float(probe['top1'])
-        return results
-
-
-# =====================================================================================================================
-# The loop
-# =====================================================================================================================
 class Preempted(RuntimeError):
-    """The run received SIGTERM; a checkpoint of the current step was written."""
-
-
-class _PreemptionFlag:
-    """True once SIGTERM arrived (handler installed for the training loop only, main thread only)."""
-
-    def __init__(self):
-        self.received = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = True
-
-    def __bool__(self) -> bool:
-        return self.received
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+    """The run received SIGTERM or SIGINT; a checkpoint of the current step was written."""
 
 
 def _check_finite(state: TrainState, ckpt: ckpt_lib.Checkpointer) -> None:
     bad = int(jax.device_get(state.nonfinite_step))
     if bad >= 0:
         kept = ckpt.latest_step()
-        raise NonFiniteLossError(
-            f'the loss became NaN/inf at step {bad}; stopping without saving that state '
-            f'({"checkpoints up to step " + str(kept) + " are kept in " + ckpt.directory if kept is not None else "no checkpoint had been written yet"}). '
-            'Lower optimizer.lr, use dtype=float32, or check the data.')
-
-
-def _write_json(path: str, payload: dict) -> None:
-    if jax.process_index() == 0:
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        where = (f'checkpoints up to step {kept} are kept in {ckpt.directory}' if kept is not None
+                 else 'no checkpoint had been written yet')
+        raise NonFiniteLossError(f'the loss became NaN/inf at step {bad}; stopping without saving that state '
+                                 f'({where}). Lower optimizer.lr, use dtype=float32, or check the data.')
 
 
 def _last_logged_loss(workdir: str) -> float:
@@ -288,105 +295,196 @@ def _last_logged_loss(workdir: str) -> float:
     return losses[-1] if losses else float('nan')
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Pretrains ``config.method`` and evaluates the encoder; writes ``workdir/summary.json`` and returns it."""
-    wall_start = time.time()
+class _Timer:
+    """Wall time spent in evaluation and checkpoints, kept out of the training rate."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t = time.time()
+
+            def __exit__(self, *exc):
+                timer.totals[name] = timer.totals.get(name, 0.0) + time.time() - self.t
+        return _Span()
+
+    def get(self, name: str) -> float:
+        return self.totals.get(name, 0.0)
+
+
+# =====================================================================================================================
+# Setting a run up (shared with ssljax.evaluate)
+# =====================================================================================================================
+@dataclasses.dataclass
+class Run:
+    """A run's data, experiment and initial state: what the loop and ``python -m ssljax.evaluate`` both need."""
+    exp: Experiment
+    state: TrainState
+    train_data: pipeline.TrainData
+    eval_train: sources.Split
+    eval_test: sources.Split
+    runner: evaluators.EvalRunner
+
+
+def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -> Run:
+    """Mesh, validation, data, experiment, initial state and evaluators for ``config`` writing into ``workdir``.
+
+    ``before_data`` runs after the config is validated and before any data is read (the loop's workdir checks).
+    """
     parallel.initialize_distributed(config)
     mesh = parallel.make_mesh()
-    num_devices = mesh.devices.size
-    config_lib.validate(config, num_devices)
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    log = logging_lib.info
-
-    # ----- data -----------------------------------------------------------------------------------------------------
-    train_data = pipeline.load_train_data(config, mesh)
+    config_lib.validate(config, mesh.devices.size)
+    if before_data is not None:
+        before_data()
+    train_data = pipeline.load_train_data(config, mesh, workdir)
     if config.eval_train_split == config.train_split and isinstance(train_data.source, sources.Split):
         eval_train = pipeline.subsample(train_data.source, config.eval.max_train_examples, config.seed)
     else:
-        eval_train = pipeline.load_split(config, config.eval_train_split, config.eval.max_train_examples)
-    eval_test = pipeline.load_split(config, config.eval_split)
+        eval_train = pipeline.load_split(config, config.eval_train_split, config.eval.max_train_examples, workdir)
+    eval_test = pipeline.load_split(config, config.eval_split, workdir=workdir)
     num_classes = config.num_classes or eval_train.num_classes
-    log(f'data: {config.dataset} {train_data.num_examples} train images, {len(eval_test.labels)} test '
-        f'{eval_test.images.shape[1:]}, {num_classes} classes, '
-        f'{"on device" if train_data.on_device else "streamed from host"}')
-
-    # ----- model, objective, state ----------------------------------------------------------------------------------
     exp = build_experiment(config, mesh, train_data.num_examples, num_classes)
-    state = init_state(exp)
+    state = init_state(exp, train_data.sampler_state)
+    runner = evaluators.EvalRunner(evaluators.make_context(config, exp, eval_train, eval_test, workdir))
+    return Run(exp, state, train_data, eval_train, eval_test, runner)
+
+
+# =====================================================================================================================
+# The loop
+# =====================================================================================================================
+def train_and_evaluate(config, workdir: str, hooks: Sequence[Hook] = (), allow_config_changes: bool = False) -> dict:
+    """Pretrains ``config.method`` and evaluates the encoder; writes ``workdir/summary.json`` and returns it.
+
+    The workdir is locked for the run (a second run on it is refused); resuming with a config that changes the run
+    (method, model, batch, data, schedule, seed, ...) is refused unless ``allow_config_changes`` (recorded in
+    ``config_history.jsonl``).
+    """
+    wall_start = time.time()
+    log = logging_lib.info
+    parallel.initialize_distributed(config)  # before anything asks JAX about processes or devices
+    workdir_lib.check_workdir(workdir)
+    lock = workdir_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0)
+    try:
+        return _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall_start, log)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall_start, log) -> dict:
+    def claim_workdir():
+        lock.acquire()
+        workdir_lib.check_resume_config(workdir, config.to_dict(), allow_config_changes)
+
+    run = setup(config, workdir, before_data=claim_workdir)
+    exp, state, train_data, runner = run.exp, run.state, run.train_data, run.runner
+    num_devices = exp.mesh.devices.size
+    log(f'data: {config.dataset} {train_data.num_examples} train images, {len(run.eval_test.labels)} test '
+        f'{run.eval_test.images.shape[1:]}, {exp.num_classes} classes, '
+        f'{"on device" if train_data.on_device else "streamed from host"}, sampler {config.sampler.name}')
     n_params = sum(x.size for x in jax.tree.leaves(state.params['encoder']))
     log(f'{config.method} | {config.model.backbone} ({n_params / 1e6:.2f}M encoder params, features {exp.feature_dim}) '
         f'| {num_devices} devices on {jax.process_count()} processes | global batch {config.batch_size} '
-        f'| {exp.total_steps} steps ({exp.steps_per_epoch}/epoch) | {len(exp.views)} views')
-    evaluator = Evaluator(exp, eval_train, eval_test)
+        f'| {exp.total_steps} steps ({exp.steps_per_epoch}/epoch) | {len(exp.views)} views | '
+        f'evals {", ".join(runner.names)}')
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
     random_path = os.path.join(workdir, 'random_init.json')
+    timer = _Timer()
 
-    start_step = ckpt.latest_step()
+    # ----- resume or start ------------------------------------------------------------------------------------------
+    start_step, restored = ckpt.restore_latest(state, log=log)  # falls back past damaged checkpoints, one line each
     if start_step is not None:
-        state = ckpt.restore(state)
+        state = restored
         log(f'resumed from {ckpt.directory} at step {start_step}')
     else:
         start_step = 0
         if config.eval.random_init_baseline and not os.path.exists(random_path):
-            _write_json(random_path, evaluator.full(state))
+            with timer('eval'):
+                baseline = runner.run(state, 0, final=True, names=tuple(config.eval.baseline_evals))
+            logging_lib.write_json(random_path, baseline)
+    train_data.sampler_state = jax.tree.map(np.asarray, jax.device_get(state.sampler_state))
 
     # ----- train ----------------------------------------------------------------------------------------------------
-    train_step = make_train_step(exp)
-    writer = logging_lib.MetricWriter(workdir)
+    train_step = make_train_step(exp, state)
+    writer = logging_lib.MetricWriter(workdir, start_step=start_step)  # drops rows past the restored step
     progress = logging_lib.Progress(exp.total_steps, config.batch_size, num_devices, start_step)
-    pending: list = []
+    sums, count = None, 0
     last_metrics: dict = {}
-    train_time, timed_steps, t0 = 0.0, 0, None
+    t0, paused_since_t0 = None, 0.0
     batches = train_data.batches(start_step)
     step = start_step
-    preempted = _PreemptionFlag()
+    stop = preemption.StopFlag(sync_every=10).install()  # SIGTERM / SIGINT, agreed across hosts
+
+    def save(at: int) -> None:
+        _check_finite(state, ckpt)
+        with timer('checkpoint'):
+            ckpt.save(at, state)  # asynchronous: training goes on while it is written
+            if hooks:
+                ckpt.wait()
+        for hook in hooks:
+            hook.after_checkpoint(at)
+
     try:
         while step < exp.total_steps:
-            if preempted:  # SIGTERM (a scheduler's preemption): save where we are, then stop
-                _check_finite(state, ckpt)
-                ckpt.save(step, state)
+            if stop.should_stop(step):  # every process, every step: all hosts stop at the same step
+                save(step)
                 ckpt.wait()
-                raise Preempted(f'stopped by SIGTERM at step {step}; saved a checkpoint there in {ckpt.directory}: '
-                                'rerun the same command to resume')
+                raise Preempted(f'stopped by {stop.stopped_by} at step {step}; saved a checkpoint there in '
+                                f'{ckpt.directory}: rerun the same command to resume')
+            if train_data.sampler.refresh_steps(step):
+                with timer('sampler'):
+                    tools = samplers.SamplerTools(lambda network='': runner.train_features(state, network,
+                                                                                         train_data.source))
+                    new = train_data.sampler.refresh(step, train_data.sampler_state, tools)
+                    train_data.sampler_state = jax.tree.map(np.asarray, new)
+                    state = state.replace(sampler_state=parallel.put_replicated(train_data.sampler_state, exp.mesh))
+                    batches = train_data.batches(step)
             state, metrics = train_step(state, next(batches), train_data.device_arrays)
             step += 1
-            pending.append(metrics)
+            sums, count = (metrics if sums is None else _accumulate(sums, metrics)), count + 1
+            for hook in hooks:
+                hook.after_step(step, state)
             if t0 is None:  # the first step compiles: measure speed from its end
                 jax.block_until_ready(state.step)
                 t0, t0_step = time.time(), step
                 progress.start(step)
             if step % config.log_every == 0 or step == exp.total_steps:
                 _check_finite(state, ckpt)
-                fetched = jax.device_get(pending)
-                last_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                pending = []
+                last_metrics = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+                sums, count = None, 0
                 rate = progress.update(step, last_metrics)
                 writer.write(step, {f'train/{k}': v for k, v in last_metrics.items()}
                              | ({'train/samples_per_s': rate} if rate else {}))
-            if config.eval_every and step % config.eval_every == 0 and step < exp.total_steps:
-                results, _ = evaluator.knn(state)
+            paused = timer.get('eval') + timer.get('checkpoint') + timer.get('sampler')
+            if step < exp.total_steps and runner.due(step):
+                with timer('eval'):
+                    results = runner.run(state, step)
                 writer.write(step, {f'eval/{k}': v for k, v in results.items()})
                 log(f'eval @ {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                _check_finite(state, ckpt)
-                ckpt.save(step, state)
-                if step == _KILL_AT_STEP:  # fault injection for the crash-resume test
-                    ckpt.wait()
-                    os.kill(os.getpid(), signal.SIGKILL)
+                save(step)
+            if timer.get('eval') + timer.get('checkpoint') + timer.get('sampler') > paused:
+                progress.start(step)  # the next interval's rate counts training only
+                if t0 is not None:
+                    paused_since_t0 += timer.get('eval') + timer.get('checkpoint') + timer.get('sampler') - paused
         jax.block_until_ready(state.step)
+        train_time, timed_steps = 0.0, 0
         if t0 is not None:
-            train_time, timed_steps = time.time() - t0, step - t0_step
-        _check_finite(state, ckpt)
+            train_time, timed_steps = time.time() - t0 - paused_since_t0, step - t0_step
         if ckpt.latest_step() != step:
-            ckpt.save(step, state)
+            save(step)
     finally:
-        preempted.restore()
-        ckpt.wait()
+        stop.restore()
+        with timer('checkpoint'):
+            ckpt.wait()
         writer.close()
 
     # ----- evaluate -------------------------------------------------------------------------------------------------
-    final = evaluator.full(state)
+    with timer('eval'):
+        final = runner.run(state, step, final=True)
     writer = logging_lib.MetricWriter(workdir)
     writer.write(step, {f'final/{k}': v for k, v in final.items()})
     writer.close()
@@ -397,13 +495,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         'steps': int(step), 'epochs': step / exp.steps_per_epoch, 'global_batch': config.batch_size,
         'devices': num_devices, 'processes': jax.process_count(), 'platform': jax.devices()[0].platform,
         'wall_s': round(time.time() - wall_start, 2), 'train_s_this_run': round(train_time, 2),
+        'eval_s': round(timer.get('eval'), 2), 'checkpoint_s': round(timer.get('checkpoint'), 2),
         'train_samples_per_s': round(samples_per_s, 2),
         'train_samples_per_s_per_device': round(samples_per_s / num_devices, 2),
         'final_loss': last_metrics['loss'] if last_metrics else _last_logged_loss(workdir),
         **final,
-        'random_init_knn_top1': baseline.get('knn_top1'), 'random_init_linear_top1': baseline.get('linear_top1'),
+        **{f'random_init_{k}': v for k, v in baseline.items()},
     }
-    _write_json(os.path.join(workdir, 'summary.json'), summary)
-    log('summary: ' + json.dumps(summary))
+    summary.setdefault('random_init_knn_top1', None)
+    summary.setdefault('random_init_linear_top1', None)
+    logging_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
+    log('summary: ' + logging_lib.dumps(summary))
     ckpt.close()
     return summary

@@ -240,14 +240,21 @@ def test_directcopy_formula():
     Fn = np.asarray(F, np.float64)
     smax = np.linalg.eigvalsh(Fn).max()
     eye = np.eye(10)
-    np.testing.assert_allclose(dp.directcopy_predictor(F, EPS), Fn / smax + EPS * eye, atol=1e-5)
+    # The default is the paper's Frobenius normalisation.
+    np.testing.assert_allclose(dp.directcopy_predictor(F, EPS), Fn / np.linalg.norm(Fn) + EPS * eye, atol=1e-6)
     np.testing.assert_allclose(dp.directcopy_predictor(F, EPS, 'frobenius'), Fn / np.linalg.norm(Fn) + EPS * eye,
                                atol=1e-6)
+    np.testing.assert_allclose(dp.directcopy_predictor(F, EPS, 'spectral'), Fn / smax + EPS * eye, atol=1e-5)
     np.testing.assert_allclose(dp.directcopy_predictor(F, EPS, 'none'), Fn + EPS * eye, atol=1e-6)
-    W = jax.jit(lambda F: dp.directcopy_predictor(F, EPS))(F)
-    assert_symmetric(W)
-    s = np.linalg.eigvalsh(np.asarray(W, np.float64))
-    assert s.min() >= EPS - 1e-6 and s.max() <= 1 + EPS + 1e-5
+    for norm, top in (('frobenius', smax / np.linalg.norm(Fn)), ('spectral', 1.0)):
+        W = jax.jit(lambda F: dp.directcopy_predictor(F, EPS, norm))(F)
+        assert_symmetric(W)
+        s = np.linalg.eigvalsh(np.asarray(W, np.float64))
+        assert s.min() >= EPS - 1e-6
+        np.testing.assert_allclose(s.max(), top + EPS, rtol=1e-5)
+    # Spectral DirectCopy is DirectPred's 'linear' transform without the decomposition.
+    np.testing.assert_allclose(dp.directcopy_predictor(F, EPS, 'spectral'),
+                               dp.predictor_from_correlation(F, EPS, transform='linear'), atol=1e-5)
     for norm in dp.NORMALIZATIONS:
         np.testing.assert_allclose(dp.directcopy_predictor(jnp.zeros((4, 4)), EPS, norm), EPS * np.eye(4))
 

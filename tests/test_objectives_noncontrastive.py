@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ssljax.models.heads import MLP
 from ssljax.objectives import OBJECTIVES, Context, Forward, create_objective, directpred, losses
 from ssljax.objectives.base import cosine_ema_momentum
 
@@ -31,8 +32,12 @@ def objective_config(method, **objective):
 
 PROJ = dict(projector_hidden=(16,), projector_dim=8, projector_bn=True)
 FAMILY = dict(PROJ, predictor='directpred', predictor_hidden=(16,), predictor_bn=True, ema_base=0.99, ema_final=1.0,
-              rho=0.3, eps=0.01, freq=2, center=False, transform='sqrt', solver='eigh', directcopy_norm='spectral')
+              rho=0.3, eps=0.01, freq=2, center=False, transform='sqrt', solver='eigh', directcopy_norm='frobenius',
+              predictor_write='after_freq', bn_per_view=True)
 CONFIGS = {
+    'simclr': dict(PROJ, temperature=0.2, bn_per_view=False),
+    'byol': dict(PROJ, predictor_hidden=(16,), predictor_dim=8, predictor_bn=True, ema_base=0.99, ema_final=1.0,
+                 bn_per_view=True),
     'simsiam': dict(projector_hidden=(16, 16), projector_dim=8, projector_bn=True, predictor_hidden=(4,),
                     predictor_dim=8, predictor_bn=True),
     'directpred': FAMILY,
@@ -41,13 +46,14 @@ CONFIGS = {
                    cov_coeff=1.0),
     'dino': dict(head_out=32, head_hidden=16, head_bottleneck=8, head_layers=3, head_bn=False, norm_last_layer=True,
                  student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=2.0,
-                 center_momentum=0.9, ema_base=0.996, ema_final=1.0),
+                 center_momentum=0.9, ema_base=0.996, ema_final=1.0, freeze_last_layer_epochs=1, bn_per_view=False),
 }
 
 
-def make(method, encoder=None, feature_dim=6, **overrides):
+def make(method, encoder=None, feature_dim=6, steps_per_epoch=0, **overrides):
     encoder = encoder or TinyEncoder()
-    ctx = Context(encoder=encoder, feature_dim=feature_dim, total_steps=20, global_batch=B, num_examples=10 * B)
+    ctx = Context(encoder=encoder, feature_dim=feature_dim, total_steps=20, global_batch=B, num_examples=10 * B,
+                  steps_per_epoch=steps_per_epoch)
     return create_objective(objective_config(method, **{**CONFIGS[method], **overrides}), ctx)
 
 
@@ -126,8 +132,8 @@ def test_registered_names():
 
 @functools.partial(jax.jit, static_argnums=0)
 def projections(objective, params, stats, views):
-    """The online projections of the views, as the loss computes them (BatchNorm over both views)."""
-    fw = Forward({'params': params, 'batch_stats': stats})
+    """The online projections of the views, as the loss computes them (BatchNorm per view or joint, as configured)."""
+    fw = Forward({'params': params, 'batch_stats': stats}, bn_per_view=objective.bn_per_view)
     feats = [o['pooled'] for o in fw.encode(objective.ctx.encoder, views)]
     return fw.apply_views('projector', objective.projector, feats)
 
@@ -181,13 +187,48 @@ def test_directpred_options(solver, center, transform):
     assert int(s1['ns_fallbacks']) == 0
 
 
-def test_directcopy_write():
-    objective = make('directpred', predictor='directcopy')
+@pytest.mark.parametrize('norm', ['frobenius', 'spectral', 'none'])
+def test_directcopy_write(norm):
+    objective = make('directpred', predictor='directcopy', directcopy_norm=norm)
     params, stats, state = setup(objective)
     _, _, _, p1, s1 = run_step(objective, params, stats, state, views_for('directpred'), step=2)
     F = np.asarray(s1['corr'], np.float64)
-    np.testing.assert_allclose(p1['predictor']['kernel'], F / np.linalg.eigvalsh(F).max() + 0.01 * np.eye(8),
-                               atol=1e-5)
+    scale = {'frobenius': np.linalg.norm(F), 'spectral': np.linalg.eigvalsh(F).max(), 'none': 1.0}[norm]
+    np.testing.assert_allclose(p1['predictor']['kernel'], F / scale + 0.01 * np.eye(8), atol=1e-5)
+
+
+def test_directcopy_default_normalisation_is_frobenius():
+    """DirectCopy's paper normalises F by its Frobenius norm: the default of the function, the objective and config."""
+    import inspect
+    from configs import directpred as directpred_config
+    assert inspect.signature(directpred.directcopy_predictor).parameters['normalize'].default == 'frobenius'
+    assert OBJECTIVES['directpred'].directcopy_norm == 'frobenius'
+    assert directpred_config.get_config('predictor=directcopy').objective.directcopy_norm == 'frobenius'
+    F = jnp.asarray(np.diag([4.0, 3.0, 0.0]), jnp.float32)
+    np.testing.assert_allclose(directpred.directcopy_predictor(F, 0.01), np.diag([0.81, 0.61, 0.01]), atol=1e-6)
+
+
+def test_directpred_reference_write_schedule():
+    """predictor_write='reference' (the paper's code): writes after steps 1, freq + 1, ..., trained in between."""
+    objective = make('directpred', predictor_write='reference')  # freq 2
+    assert objective.frozen_heads == ()
+    params, stats, state = setup(objective)
+    assert not np.allclose(params['predictor']['kernel'], np.eye(8))  # the code's random Linear init
+    views = views_for('directpred')
+    _, out, grads, p1, s1 = run_step(objective, params, stats, state, views, step=1)
+    assert float(jnp.abs(grads['predictor']['kernel']).sum()) > 0  # trained by the optimizer between writes
+    np.testing.assert_allclose(p1['predictor']['kernel'], directpred.predictor_from_correlation(s1['corr'], 0.01),
+                               atol=1e-6)  # written after the first optimizer step (niter 0 in the code)
+    update = jax.jit(objective.update)
+    trained = dict(p1, predictor={'kernel': p1['predictor']['kernel'] + 0.5})  # as if the optimizer moved it
+    p2, _ = update(trained, s1, jnp.asarray(2, jnp.int32))
+    np.testing.assert_array_equal(p2['predictor']['kernel'], trained['predictor']['kernel'])  # kept between writes
+    p3, _ = update(trained, s1, jnp.asarray(3, jnp.int32))
+    np.testing.assert_allclose(p3['predictor']['kernel'], directpred.predictor_from_correlation(s1['corr'], 0.01),
+                               atol=1e-6)
+    # The default schedule writes after steps freq, 2 freq, ... and keeps the predictor out of the optimizer.
+    default = make('directpred')
+    assert default.predictor_write == 'after_freq' and default.frozen_heads == ('predictor',)
 
 
 def test_trained_predictors_are_not_frozen():
@@ -221,7 +262,8 @@ def test_no_predictor_loss_is_byol_on_projections():
 def test_family_config_errors():
     for key, value, match in [('predictor', 'deep', 'objective.predictor'), ('freq', 0, 'freq'),
                               ('rho', 1.0, 'rho'), ('solver', 'svd', 'solver'), ('transform', 'cube', 'transform'),
-                              ('directcopy_norm', 'max', 'directcopy_norm')]:
+                              ('directcopy_norm', 'max', 'directcopy_norm'),
+                              ('predictor_write', 'sometimes', 'predictor_write')]:
         with pytest.raises(ValueError, match=match):
             make('directpred', **{key: value})
     with pytest.raises(ValueError, match='predictor_dim'):
@@ -241,13 +283,30 @@ def test_simsiam_loss_range_and_structure():
     np.testing.assert_allclose(out.metrics['pred_cosine'], -loss)
 
 
+def dino_temperature_table(warmup, final, warmup_epochs, epochs):
+    """DINO's DINOLoss.teacher_temp_schedule (main_dino.py), indexed by epoch."""
+    return np.concatenate((np.linspace(warmup, final, warmup_epochs), np.ones(epochs - warmup_epochs) * final))
+
+
+@pytest.mark.parametrize('warmup_epochs', [0, 1, 2, 5])
+def test_dino_teacher_temperature_is_the_reference_per_epoch_table(warmup_epochs):
+    objective = make('dino', warmup_teacher_temp_epochs=warmup_epochs)
+    spe, epochs = 10, 8  # steps per epoch: num_examples / global_batch outside a run
+    assert objective.steps_per_epoch == spe
+    table = dino_temperature_table(0.04, 0.07, warmup_epochs, epochs)
+    steps = np.arange(epochs * spe)
+    temps = jax.jit(jax.vmap(objective.teacher_temperature))(jnp.asarray(steps))
+    np.testing.assert_allclose(temps, table[steps // spe], rtol=1e-6)
+    # The run's steps_per_epoch wins over num_examples // global_batch.
+    assert make('dino', steps_per_epoch=7).steps_per_epoch == 7
+
+
 def test_dino_center_temperature_and_teacher_ema():
-    objective = make('dino')
-    steps_per_epoch = 10  # num_examples / global_batch
-    assert objective.warmup_teacher_temp_steps == 2 * steps_per_epoch
+    objective = make('dino')  # warm-up over 2 epochs of 10 steps
     np.testing.assert_allclose(objective.teacher_temperature(jnp.asarray(0)), 0.04)
-    np.testing.assert_allclose(objective.teacher_temperature(jnp.asarray(10)), 0.055, rtol=1e-6)
-    np.testing.assert_allclose(objective.teacher_temperature(jnp.asarray(50)), 0.07)
+    np.testing.assert_allclose(objective.teacher_temperature(jnp.asarray(9)), 0.04)  # constant within epoch 0
+    np.testing.assert_allclose(objective.teacher_temperature(jnp.asarray(10)), 0.07, rtol=1e-6)
+    np.testing.assert_allclose(objective.teacher_temperature(jnp.asarray(50)), 0.07, rtol=1e-6)
     params, stats, state = setup(objective)
     assert state['center'].shape == (32,) and int(state['step']) == 0
     views = views_for('dino')
@@ -259,9 +318,144 @@ def test_dino_center_temperature_and_teacher_ema():
     np.testing.assert_allclose(out.objective_state['center'], 0.1 * np.asarray(t).mean(0), rtol=1e-4, atol=1e-7)
     assert int(out.objective_state['step']) == 1
     np.testing.assert_allclose(out.metrics['teacher_temp'], 0.04)
-    # The EMA moves the teacher towards the student: with student = teacher + 1, teacher <- teacher + (1 - m_t).
+    # The teacher's running statistics come from its own forward pass (the reference's EMA covers parameters only).
+    assert_trees_close(out.objective_state['teacher']['batch_stats'], teacher.batch_stats)
+    assert not trees_equal(out.objective_state['teacher']['batch_stats'], state['teacher']['batch_stats'])
+    # The EMA moves the teacher towards the student: with student = teacher + 1, teacher <- teacher + (1 - m).
+    # update(step=5): five optimizer steps done; the reference's momentum_schedule[it] uses it = 4.
     shifted = jax.tree.map(lambda x: x + 1.0, params)
     _, new_state = jax.jit(objective.update)(shifted, out.objective_state, jnp.asarray(5, jnp.int32))
-    m = float(cosine_ema_momentum(0.996, jnp.asarray(5), 20, 1.0))
+    m = 1.0 + 0.5 * (0.996 - 1.0) * (1.0 + np.cos(np.pi * 4 / 20))  # utils.cosine_scheduler(0.996, 1, ...)[4]
     for old, new in zip(jax.tree.leaves(state['teacher']['params']), jax.tree.leaves(new_state['teacher']['params'])):
         np.testing.assert_allclose(new, np.asarray(old) + (1.0 - m), rtol=1e-5, atol=1e-6)
+
+
+def test_dino_evaluates_the_teacher_and_freezes_the_last_layer():
+    objective = make('dino', steps_per_epoch=7)
+    assert objective.eval_network == 'teacher'
+    params, stats, state = setup(objective)
+    state = dict(state, teacher=jax.tree.map(lambda x: x + 1.0, state['teacher']))
+    scored = objective.encoder_variables(params, stats, state)
+    assert_trees_close(scored['params'], state['teacher']['params']['encoder'])
+    assert_trees_close(scored['batch_stats'], state['teacher']['batch_stats']['encoder'])
+    assert_trees_close(objective.encoder_variables(params, stats, state, 'online')['params'], params['encoder'])
+    # freeze_last_layer_epochs x steps per epoch; the prefix names the head's weight-normalised prototypes.
+    assert objective.freeze_steps == {'head/last_layer': 7}
+    assert set(params['head']['last_layer']) == {'kernel'}
+    assert make('dino', steps_per_epoch=7, freeze_last_layer_epochs=3).freeze_steps == {'head/last_layer': 21}
+    assert make('dino', freeze_last_layer_epochs=0).freeze_steps == {}
+    unnormed = make('dino', norm_last_layer=False)
+    assert set(setup(unnormed)[0]['head']['last_layer']) == {'kernel', 'g'}  # both frozen by the same prefix
+
+
+# ---------------------------------------------------------------------------------------------- EMA momentum
+
+@pytest.mark.parametrize('method', ['byol', 'directpred'])
+def test_target_momentum_uses_the_step_before_the_update(method):
+    """BYOL's reference computes tau from the step count before the optimizer step: tau = base after step 1."""
+    objective = make(method)
+    params, stats, state = setup(objective)
+    shifted = jax.tree.map(lambda x: x + 1.0, params)
+    update = jax.jit(objective.update)
+    for done in (1, 2):  # update(step) receives the optimizer steps completed, this one included
+        t = done - 1
+        tau = 1.0 - (1.0 - 0.99) * (np.cos(np.pi * t / 20) + 1.0) / 2.0  # byol/utils/schedules.py target_ema(t)
+        _, new_state = update(shifted, state, jnp.asarray(done, jnp.int32))
+        for old, new in zip(jax.tree.leaves(state['target']['params']),
+                            jax.tree.leaves(new_state['target']['params'])):
+            np.testing.assert_allclose(new, np.asarray(old) + (1.0 - tau), rtol=1e-6, atol=1e-7)
+        if done == 1:
+            assert tau == 0.99  # the first update uses tau_base exactly
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm per view
+
+def trees_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def assert_trees_close(a, b, **kw):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, **dict(dict(rtol=1e-5, atol=1e-6), **kw))
+
+
+def test_forward_bn_per_view_normalises_each_view_with_its_own_batch():
+    """Per view: view a's activations do not depend on view b's images; joint: they do."""
+    objective = make('simsiam')
+    params, stats, _ = setup(objective)
+    a, b = views_for('simsiam')
+    b2 = b * 3.0 + 1.0
+    variables = {'params': params, 'batch_stats': stats}
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(per_view, views):
+        fw = Forward(variables, bn_per_view=per_view)
+        feats = [o['pooled'] for o in fw.encode(objective.ctx.encoder, views)]
+        return feats, fw.apply_views('projector', objective.projector, feats), fw.batch_stats
+
+    (f, z, _), (f2, z2, _) = run(True, [a, b]), run(True, [a, b2])
+    np.testing.assert_array_equal(f[0], f2[0])
+    np.testing.assert_array_equal(z[0], z2[0])
+    assert not np.allclose(z[1], z2[1])
+    # Per view equals running view a alone.
+    fa, za, _ = run(True, [a])
+    np.testing.assert_array_equal(z[0], za[0])
+    (f, z, _), (f2, z2, _) = run(False, [a, b]), run(False, [a, b2])
+    assert not np.allclose(f[0], f2[0], atol=1e-4) and not np.allclose(z[0], z2[0], atol=1e-4)
+
+
+def test_forward_bn_per_view_running_statistics_are_sequential_updates():
+    """Running mean / var after views a, b: r <- m (m r0 + (1 - m) s_a) + (1 - m) s_b, m = 0.9 (biased var)."""
+    mlp = MLP(hidden_dims=(5,), out_dim=3)
+    variables = mlp.init(jax.random.PRNGKey(0), jnp.zeros((2, 4)), train=False)
+    r_mean = np.full(5, 0.3)
+    r_var = np.full(5, 2.0)
+    variables = {'params': {'mlp': variables['params']},
+                 'batch_stats': {'mlp': {'bn_0': {'mean': jnp.asarray(r_mean, jnp.float32),
+                                                  'var': jnp.asarray(r_var, jnp.float32)}}}}
+    rng = np.random.default_rng(0)
+    xa, xb = rng.normal(size=(6, 4)), rng.normal(size=(6, 4)) * 2 + 1
+    W = np.asarray(variables['params']['mlp']['linear_0']['kernel'], np.float64)
+    bias = np.asarray(variables['params']['mlp']['linear_0']['bias'], np.float64)
+    ha, hb = xa @ W + bias, xb @ W + bias
+    m = 0.9
+    for per_view in (True, False):
+        fw = Forward(variables, bn_per_view=per_view)
+        fw.apply_views('mlp', mlp, [jnp.asarray(xa, jnp.float32), jnp.asarray(xb, jnp.float32)])
+        got = fw.batch_stats['mlp']['bn_0']
+        if per_view:
+            mean = m * (m * r_mean + (1 - m) * ha.mean(0)) + (1 - m) * hb.mean(0)
+            var = m * (m * r_var + (1 - m) * ha.var(0)) + (1 - m) * hb.var(0)
+        else:
+            h = np.concatenate([ha, hb])
+            mean, var = m * r_mean + (1 - m) * h.mean(0), m * r_var + (1 - m) * h.var(0)
+        np.testing.assert_allclose(got['mean'], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got['var'], var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('method', ['simclr', 'byol', 'simsiam', 'directpred', 'barlow_twins', 'vicreg', 'dino'])
+def test_every_objective_follows_bn_per_view(method):
+    """Each method reads objective.bn_per_view: per view, view a's features (and its target/teacher projection) do
+    not depend on view b's images; jointly, they do. The switch reaches the target/teacher network too."""
+    for per_view in (True, False):
+        objective = make(method, bn_per_view=per_view)
+        assert objective.bn_per_view is per_view
+        params, stats, state = setup(objective)
+        views = views_for(method)
+        other = [views[0], views[1] * 3.0 + 1.0] + views[2:]
+        _, out, _, _, _ = run_step(objective, params, stats, state, views)
+        _, out2, _, _, _ = run_step(objective, params, stats, state, other)
+        same = np.allclose(out.probe_features, out2.probe_features, rtol=0, atol=1e-6)
+        assert same is per_view, (method, per_view)
+        network = {'byol': 'target', 'directpred': 'target', 'dino': 'teacher'}.get(method)
+        if network:
+            net = Forward(state[network], bn_per_view=per_view)
+            t = [o['pooled'] for o in net.encode(objective.ctx.encoder, views[:2])]
+            t2 = [o['pooled'] for o in Forward(state[network], bn_per_view=per_view).encode(
+                objective.ctx.encoder, other[:2])]
+            assert np.allclose(t[0], t2[0], rtol=0, atol=1e-6) is per_view
+            # and the state carries the target's statistics of exactly that forward pass
+            head = 'head' if method == 'dino' else 'projector'
+            net.apply_views(head, objective.head if method == 'dino' else objective.projector, t)
+            assert_trees_close(out.objective_state[network]['batch_stats'], net.batch_stats)

@@ -50,8 +50,25 @@ def run_main(args, env_extra=None):
 
 TINY_ARGS = ['--config.dataset=digits', '--config.image_size=8', '--config.augment.size=8',
              '--config.augment.blur_prob=0.0', '--config.batch_size=16', '--config.total_steps=4',
-             '--config.log_every=1', '--config.checkpoint_every=2', '--config.eval.linear_epochs=1',
+             '--config.log_every=1', '--config.checkpoint_every=2', '--config.evals.linear.epochs=1',
              '--config.eval.max_train_examples=128', '--config.eval.random_init_baseline=false']
+
+
+KILL_AFTER_CHECKPOINT = r"""
+import os, signal, sys
+from ssljax import config_lib, main, train
+
+
+class Kill(train.Hook):  # test-only fault injection, from outside the loop
+    def after_checkpoint(self, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+args, overrides = main.parse_args(sys.argv[1:])
+config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+train.train_and_evaluate(config, args.workdir, hooks=[Kill()])
+"""
 
 
 @pytest.mark.parametrize('method', ['byol'])
@@ -60,7 +77,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
     config = [f'--config=configs/{method}.py']
     r = run_main([*config, f'--workdir={straight}', *TINY_ARGS])
     assert r.returncode == 0, r.stderr
-    killed = run_main([*config, f'--workdir={resumed}', *TINY_ARGS], {'SSLJAX_TEST_KILL_AT_STEP': '2'})
+    killed = subprocess.run([sys.executable, '-c', KILL_AFTER_CHECKPOINT, *config, f'--workdir={resumed}', *TINY_ARGS],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
     assert killed.returncode == -9, killed.stderr  # SIGKILL right after step 2's checkpoint
     assert os.listdir(os.path.join(resumed, 'checkpoints')) == ['2']
     r = run_main([*config, f'--workdir={resumed}', *TINY_ARGS])

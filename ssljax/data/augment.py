@@ -528,3 +528,21 @@ def eval_view(images, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         box = jnp.array([(height - side) // 2, (width - side) // 2, side, side])
         x = jax.vmap(lambda im: resized_crop(im, box, size))(x)
     return normalize(x, mean, std)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Patch masks (masked image modeling)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def random_patch_masks(key, num_samples: int, num_patches: int, num_masked: int) -> jax.Array:
+    """bool [num_samples, num_patches], True = masked, exactly ``num_masked`` True per row, uniformly at random.
+
+    Row b depends only on (key, b): its noise is drawn from fold_in(key, b) and the ``num_masked`` patches of lowest
+    noise are masked, so a sample's mask does not depend on the batch size or on how the batch is sharded.
+    """
+    if not 0 <= num_masked <= num_patches:
+        raise ValueError(f"random_patch_masks: num_masked must be in [0, {num_patches}], got {num_masked}")
+    index = jnp.arange(num_samples, dtype=jnp.uint32)
+    noise = jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(key, b), (num_patches,)))(index)
+    rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)
+    return rank < num_masked

@@ -81,8 +81,10 @@ class _Failure:
 _DONE = object()
 
 
-def _make_batch(source, num_examples: int, global_batch: int, seed: int, slc: slice, step: int) -> dict:
-    idx = global_batch_indices(num_examples, global_batch, seed, step)[slc]
+def _make_batch(source, num_examples: int, global_batch: int, seed: int, slc: slice, step: int,
+                indices_fn=None) -> dict:
+    rows = indices_fn(step) if indices_fn is not None else global_batch_indices(num_examples, global_batch, seed, step)
+    idx = np.asarray(rows, np.int64)[slc]
     out = source.get(idx)
     image = np.asarray(out['image'])
     label = np.asarray(out['label'])
@@ -136,6 +138,7 @@ class HostLoader:
         process_count: int = 1,
         prefetch: int = 2,
         num_steps: int | None = None,
+        indices_fn=None,
     ):
         if not hasattr(source, 'get') or not hasattr(source, '__len__'):
             raise ValueError(f'source must have __len__ and get(indices), got {type(source).__name__}')
@@ -148,6 +151,7 @@ class HostLoader:
         self._slice = host_slice(self.global_batch, process_index, process_count)
         self.prefetch = _check_nonneg_int('prefetch', prefetch)
         self._end = None if num_steps is None else self.step + _check_nonneg_int('num_steps', num_steps)
+        self.indices_fn = indices_fn  # step -> global indices (a sampler); default global_batch_indices
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         self._thread = None
@@ -155,7 +159,8 @@ class HostLoader:
         if self.prefetch > 0:
             # The thread gets no reference to self, so an unclosed loader can still be collected (its __del__ stops it).
             make = functools.partial(
-                _make_batch, self.source, self.num_examples, self.global_batch, self.seed, self._slice
+                _make_batch, self.source, self.num_examples, self.global_batch, self.seed, self._slice,
+                indices_fn=indices_fn,
             )
             self._thread = threading.Thread(
                 target=_produce,
@@ -171,7 +176,8 @@ class HostLoader:
 
     def batch_at(self, step: int) -> dict:
         """The batch of ``step`` for this host, computed synchronously (pure function of seed and step)."""
-        return _make_batch(self.source, self.num_examples, self.global_batch, self.seed, self._slice, step)
+        return _make_batch(self.source, self.num_examples, self.global_batch, self.seed, self._slice, step,
+                           self.indices_fn)
 
     def __iter__(self) -> 'HostLoader':
         return self

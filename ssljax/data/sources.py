@@ -23,6 +23,13 @@ Pixel conventions: grayscale (L, 1, I;16, I) is replicated to three channels; 16
 channel of RGBA/LA/transparent-palette images is dropped (colour values kept as stored, no compositing). Only the first
 frame of animated GIF/WebP/multi-page TIFF is read; EXIF orientation is not applied (as torchvision's ImageFolder).
 
+Unreadable files (``bad_images``, image folders): loading a split decodes every file once and collects every file that
+cannot be decoded (path and a short reason) and every class folder without image files. ``bad_images='error'`` (the
+default) then stops with ``BadImagesError``: one line with the count and the first few paths, the full list written
+to ``bad_images_report`` (or next to the cache in ``cache_dir``) or, when neither is given, in the message itself.
+``bad_images='skip'`` warns with the count on stderr and keeps the readable files; an empty class folder is dropped
+(an empty ``train`` class folder drops the class). Either way the list is ``Split.bad_files``, for the caller to keep.
+
 Resizing (``image_size=S``): shorter side to ``S`` with PIL bicubic (antialiased when shrinking), longer side
 ``round(long * S / short)``, then a centre crop to ``S x S`` (offset ``(long - S) // 2``). Without ``image_size`` all
 images of a split must share one size, else ``ValueError`` names the first mismatching file and both sizes.
@@ -37,6 +44,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import sys
 import threading
 from typing import Callable, Protocol, Sequence
 
@@ -48,6 +57,25 @@ TFDS_DATASETS = ('cifar10', 'cifar100', 'stl10', 'imagenet2012')
 _CACHE_FORMAT = 'ssljax-image-folder-v1'
 # Reads of one chunk run in one pool task: per-file futures would cost more than decoding a 32x32 JPEG.
 _CHUNK = 256
+BAD_IMAGES_MODES = ('error', 'skip')
+# How many problems the one-line message shows when the full list is in a file.
+_SHOWN = 3
+
+
+class UnreadableImageError(ValueError):
+    """One image file that cannot be decoded: ``path`` and a short ``reason``."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f'cannot decode image {path}: {reason}')
+        self.path, self.reason = path, reason
+
+
+class BadImagesError(ValueError):
+    """Unreadable images or empty class folders with ``bad_images='error'``; ``bad`` lists (path, reason)."""
+
+    def __init__(self, message: str, bad: list[tuple[str, str]], report_path: str | None):
+        super().__init__(message)
+        self.bad, self.report_path = bad, report_path
 
 
 def default_num_workers() -> int:
@@ -81,12 +109,14 @@ class Split:
       labels: int32 [N]; -1 for unlabeled examples.
       class_names: names of classes 0..C-1.
       name: '<dataset>:<split>', e.g. 'mnist:train'.
+      bad_files: (path, reason) of every file or class folder left out by ``bad_images='skip'``.
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
     name: str
+    bad_files: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
@@ -161,7 +191,8 @@ def _resize_array(image: np.ndarray, size: int) -> np.ndarray:
 def decode_image(path: str, image_size: int | None = None) -> np.ndarray:
     """Decodes one image file to uint8 [H, W, 3] RGB (resized when ``image_size`` is given).
 
-    Raises ValueError naming ``path`` when the file cannot be decoded (corrupt, truncated, unknown format).
+    Raises UnreadableImageError (a ValueError) naming ``path`` and a short reason when the file cannot be read or
+    decoded (corrupt, truncated, unknown format).
     """
     try:
         with open(path, 'rb') as fh:
@@ -173,10 +204,76 @@ def decode_image(path: str, image_size: int | None = None) -> np.ndarray:
                 img = resize_shorter_and_crop(img, image_size)
             arr = np.asarray(img)
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
-        raise ValueError(f'cannot decode image {path}: {type(e).__name__}: {e}') from e
+        raise UnreadableImageError(path, _short_reason(e)) from e
     if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f'cannot decode image {path}: got array of shape {arr.shape}, expected [H, W, 3]')
+        raise UnreadableImageError(path, f'decodes to shape {arr.shape}, expected [H, W, 3]')
     return arr
+
+
+_OBJECT_REPR = re.compile(r'\s*<[^<>]* (object )?at 0x[0-9a-fA-F]+>')
+
+
+def _short_reason(e: BaseException, limit: int = 120) -> str:
+    """A decode error in a few words, without the in-memory objects PIL names (``<_io.BytesIO object at 0x..>``)."""
+    from PIL import UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+
+    if isinstance(e, UnidentifiedImageError):
+        return 'not an image format PIL can identify'
+    if isinstance(e, FileNotFoundError):
+        return 'file disappeared while reading'
+    if isinstance(e, OSError) and e.strerror:
+        return f'{type(e).__name__}: {e.strerror}'
+    text = ' '.join(_OBJECT_REPR.sub('', str(e)).split())
+    text = f'{type(e).__name__}: {text}' if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + '...'
+
+
+_EMPTY_FOLDER = 'empty class folder: no image files'
+
+
+def _problem_text(bad: Sequence[tuple[str, str]]) -> str:
+    """'cannot decode image PATH: REASON; empty class folder PATH; ...'."""
+    parts = []
+    for path, reason in bad:
+        if reason == _EMPTY_FOLDER:
+            parts.append(f'empty class folder {path}')
+        elif reason.startswith('class '):
+            parts.append(f'{path}: {reason}')
+        else:
+            parts.append(f'cannot decode image {path}: {reason}')
+    return '; '.join(parts)
+
+
+def write_bad_images_report(path: str, bad: Sequence[tuple[str, str]]) -> None:
+    """Writes one ``<path>\t<reason>`` line per problem to ``path`` (atomically)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp-{os.getpid()}-{threading.get_ident()}'
+    with open(tmp, 'w') as fh:
+        fh.writelines(f'{p}\t{r}\n' for p, r in bad)
+    os.replace(tmp, path)
+
+
+def _report_bad(bad: list[tuple[str, str]], mode: str, where: str, report_path: str | None) -> None:
+    """Stops (``'error'``) or warns (``'skip'``) about ``bad`` in one line; writes the full list to ``report_path``."""
+    if not bad:
+        return
+    if report_path is not None:
+        write_bad_images_report(report_path, bad)
+    folders = sum(r == _EMPTY_FOLDER for _, r in bad)
+    files = len(bad) - folders
+    counts = ' and '.join(
+        t for t in (f'{files} unreadable file{"s" * (files > 1)}' if files else '',
+                    f'{folders} empty class folder{"s" * (folders > 1)}' if folders else '') if t)
+    if report_path is not None:
+        more = f'; and {len(bad) - _SHOWN} more' if len(bad) > _SHOWN else ''
+        listing = f'{_problem_text(bad[:_SHOWN])}{more} (full list in {report_path})'
+    else:
+        listing = _problem_text(bad)
+    if mode == 'error':
+        raise BadImagesError(f'{counts} in image folder {where}: {listing}. Fix or remove them, or set '
+                             "bad_images='skip' (--config.bad_images=skip) to train without them", bad, report_path)
+    print(f'ssljax: warning: bad_images=skip: leaving out {counts} in image folder {where}: {listing}',
+          file=sys.stderr, flush=True)
 
 
 def _fill_parallel(
@@ -190,30 +287,42 @@ def _fill_parallel(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes ``n`` items into a preallocated uint8 [n, H, W, 3] array with a thread pool.
 
-    ``item(j)`` returns the j-th image; when ``shape`` is None it is taken from item 0 (else from ``reference``) and
+    ``item(j)`` returns the j-th image, or None for an item to leave out (its slot stays uninitialised, its label is
+    set); when ``shape`` is None it is taken from the first item that is not None (else from ``reference``) and
     every item must match, else ValueError names the lowest-index mismatching item (``describe(j)``) and both sizes.
     """
     labels = np.empty((n,), np.int32)
     if n == 0:
         hw = shape or (0, 0)
         return np.zeros((0, *hw, 3), np.uint8), labels
-    first = None
+    first, first_index = None, -1
     if shape is None:
-        first = item(0)
+        for first_index in range(n):
+            first = item(first_index)
+            if first is not None:
+                break
+        if first is None:  # nothing readable: the caller sees every item left out
+            labels[:] = [label(j) for j in range(n)]
+            return np.zeros((n, 0, 0, 3), np.uint8), labels
         shape = first.shape[:2]
-        reference = describe(0)
+        reference = describe(first_index)
     images = np.empty((n, *shape, 3), np.uint8)
 
     def run(lo: int) -> None:
         for j in range(lo, min(lo + _CHUNK, n)):
-            a = first if (j == 0 and first is not None) else item(j)
+            if j <= first_index:
+                a = first if j == first_index else None  # items before the first readable one were left out
+            else:
+                a = item(j)
+            labels[j] = label(j)
+            if a is None:
+                continue
             if a.shape[:2] != tuple(shape):
                 raise ValueError(
                     f'image size mismatch: {describe(j)} is {a.shape[1]}x{a.shape[0]} (WxH) but '
                     f'{reference} is {shape[1]}x{shape[0]}; pass image_size to resize all images'
                 )
             images[j] = a
-            labels[j] = label(j)
 
     starts = range(0, n, _CHUNK)
     workers = num_workers or default_num_workers()
@@ -325,10 +434,22 @@ def _image_files(path: str) -> list[str]:
 class FolderSource:
     """Random-access source over ``root/<split>/<class>/<image>``; images decoded on demand with PIL.
 
-    Files are ordered by class index, then by file name. ``classes`` are the sorted subfolders of ``root/train``.
+    Files are ordered by class index, then by file name. ``classes`` are the sorted subfolders of ``root/train``
+    (with ``bad_images='skip'``, those holding at least one image file). ``problems`` lists the class folders of
+    ``split`` without image files (and, when skipping, the files of classes dropped that way); ``load_all`` reports
+    them with the unreadable files, ``get`` ignores them.
     """
 
-    def __init__(self, root: str, split: str, image_size: int | None = None, num_workers: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        image_size: int | None = None,
+        num_workers: int | None = None,
+        bad_images: str = 'error',
+    ):
+        if bad_images not in BAD_IMAGES_MODES:
+            raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
         if root is None:
             raise ValueError("dataset 'image_folder' needs data_dir (root laid out root/split/class/image)")
         root = os.fspath(root)
@@ -340,9 +461,14 @@ class FolderSource:
             raise FileNotFoundError(f'train split folder not found (class names come from it): {train_dir}')
         if not os.path.isdir(split_dir):
             raise FileNotFoundError(f'split folder not found: {split_dir}')
-        classes = _visible_dirs(train_dir)
-        if not classes:
+        all_classes = _visible_dirs(train_dir)
+        if not all_classes:
             raise ValueError(f'no class subfolders in {train_dir}')
+        classes = all_classes
+        if bad_images == 'skip':
+            classes = [c for c in all_classes if _image_files(os.path.join(train_dir, c))]
+            if not classes:
+                raise ValueError(f'no class subfolder of {train_dir} holds an image ({", ".join(IMAGE_EXTENSIONS)})')
         loose = _image_files(split_dir)
         if loose:
             raise ValueError(
@@ -350,18 +476,25 @@ class FolderSource:
                 f'(layout root/split/class/image)'
             )
         index = {c: i for i, c in enumerate(classes)}
-        files, labels = [], []
+        files, labels, problems = [], [], []
         for c in _visible_dirs(split_dir):
-            if c not in index:
+            if c not in all_classes:
                 raise ValueError(
                     f'class folder {os.path.join(split_dir, c)} has no counterpart in {train_dir} '
                     f'(class {c!r} missing from train)'
                 )
-            names = _image_files(os.path.join(split_dir, c))
-            files.extend(os.path.join(split_dir, c, n) for n in names)
-            labels.extend([index[c]] * len(names))
+            folder = os.path.join(split_dir, c)
+            names = _image_files(folder)
+            if not names:
+                problems.append((folder, _EMPTY_FOLDER))
+            elif c not in index:  # skipping: the class was dropped because its train folder is empty
+                problems.extend((os.path.join(folder, n), f'class {c!r} has no images in train') for n in names)
+            else:
+                files.extend(os.path.join(folder, n) for n in names)
+                labels.extend([index[c]] * len(names))
         if not files:
             raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found under split folder {split_dir}')
+        self.bad_images, self.problems, self.split_dir = bad_images, problems, split_dir
         self.root, self.split, self.image_size = root, split, image_size
         self.files = files
         self.labels = np.asarray(labels, np.int32)
@@ -398,17 +531,38 @@ class FolderSource:
         )
         return dict(image=images, label=labels)
 
-    def load_all(self) -> Split:
-        """Decodes every file: a Split in file order (class index, then file name)."""
+    def load_all(self, report_path: str | None = None) -> Split:
+        """Decodes every file: a Split in file order (class index, then file name).
+
+        Every file is tried once; the unreadable ones and ``problems`` are then reported as ``bad_images`` says
+        (the full list also written to ``report_path`` when given) and, when skipping, left out of the Split.
+        """
+        unreadable = {}
+
+        def item(j):
+            try:
+                return decode_image(self.files[j], self.image_size)
+            except UnreadableImageError as e:
+                unreadable[j] = e.reason
+                return None
+
         images, labels = _fill_parallel(
             len(self.files),
-            lambda j: decode_image(self.files[j], self.image_size),
+            item,
             lambda j: self.labels[j],
             None if self.image_size is None else (self.image_size, self.image_size),
             lambda j: self.files[j],
             self.num_workers,
         )
-        return Split(images=images, labels=labels, class_names=self.class_names, name=self.name)
+        bad = self.problems + [(self.files[j], unreadable[j]) for j in sorted(unreadable)]
+        _report_bad(bad, self.bad_images, self.split_dir, report_path)
+        if unreadable:
+            keep = np.ones(len(self.files), bool)
+            keep[list(unreadable)] = False
+            if not keep.any():
+                raise ValueError(f'no readable image under split folder {self.split_dir} ({len(bad)} unreadable)')
+            images, labels = images[keep], labels[keep]
+        return Split(images=images, labels=labels, class_names=self.class_names, name=self.name, bad_files=tuple(bad))
 
     def cache_key(self) -> str:
         """sha256 over format tag, absolute root, split, image_size and every file's (relative path, size, mtime_ns)."""
@@ -436,22 +590,30 @@ def _load_image_folder(
     image_size: int | None = None,
     cache_dir: str | None = None,
     num_workers: int | None = None,
+    bad_images: str = 'error',
+    bad_images_report: str | None = None,
 ) -> Split:
     """Decodes ``data_dir/split/*/*`` into memory.
 
     With ``cache_dir`` the decoded arrays are kept as ``<key>.images.npy`` (raw .npy: reads at disk speed, unlike .npz)
-    plus ``<key>.meta.npz`` (labels, class names), keyed by ``FolderSource.cache_key``; the meta file is written last, so
-    its presence marks a complete entry.
+    plus ``<key>.meta.npz`` (labels, class names, the files left out by ``bad_images='skip'``), keyed by
+    ``FolderSource.cache_key``; the meta file is written last, so its presence marks a complete entry. A cached entry
+    that left files out is reported like a fresh load (so ``bad_images='error'`` still stops). Without
+    ``bad_images_report`` the list of bad files goes to ``<cache_dir>/image_folder-<split>-bad_images.txt``.
     """
-    src = FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers)
+    src = FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers, bad_images=bad_images)
+    if bad_images_report is None and cache_dir is not None:
+        bad_images_report = os.path.join(cache_dir, f'image_folder-{split}-bad_images.txt')
     if cache_dir is not None:
         images_path, meta_path = _cache_paths(cache_dir, src)
         if os.path.exists(meta_path) and os.path.exists(images_path):
             images = np.load(images_path, allow_pickle=False)
             with np.load(meta_path, allow_pickle=False) as z:
                 labels, names = z['labels'], tuple(str(c) for c in z['class_names'])
-            return Split(images=images, labels=labels, class_names=names, name=src.name)
-    out = src.load_all()
+                bad = list(zip(*(map(str, z[k]) for k in ('bad_paths', 'bad_reasons')))) if 'bad_paths' in z else []
+            _report_bad(bad, bad_images, src.split_dir, bad_images_report)
+            return Split(images=images, labels=labels, class_names=names, name=src.name, bad_files=tuple(bad))
+    out = src.load_all(bad_images_report)
     if cache_dir is not None:
         os.makedirs(cache_dir, exist_ok=True)
         # Write to temporary names then rename, so a crashed run never leaves a truncated entry under the final names.
@@ -460,7 +622,9 @@ def _load_image_folder(
             np.save(fh, out.images, allow_pickle=False)
         os.replace(images_path + tmp, images_path)
         with open(meta_path + tmp, 'wb') as fh:
-            np.savez(fh, labels=out.labels, class_names=np.asarray(out.class_names, dtype=str))
+            np.savez(fh, labels=out.labels, class_names=np.asarray(out.class_names, dtype=str),
+                     bad_paths=np.asarray([p for p, _ in out.bad_files], dtype=str),
+                     bad_reasons=np.asarray([r for _, r in out.bad_files], dtype=str))
         os.replace(meta_path + tmp, meta_path)
     return out
 
@@ -624,6 +788,8 @@ def load_split(
     *,
     cache_dir: str | None = None,
     num_workers: int | None = None,
+    bad_images: str = 'error',
+    bad_images_report: str | None = None,
 ) -> Split:
     """Loads one split of ``dataset`` into host memory as uint8 RGB images and int32 labels.
 
@@ -636,18 +802,26 @@ def load_split(
       cache_dir: image_folder only: the decoded arrays (.npy images + .npz labels/class names) keyed by sha256(root,
         split, image_size, class names, every file's relative path, size and mtime_ns), so a second load skips decoding.
       num_workers: decode threads (default one per core, at most 16).
+      bad_images: image_folder only: 'error' stops with BadImagesError listing every unreadable file and empty class
+        folder; 'skip' warns with the count and leaves them out (listed in the result's ``bad_files``).
+      bad_images_report: image_folder only: a file that receives the full list (``<path>\t<reason>`` lines).
 
     Raises:
-      ValueError: unknown dataset/split, corrupt image (names the file), empty split folder, size mismatch.
+      BadImagesError: unreadable images or empty class folders with bad_images='error' (a ValueError).
+      ValueError: unknown dataset/split, empty split folder, size mismatch.
       FileNotFoundError: missing data_dir or split folder, or tfds data not prepared (names the path).
     """
     _check_dataset(dataset)
     _check_image_size(image_size)
+    if bad_images not in BAD_IMAGES_MODES:
+        raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
     if cache_dir is not None and dataset != 'image_folder':
         raise ValueError(f'cache_dir is supported for image_folder only, not {dataset!r}')
     kwargs = dict(num_workers=num_workers)
     if cache_dir is not None:
         kwargs['cache_dir'] = cache_dir
+    if dataset == 'image_folder':
+        kwargs.update(bad_images=bad_images, bad_images_report=bad_images_report)
     return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size, **kwargs)
 
 
@@ -658,16 +832,21 @@ def open_source(
     image_size: int | None = None,
     *,
     num_workers: int | None = None,
+    bad_images: str = 'error',
 ):
     """Random-access source with ``__len__``, ``num_classes`` and ``get(indices) -> dict(image, label)``.
 
     tfds datasets and image folders decode on demand (for data that does not fit in memory, e.g. imagenet2012, where
     ``image_size`` is needed since its images differ in size); 'mnist' and 'digits' return the in-memory Split.
+    An image folder opened this way is not decoded in advance: ``bad_images`` applies to its empty class folders
+    only, and an unreadable file met by ``get`` raises UnreadableImageError naming it.
     """
     _check_dataset(dataset)
     _check_image_size(image_size)
     if dataset in TFDS_DATASETS:
         return TfdsSource(dataset, split, data_dir, image_size, num_workers)
     if dataset == 'image_folder':
-        return FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers)
+        src = FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers, bad_images=bad_images)
+        _report_bad(src.problems, bad_images, src.split_dir, None)
+        return src
     return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size)

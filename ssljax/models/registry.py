@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.linen as nn
@@ -23,6 +24,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _settings(ctor) -> set[str]:
+    """Field names of the module a constructor (a class or a functools.partial of one) builds."""
+    cls = ctor.func if hasattr(ctor, "func") else ctor
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def create_encoder(name: str, *, dtype=jnp.float32, cifar_stem: bool = False, patch_size: int | None = None,
                    image_size: int | None = None, **overrides) -> tuple[nn.Module, int]:
     """Builds the encoder ``name`` and returns ``(module, feature_dim)``; feature_dim is the width of 'pooled'.
@@ -36,6 +43,11 @@ def create_encoder(name: str, *, dtype=jnp.float32, cifar_stem: bool = False, pa
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}")
     ctor = BACKBONES[name]
+    settings = _settings(ctor)
+    unknown = sorted(set(overrides) - settings)
+    if unknown:
+        raise ValueError(f"config key \"model.{unknown[0]}\" is not a setting of backbone {name!r}; its settings: "
+                         f"{', '.join(sorted(settings - {'parent', 'name'}))}")
     if name.startswith("resnet"):
         module = ctor(dtype=dtype, cifar_stem=cifar_stem, **overrides)
     else:

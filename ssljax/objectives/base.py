@@ -32,6 +32,11 @@ from ssljax.models.heads import MLP
 
 PyTree = Any
 
+# Partition specs for Context.per_device and Objective.state_partition (re-exported from ssljax.parallel).
+AXIS = 'data'
+BATCH = jax.sharding.PartitionSpec(AXIS)
+REPLICATED = jax.sharding.PartitionSpec()
+
 
 @flax.struct.dataclass
 class LossOutput:
@@ -44,13 +49,43 @@ class LossOutput:
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """Facts about the run an objective may need when it is built."""
+    """Facts about the run an objective may need when it is built.
+
+    ``mesh`` is the run's device mesh (one axis, ``'data'``; None outside a run, e.g. in a notebook): losses see the
+    global batch and XLA inserts the collectives, and :meth:`per_device` runs part of a loss on each device's shard
+    of the batch instead (MoCo's shuffled BatchNorm, per-device negatives).
+    """
     encoder: nn.Module
     feature_dim: int
     total_steps: int
     global_batch: int
     num_examples: int
     dtype: Any = jnp.float32
+    mesh: Any = None
+    steps_per_epoch: int = 0
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mesh is None else int(self.mesh.devices.size)
+
+    @property
+    def per_sample_rows(self) -> int:
+        """Rows of a per-sample state table: num_examples rounded up to a multiple of the device count."""
+        n = self.num_devices
+        return -(-self.num_examples // n) * n
+
+    def per_device(self, fn, in_specs, out_specs):
+        """``fn`` run once per device on its shard, through ``jax.shard_map`` over the mesh's ``'data'`` axis.
+
+        ``in_specs`` / ``out_specs`` are pytrees (prefixes) of :data:`BATCH` (split along the leading axis, each
+        device sees its B / n rows) and :data:`REPLICATED` (every device sees the whole value). Inside ``fn``,
+        ``jax.lax.psum(x, AXIS)`` / ``pmean`` / ``all_gather`` reach the other devices. Anything returned with
+        :data:`REPLICATED` must be equal on every device (average it with ``pmean`` first, e.g. BatchNorm running
+        statistics computed per device). Without a mesh (a notebook), a one-device mesh is used, so ``fn`` runs
+        once on the whole batch and the collectives are identities. See :func:`ssljax.parallel.per_device`.
+        """
+        from ssljax import parallel
+        return parallel.per_device(fn, self.mesh, in_specs, out_specs)
 
 
 class Forward:
@@ -58,17 +93,32 @@ class Forward:
 
     ``fw = Forward(variables); feats = fw.encode(encoder, views); z = fw.apply('projector', projector, x)`` then
     ``fw.batch_stats`` is the updated statistics tree to return in :class:`LossOutput`.
+
+    ``bn_per_view`` picks how several views share BatchNorm (in :meth:`encode` and :meth:`apply_views`):
+
+    - False (the default; SimCLR's and DINO's references): views of equal shape are concatenated and go through the
+      module once, so every BatchNorm layer normalises with the mean and variance over all of them, and its running
+      statistics take one update from that joint batch.
+    - True (BYOL's, SimSiam's, Barlow Twins', VICReg's and DirectPred's references, and solo-learn for every method):
+      the module runs once per view, in the views' order, so view v is normalised with statistics of view v's batch
+      alone (mu_v, sigma_v^2) and the running statistics take one update per view, each from the previous one's
+      result, as PyTorch modules called once per view do: with momentum m (Flax's convention, PyTorch's 1 - m),
+          r <- m r + (1 - m) mu_1,  then  r <- m r + (1 - m) mu_2,  ...
+
+    Either way, under ``jax.jit`` on a mesh the batch axis is the global batch, so the statistics span every device
+    (SyncBatchNorm in the references).
     """
 
-    def __init__(self, variables: dict, train: bool = True):
+    def __init__(self, variables: dict, train: bool = True, bn_per_view: bool = False):
         self.params = variables['params']
         self.batch_stats = dict(variables.get('batch_stats', {}))
         self.train = train
+        self.bn_per_view = bool(bn_per_view)
 
     def apply(self, name: str, module: nn.Module, *args, **kwargs):
         """module.apply on the subtree ``name``; updates the subtree's batch statistics in train mode."""
         module_vars = {'params': self.params[name]}
-        if name in self.batch_stats:
+        if self.batch_stats.get(name):  # an empty subtree (a ViT, a head without BN) has nothing to update
             module_vars['batch_stats'] = self.batch_stats[name]
         if self.train and 'batch_stats' in module_vars:
             out, updates = module.apply(module_vars, *args, train=True, mutable=['batch_stats'], **kwargs)
@@ -77,12 +127,15 @@ class Forward:
         return module.apply(module_vars, *args, train=self.train, **kwargs)
 
     def encode(self, encoder: nn.Module, views: Sequence[jax.Array], name: str = 'encoder') -> list[dict]:
-        """Encodes each view; views of equal shape go through the encoder as one concatenated batch.
+        """Encodes each view: once per view (``bn_per_view``) or once per group of views of equal shape.
 
-        One forward per resolution (not per view) is faster, and BatchNorm then normalises with statistics over all
-        views of that resolution, as SimCLR's reference implementation does. Returns one output dict per view
+        Joint mode runs one forward per resolution (not per view), which is faster, and BatchNorm then normalises
+        with statistics over all views of that resolution (SimCLR's reference; DINO's MultiCropWrapper). Per-view
+        mode runs the views one after the other (see the class docstring). Returns one output dict per view
         (``'pooled'`` float32 [B, D], plus ``'feature_map'`` or ``'tokens'``).
         """
+        if self.bn_per_view:
+            return [self.apply(name, encoder, v) for v in views]
         groups: dict[tuple, list[int]] = {}
         for i, v in enumerate(views):
             groups.setdefault(tuple(v.shape), []).append(i)
@@ -94,7 +147,9 @@ class Forward:
         return outputs
 
     def apply_views(self, name: str, module: nn.Module, xs: Sequence[jax.Array]) -> list[jax.Array]:
-        """Applies a head to several views as one batch (one BatchNorm statistic over all of them)."""
+        """Applies a head to several views: once per view (``bn_per_view``), else as one concatenated batch."""
+        if self.bn_per_view:
+            return [self.apply(name, module, x) for x in xs]
         y = self.apply(name, module, jnp.concatenate(list(xs), axis=0))
         return list(jnp.split(y, len(xs), axis=0))
 
@@ -160,6 +215,38 @@ class Objective(abc.ABC):
         """After the optimizer step: EMA targets, closed-form predictors, queues. Identity by default."""
         return params, objective_state
 
+    # ----- optional declarations the loop reads (defaults suit most methods) -----------------------------------------
+    # The network evaluators score by default: 'online' (params['encoder']) or the name of an entry of the objective
+    # state holding {'params': {'encoder': ...}, 'batch_stats': {'encoder': ...}} ('target', 'teacher').
+    eval_network: ClassVar[str] = 'online'
+
+    @property
+    def freeze_steps(self) -> dict[str, int]:
+        """Param-path prefixes ('head/last_layer') frozen for their first N optimizer steps (DINO). None by default."""
+        return {}
+
+    def state_partition(self, objective_state: PyTree) -> PyTree:
+        """PartitionSpecs for ``objective_state`` (a prefix tree is enough): :data:`REPLICATED` by default.
+
+        Per-sample state (one row per dataset image, indexed by ``batch['index']``) may return :data:`BATCH` for
+        those leaves, so each device holds ``1 / n`` of the rows; their leading size must then be a multiple of the
+        number of devices (``Context.per_sample_rows`` gives it). Checkpointed and restored like replicated state.
+        """
+        return REPLICATED
+
+    def encoder_variables(self, params: dict, batch_stats: dict, objective_state: PyTree,
+                          network: str = '') -> dict:
+        """{'params', 'batch_stats'} of the encoder that evaluation scores: ``network`` or :attr:`eval_network`."""
+        network = network or self.eval_network
+        if network == 'online':
+            return {'params': params['encoder'], 'batch_stats': batch_stats.get('encoder', {})}
+        if not isinstance(objective_state, dict) or network not in objective_state:
+            have = ['online'] + [k for k, v in (objective_state or {}).items()
+                                 if isinstance(v, dict) and 'params' in v and 'encoder' in v['params']]
+            raise ValueError(f'{self.name} has no network {network!r} to evaluate; it has: {", ".join(have)}')
+        net = objective_state[network]
+        return {'params': net['params']['encoder'], 'batch_stats': net.get('batch_stats', {}).get('encoder', {})}
+
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
@@ -181,9 +268,13 @@ def create_objective(config, ctx: Context) -> Objective:
 class TwoViewObjective(Objective):
     """Two views through one encoder and projector, then a loss of (z_a, z_b); no state.
 
-    Subclasses (SimCLR, Barlow Twins, VICReg, ...) define only ``from_config`` and ``pair_loss``.
+    Subclasses (SimCLR, Barlow Twins, VICReg, ...) define only ``from_config`` and ``pair_loss``. ``bn_per_view``
+    (config key ``objective.bn_per_view``) is passed to :class:`Forward`: False concatenates the two views (one
+    BatchNorm statistic over 2B rows), True runs encoder and projector once per view (statistics of each view's B
+    rows, running statistics updated view a then view b). Each method's config sets its reference's value.
     """
     projector: MLP = None
+    bn_per_view: bool = False
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
@@ -194,7 +285,7 @@ class TwoViewObjective(Objective):
         """-> (loss, metrics) from the two views' projections."""
 
     def loss(self, variables, objective_state, views, batch, rng):
-        fw = Forward(variables)
+        fw = Forward(variables, bn_per_view=self.bn_per_view)
         feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
         z_a, z_b = fw.apply_views('projector', self.projector, feats)
         loss, metrics = self.pair_loss(z_a, z_b)

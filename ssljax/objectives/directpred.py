@@ -26,8 +26,8 @@ p is a function of F's eigenvalues, so W_p is a matrix function of F: for 'sqrt'
 only (:func:`newton_schulz_predictor`), which runs at matmul speed on accelerators where a symmetric
 eigendecomposition does not.
 
-DirectCopy (Wang, Chen, Du & Tian 2021) skips the decomposition: W_p = F / ||F||_2 + eps I
-(:func:`directcopy_predictor`).
+DirectCopy (Wang, Chen, Du & Tian 2021) skips the decomposition: W_p = F / ||F||_F + eps I, F normalised by its
+Frobenius norm as in the paper (:func:`directcopy_predictor`; spectral and no normalisation are options).
 
 Every product here runs at ``Precision.HIGHEST``: on GPUs the default float32 matmul may use TF32 (10-bit mantissa),
 whose 1e-3 relative rounding would turn F's zero eigenvalues into negative ones of that size.
@@ -262,14 +262,18 @@ def predictor_from_correlation(F: jax.Array, eps: float = 0.01, method: str = 'e
     return jax.lax.cond(ok, lambda: W, lambda: eigh_predictor(F, eps, transform))
 
 
-def directcopy_predictor(F: jax.Array, eps: float = 0.01, normalize: str = 'spectral',
+def directcopy_predictor(F: jax.Array, eps: float = 0.01, normalize: str = 'frobenius',
                          power_squarings: int = 8) -> jax.Array:
     """DirectCopy's W_p = F_hat + eps I, float32 [d, d], symmetric; no eigendecomposition.
 
-    ``normalize`` picks F_hat: 'spectral' (default) F / ||F||_2, with ||F||_2 = s_max from :func:`top_eigenvalue`
-    (matrix products only), so that F_hat's spectrum lies in [0, 1] like DirectPred's a_j and W_p's in [eps, 1 + eps];
-    'frobenius' F / ||F||_F; 'none' F itself (the ``predictor_reg=directcopy`` branch of the paper's public code, in
-    the units of the projections). F = 0 gives eps I.
+    ``normalize`` picks F_hat:
+      'frobenius' (default, the paper's DirectCopy)  F / ||F||_F = F / sqrt(sum_j s_j^2): one pass over F's entries;
+                  F_hat's spectrum lies in [0, 1] with its top eigenvalue s_max / ||s||_2 <= 1 (1 only at rank 1).
+      'spectral'  F / ||F||_2, ||F||_2 = s_max from :func:`top_eigenvalue` (matrix products only): spectrum in
+                  [0, 1] with top eigenvalue 1, i.e. DirectPred's 'linear' transform without the decomposition.
+      'none'      F itself (the ``predictor_reg=directcopy`` branch of the paper's public code, in the units of the
+                  projections).
+    F = 0 gives eps I.
     """
     _check_square(F)
     if normalize not in NORMALIZATIONS:
