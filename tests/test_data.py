@@ -243,7 +243,7 @@ def test_image_folder_cache_round_trip(tmp_path, monkeypatch):
     # Another image_size is another key.
     S.load_split('image_folder', 'train', str(root), image_size=4, cache_dir=str(cache))
     assert len(list(cache.glob('*.meta.npz'))) == 3 == len(list(cache.glob('*.images.npy')))
-    with pytest.raises(ValueError, match='image_folder only'):
+    with pytest.raises(ValueError, match='image_folder and tfds datasets only'):
         S.load_split('mnist', 'train', cache_dir=str(cache))
 
 

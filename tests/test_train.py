@@ -171,3 +171,82 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(tmp_path):
     assert line.startswith('ssljax: error: stopped by SIGTERM at step'), line
     step = int(line.split('at step ')[1].split(';')[0])
     assert os.listdir(workdir / 'checkpoints') == [str(step)]
+
+
+def _tiny_run(workdir, *extra):
+    return run_main(['--config=configs/simclr.py', f'--workdir={workdir}', *TINY_ARGS, *extra])
+
+
+def test_resume_with_a_changed_batch_is_refused_and_nothing_is_lost(tmp_path):
+    workdir = tmp_path / 'w'
+    r = _tiny_run(workdir)
+    assert r.returncode == 0, r.stderr
+    before = {p: open(workdir / p, 'rb').read() for p in ('config.json', 'summary.json', 'metrics.jsonl')}
+    steps = sorted(os.listdir(workdir / 'checkpoints'))
+    r = _tiny_run(workdir, '--config.batch_size=32')
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and 'batch_size' in err[0] and '16 -> 32' in err[0], r.stderr
+    assert {p: open(workdir / p, 'rb').read() for p in before} == before
+    assert sorted(os.listdir(workdir / 'checkpoints')) == steps
+    # Rerunning the finished run unchanged trains nothing and writes strict JSON (no NaN) again.
+    r = _tiny_run(workdir)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(open(workdir / 'summary.json').read(), parse_constant=lambda c: pytest.fail(c))
+    assert summary['steps'] == 4 and summary['knn_top1'] is not None
+    rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+    train_steps = [row['step'] for row in rows if 'train/loss' in row]
+    assert train_steps == sorted(set(train_steps)), train_steps  # no duplicated step rows
+
+
+def test_second_run_on_a_locked_workdir_is_refused(tmp_path):
+    import socket
+    workdir = tmp_path / 'w'
+    workdir.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        (workdir / '.lock').write_text(json.dumps({'pid': holder.pid, 'host': socket.gethostname(),
+                                                   'started': 'now'}))
+        r = _tiny_run(workdir)
+    finally:
+        holder.kill()
+    err = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(err) == 1 and f'in use by pid {holder.pid}' in err[0], r.stderr
+    assert not (workdir / 'checkpoints').exists()
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
+    workdir = tmp_path / 'w'
+    args = [a for a in TINY_ARGS if not a.startswith('--config.total_steps')]
+    r = _tiny_run(workdir, *args, '--config.total_steps=4')
+    assert r.returncode == 0, r.stderr
+    arrays = [os.path.join(d, f) for d, _, fs in os.walk(workdir / 'checkpoints' / '4') for f in fs
+              if os.path.getsize(os.path.join(d, f)) > 1000]
+    with open(max(arrays, key=os.path.getsize), 'r+b') as f:
+        f.truncate(100)  # a truncated array file in the newest checkpoint
+    r = _tiny_run(workdir, *args, '--config.total_steps=4')
+    assert r.returncode == 0, r.stderr
+    assert 'resumed from' in r.stdout and 'at step 2' in r.stdout
+    damaged = [line for line in (r.stdout + r.stderr).splitlines() if 'step 4' in line and 'unreadable' in line]
+    assert len(damaged) == 1, r.stdout + r.stderr
+    assert os.path.isdir(workdir / 'checkpoints' / '4.unreadable')  # set aside, not deleted
+    assert '4' in os.listdir(workdir / 'checkpoints')  # trained again from step 2 and saved
+
+
+def test_ctrl_c_saves_like_sigterm(tmp_path):
+    import signal
+    import time
+    workdir = tmp_path / 'w'
+    args = [a for a in TINY_ARGS if not a.startswith('--config.total_steps')]
+    proc = subprocess.Popen([sys.executable, '-m', 'ssljax.main', '--config=configs/simclr.py', f'--workdir={workdir}',
+                             *args, '--config.total_steps=100000', '--config.checkpoint_every=0'],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    line = err.strip().splitlines()[-1]
+    assert proc.returncode == 1 and line.startswith('ssljax: error: stopped by SIGINT at step'), err[-2000:]
+    step = int(line.split('at step ')[1].split(';')[0])
+    assert os.listdir(workdir / 'checkpoints') == [str(step)]

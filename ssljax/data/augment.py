@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "GRAY_WEIGHTS", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD", "RECIPES",
-    "ViewConfig", "recipe", "augment_views", "augment_image", "eval_view",
+    "ViewConfig", "recipe", "augment_views", "augment_image", "eval_view", "packed_size", "unpack_views",
     "crop_box", "crop_box_from_uniforms", "resized_crop", "random_resized_crop", "hflip",
     "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
     "jitter_params", "jitter_params_from_uniforms", "apply_color_jitter", "color_jitter",
@@ -459,19 +459,23 @@ _U_JITTER = slice(2 * _ATTEMPTS + 8, 2 * _ATTEMPTS + 16)
 _N_UNIFORMS = 2 * _ATTEMPTS + 16
 
 
-def augment_image(image, key, view: ViewConfig):
+def augment_image(image, key, view: ViewConfig, crop: bool = True):
     """Augments one image (uint8 or float in [0, 1], HWC) with one view's recipe; returns float32 [size, size, C].
 
     Pipeline: to [0, 1] -> random resized crop -> flip (p) -> colour jitter (p) -> grayscale (p) -> blur (p)
     -> solarize (p) -> normalise. All randomness comes from one vector u ~ U[0, 1)^n drawn from `key`; an op with
     probability p is applied when its own entry of u is < p (a Bernoulli(p) draw), with jnp.where. Ops with
-    probability 0 are not traced at all.
+    probability 0 are not traced at all. `crop=False`: the image is the view's crop already (taken on the host,
+    [size, size, C]); the crop is skipped and every other op draws the same entries of u.
     """
     x = image.astype(jnp.float32) / 255.0 if image.dtype == jnp.uint8 else image.astype(jnp.float32)
     u = jax.random.uniform(key, (_N_UNIFORMS,))
 
-    box, _ = crop_box_from_uniforms(u[_U_CROP], x.shape[0], x.shape[1], view.crop_scale, view.crop_ratio)
-    x = resized_crop(x, box, view.size)
+    if crop:
+        box, _ = crop_box_from_uniforms(u[_U_CROP], x.shape[0], x.shape[1], view.crop_scale, view.crop_ratio)
+        x = resized_crop(x, box, view.size)
+    elif x.shape[:2] != (view.size, view.size):
+        raise ValueError(f"a host-cropped view must be {view.size}x{view.size}, got {x.shape[:2]}")
     if view.flip_prob > 0:
         x = jnp.where(u[_U_FLIP] < view.flip_prob, hflip(x), x)
     enabled = (view.brightness > 0, view.contrast > 0, view.saturation > 0, view.hue > 0)
@@ -490,6 +494,25 @@ def augment_image(image, key, view: ViewConfig):
     return normalize(x, view.mean, view.std)
 
 
+def packed_size(views: Sequence[ViewConfig]) -> int:
+    """Bytes per sample of a packed batch: sum over views of size^2 * 3."""
+    return sum(3 * v.size * v.size for v in views)
+
+
+def unpack_views(packed, views: Sequence[ViewConfig]) -> list:
+    """uint8 [B, packed_size(views)] -> one uint8 [B, size, size, 3] per view (view i's bytes follow view i - 1's,
+    each HWC row-major: the layout ``ssljax.data.decode.decode_views`` writes)."""
+    if packed.ndim != 2 or packed.shape[1] != packed_size(views):
+        raise ValueError(f"a packed batch for views of sizes {[v.size for v in views]} must be [B, "
+                         f"{packed_size(views)}], got {packed.shape}")
+    out, offset = [], 0
+    for v in views:
+        n = 3 * v.size * v.size
+        out.append(packed[:, offset:offset + n].reshape(packed.shape[0], v.size, v.size, 3))
+        offset += n
+    return out
+
+
 def augment_views(images, key, views: Sequence[ViewConfig]) -> list[jax.Array]:
     """Augments a uint8 batch [B, H, W, 3] into one float32 [B, size, size, 3] normalised array per view.
 
@@ -497,11 +520,20 @@ def augment_views(images, key, views: Sequence[ViewConfig]) -> list[jax.Array]:
     on (key, i, b, image b): not on the batch size nor on how the batch is sharded over devices (b is the index in the
     global batch). Output i, row b equals augment_image(images[b], fold_in(key_i, b), views[i]). `views` must be
     static under jit (a tuple of hashable ViewConfigs).
+
+    A packed batch, uint8 [B, packed_size(views)], holds each view's random-resized crop already taken on the host
+    (streamed datasets: ssljax.data.decode); row b of view i is then augment_image(crop, fold_in(key_i, b), views[i],
+    crop=False): the same flip, colour, blur and solarize draws, no second crop.
     """
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"augment_views expects images of shape [B, H, W, 3], got {images.shape}")
     if not views:
         raise ValueError("augment_views needs at least one ViewConfig")
+    if images.ndim == 2:
+        per_view, crop = unpack_views(images, views), False
+    elif images.ndim == 4 and images.shape[-1] == 3:
+        per_view, crop = [images] * len(views), True
+    else:
+        raise ValueError(f"augment_views expects images of shape [B, H, W, 3] (or packed host crops [B, bytes]), got "
+                         f"{images.shape}")
     index = jnp.arange(images.shape[0], dtype=jnp.uint32)
     outputs = []
     # One traced pipeline per view, equal views included: measured on XLA:CPU, this compiles faster than vmapping
@@ -509,7 +541,7 @@ def augment_views(images, key, views: Sequence[ViewConfig]) -> list[jax.Array]:
     for i, view in enumerate(views):
         view_key = jax.random.fold_in(key, i)
         sample_keys = jax.vmap(lambda b, k=view_key: jax.random.fold_in(k, b))(index)
-        outputs.append(jax.vmap(lambda im, k, v=view: augment_image(im, k, v))(images, sample_keys))
+        outputs.append(jax.vmap(lambda im, k, v=view: augment_image(im, k, v, crop))(per_view[i], sample_keys))
     return outputs
 
 

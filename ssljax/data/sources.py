@@ -41,7 +41,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import re
@@ -52,10 +51,13 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from ssljax.data import decode
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 TFDS_DATASETS = ('cifar10', 'cifar100', 'stl10', 'imagenet2012')
-_CACHE_FORMAT = 'ssljax-image-folder-v1'
-# Reads of one chunk run in one pool task: per-file futures would cost more than decoding a 32x32 JPEG.
+_CACHE_FORMAT = 'ssljax-image-folder-v2'  # v2: JPEGs decoded at a reduced DCT scale when resized
+# Reads of one chunk (at most _CHUNK items, at least n / workers) run in one pool task: per-file futures would cost
+# more than decoding a 32x32 JPEG.
 _CHUNK = 256
 BAD_IMAGES_MODES = ('error', 'skip')
 # How many problems the one-line message shows when the full list is in a file.
@@ -68,6 +70,9 @@ class UnreadableImageError(ValueError):
     def __init__(self, path: str, reason: str):
         super().__init__(f'cannot decode image {path}: {reason}')
         self.path, self.reason = path, reason
+
+    def __reduce__(self):  # crosses process boundaries intact (streaming workers)
+        return type(self), (self.path, self.reason)
 
 
 class BadImagesError(ValueError):
@@ -142,43 +147,20 @@ class Split:
         idx = np.asarray(indices, dtype=np.int64)
         return dict(image=self.images[idx], label=self.labels[idx])
 
+    def record(self, i: int) -> tuple[np.ndarray, int]:
+        """One example as the streaming pipeline reads it: (uint8 [H, W, 3] image, label)."""
+        return np.asarray(self.images[i]), int(self.labels[i])
+
+    def describe(self, i: int) -> str:
+        return f'{self.name}[{i}]'
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Pixel helpers.
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Converts any PIL mode to RGB following the module's conventions (see module docstring)."""
-    if img.mode == 'RGB':
-        return img
-    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
-        # PIL's convert clips 16-bit values at 255; scale the full 16-bit range instead.
-        v = np.asarray(img).astype(np.int64)
-        if v.min() < 0 or v.max() > 65535:
-            raise ValueError(f'integer image with values outside 0..65535 (min {v.min()}, max {v.max()})')
-        g = ((v * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(np.repeat(g[..., None], 3, axis=-1), 'RGB')
-    if img.mode == 'P' and 'transparency' in img.info:
-        img = img.convert('RGBA')  # avoids PIL's warning about byte-transparency palettes
-    return img.convert('RGB')
-
-
-def resize_shorter_and_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resizes the shorter side to ``size`` (PIL bicubic) and centre-crops to ``size x size``.
-
-    Longer side becomes ``round(long * size / short)`` (at least ``size``); the crop starts at ``(long - size) // 2``.
-    """
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    if w <= h:
-        nw, nh = size, max(size, int(round(h * size / w)))
-    else:
-        nw, nh = max(size, int(round(w * size / h))), size
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
+_to_rgb = decode.to_rgb
+resize_shorter_and_crop = decode.resize_shorter_and_crop
 
 
 def _resize_array(image: np.ndarray, size: int) -> np.ndarray:
@@ -191,18 +173,15 @@ def _resize_array(image: np.ndarray, size: int) -> np.ndarray:
 def decode_image(path: str, image_size: int | None = None) -> np.ndarray:
     """Decodes one image file to uint8 [H, W, 3] RGB (resized when ``image_size`` is given).
 
+    With ``image_size`` a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter side is still at
+    least ``image_size`` (``decode.decode_resized``), then resized as ``resize_shorter_and_crop``.
     Raises UnreadableImageError (a ValueError) naming ``path`` and a short reason when the file cannot be read or
     decoded (corrupt, truncated, unknown format).
     """
     try:
         with open(path, 'rb') as fh:
             data = fh.read()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # force the full decode here so truncation errors surface inside the try
-            img = _to_rgb(img)
-            if image_size is not None:
-                img = resize_shorter_and_crop(img, image_size)
-            arr = np.asarray(img)
+        arr = decode.decode_resized(data, image_size)
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
         raise UnreadableImageError(path, _short_reason(e)) from e
     if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -276,6 +255,39 @@ def _report_bad(bad: list[tuple[str, str]], mode: str, where: str, report_path: 
           file=sys.stderr, flush=True)
 
 
+# How many following examples ``substitute_unreadable`` tries before giving up.
+_SUBSTITUTE_TRIES = 64
+
+
+def substitute_unreadable(i: int, n: int, read: Callable[[int], object], describe: Callable[[int], str],
+                          bad_images: str) -> tuple[int, object]:
+    """``(i, read(i))``, or with ``bad_images='skip'`` the first readable of i + 1, i + 2, ... (mod n).
+
+    For data read on demand (streamed training, evaluation of a streamed split), where unreadable files are met one
+    at a time instead of listed in advance. ``read`` raises UnreadableImageError for an unreadable example; with
+    ``bad_images='error'`` that error (naming the file) propagates. When skipping, one warning line on stderr names
+    the unreadable file and its replacement: the batch keeps its size and the run stays a deterministic function of
+    (seed, step), and the replacement's label and index go with its image.
+    """
+    try:
+        return i, read(i)
+    except UnreadableImageError as e:
+        if bad_images != 'skip':
+            raise
+        first = e
+    for k in range(1, min(n, _SUBSTITUTE_TRIES + 1)):
+        j = (i + k) % n
+        try:
+            value = read(j)
+        except UnreadableImageError:
+            continue
+        print(f'ssljax: warning: bad_images=skip: cannot decode image {first.path}: {first.reason}; '
+              f'using {describe(j)} in its place', file=sys.stderr, flush=True)
+        return j, value
+    raise UnreadableImageError(first.path, f'{first.reason}; and the next {min(n - 1, _SUBSTITUTE_TRIES)} examples '
+                               'are unreadable too')
+
+
 def _fill_parallel(
     n: int,
     item: Callable[[int], np.ndarray],
@@ -308,8 +320,8 @@ def _fill_parallel(
         reference = describe(first_index)
     images = np.empty((n, *shape, 3), np.uint8)
 
-    def run(lo: int) -> None:
-        for j in range(lo, min(lo + _CHUNK, n)):
+    def run(lo: int, chunk: int) -> None:
+        for j in range(lo, min(lo + chunk, n)):
             if j <= first_index:
                 a = first if j == first_index else None  # items before the first readable one were left out
             else:
@@ -324,23 +336,36 @@ def _fill_parallel(
                 )
             images[j] = a
 
-    starts = range(0, n, _CHUNK)
     workers = num_workers or default_num_workers()
-    if workers == 1 or n <= _CHUNK:
+    chunk = max(1, min(_CHUNK, -(-n // workers)))
+    starts = range(0, n, chunk)
+    if workers == 1 or n == 1:
         for lo in starts:
-            run(lo)
+            run(lo, chunk)
     else:
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(run, lo) for lo in starts]
-            # Chunks are in index order, so the first failing future holds the lowest-index error.
-            try:
-                for f in futures:
-                    f.result()
-            except BaseException:
-                for f in futures:
-                    f.cancel()  # do not decode the rest of a split that already failed
-                raise
+        pool = _thread_pool(workers)
+        futures = [pool.submit(run, lo, chunk) for lo in starts]
+        # Chunks are in index order, so the first failing future holds the lowest-index error.
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()  # do not decode the rest of a split that already failed
+            raise
     return images, labels
+
+
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """One decode pool per size for the process (kept: evaluation reads a streamed split block by block)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix='ssljax-decode')
+        return _POOLS[workers]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -517,19 +542,43 @@ class FolderSource:
         return self._shape
 
     def get(self, indices: Sequence[int]) -> dict:
-        """Decodes ``files[indices]``: dict(image uint8 [n, H, W, 3], label int32 [n])."""
+        """Decodes ``files[indices]``: dict(image uint8 [n, H, W, 3], label int32 [n]).
+
+        An unreadable file raises UnreadableImageError naming it; with ``bad_images='skip'`` it is replaced by the
+        next readable file in file order (``substitute``), with a warning naming both.
+        """
         idx = np.asarray(indices, dtype=np.int64)
         shape = self._reference_shape()
-        images, labels = _fill_parallel(
+        labels = np.empty((len(idx),), np.int32)
+
+        def item(j):
+            i, image = self.substitute(int(idx[j]), lambda i: decode_image(self.files[i], self.image_size))
+            labels[j] = self.labels[i]
+            return image
+
+        images, _ = _fill_parallel(
             len(idx),
-            lambda j: decode_image(self.files[idx[j]], self.image_size),
-            lambda j: self.labels[idx[j]],
+            item,
+            lambda j: labels[j],
             shape,
             lambda j: self.files[idx[j]],
             self.num_workers,
             reference=self.files[0],
         )
         return dict(image=images, label=labels)
+
+    def record(self, i: int) -> tuple[bytes, int]:
+        """One example as the streaming pipeline reads it: (the file's bytes, label)."""
+        with open(self.files[i], 'rb') as fh:
+            return fh.read(), int(self.labels[i])
+
+    def describe(self, i: int) -> str:
+        return self.files[i]
+
+    def substitute(self, i: int, read: Callable[[int], object]) -> tuple[int, object]:
+        """``(i, read(i))``; when file i is unreadable and ``bad_images='skip'``, ``(k, read(k))`` for the next
+        readable k after i (cyclically), with a warning on stderr naming both files. See ``substitute_unreadable``."""
+        return substitute_unreadable(i, len(self), read, self.describe, self.bad_images)
 
     def load_all(self, report_path: str | None = None) -> Split:
         """Decodes every file: a Split in file order (class index, then file name).
@@ -579,9 +628,47 @@ class FolderSource:
         return h.hexdigest()
 
 
-def _cache_paths(cache_dir: str, src: FolderSource) -> tuple[str, str]:
-    stem = os.path.join(cache_dir, f'image_folder-{src.split}-{src.cache_key()[:24]}')
-    return f'{stem}.images.npy', f'{stem}.meta.npz'
+def _cache_paths(cache_dir: str, stem: str, key: str) -> tuple[str, str]:
+    base = os.path.join(cache_dir, f'{stem}-{key[:24]}')
+    return f'{base}.images.npy', f'{base}.meta.npz'
+
+
+def _read_cache(images_path: str, meta_path: str, name: str) -> Split | None:
+    """The cached Split, or None when there is no complete entry (the meta file is written last)."""
+    if not (os.path.exists(meta_path) and os.path.exists(images_path)):
+        return None
+    images = np.load(images_path, allow_pickle=False)
+    with np.load(meta_path, allow_pickle=False) as z:
+        labels, names = z['labels'], tuple(str(c) for c in z['class_names'])
+        bad = list(zip(*(map(str, z[k]) for k in ('bad_paths', 'bad_reasons')))) if 'bad_paths' in z else []
+    return Split(images=images, labels=labels, class_names=names, name=name, bad_files=tuple(bad))
+
+
+def _write_cache(images_path: str, meta_path: str, out: Split) -> None:
+    os.makedirs(os.path.dirname(images_path), exist_ok=True)
+    # Write to temporary names then rename, so a crashed run never leaves a truncated entry under the final names.
+    tmp = f'.tmp-{os.getpid()}-{threading.get_ident()}'
+    with open(images_path + tmp, 'wb') as fh:
+        np.save(fh, out.images, allow_pickle=False)
+    os.replace(images_path + tmp, images_path)
+    with open(meta_path + tmp, 'wb') as fh:
+        np.savez(fh, labels=out.labels, class_names=np.asarray(out.class_names, dtype=str),
+                 bad_paths=np.asarray([p for p, _ in out.bad_files], dtype=str),
+                 bad_reasons=np.asarray([r for _, r in out.bad_files], dtype=str))
+    os.replace(meta_path + tmp, meta_path)
+
+
+def _cached(cache_dir: str | None, stem: str, key: Callable[[], str], load: Callable[[], Split], name: str) -> Split:
+    """``load()``, kept in ``cache_dir`` as ``<stem>-<key>.images.npy`` + ``.meta.npz`` when a cache is given."""
+    if cache_dir is None:
+        return load()
+    images_path, meta_path = _cache_paths(cache_dir, stem, key())
+    cached = _read_cache(images_path, meta_path, name)
+    if cached is not None:
+        return cached
+    out = load()
+    _write_cache(images_path, meta_path, out)
+    return out
 
 
 def _load_image_folder(
@@ -604,29 +691,13 @@ def _load_image_folder(
     src = FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers, bad_images=bad_images)
     if bad_images_report is None and cache_dir is not None:
         bad_images_report = os.path.join(cache_dir, f'image_folder-{split}-bad_images.txt')
+    key = src.cache_key() if cache_dir is not None else ''
     if cache_dir is not None:
-        images_path, meta_path = _cache_paths(cache_dir, src)
-        if os.path.exists(meta_path) and os.path.exists(images_path):
-            images = np.load(images_path, allow_pickle=False)
-            with np.load(meta_path, allow_pickle=False) as z:
-                labels, names = z['labels'], tuple(str(c) for c in z['class_names'])
-                bad = list(zip(*(map(str, z[k]) for k in ('bad_paths', 'bad_reasons')))) if 'bad_paths' in z else []
-            _report_bad(bad, bad_images, src.split_dir, bad_images_report)
-            return Split(images=images, labels=labels, class_names=names, name=src.name, bad_files=tuple(bad))
-    out = src.load_all(bad_images_report)
-    if cache_dir is not None:
-        os.makedirs(cache_dir, exist_ok=True)
-        # Write to temporary names then rename, so a crashed run never leaves a truncated entry under the final names.
-        tmp = f'.tmp-{os.getpid()}-{threading.get_ident()}'
-        with open(images_path + tmp, 'wb') as fh:
-            np.save(fh, out.images, allow_pickle=False)
-        os.replace(images_path + tmp, images_path)
-        with open(meta_path + tmp, 'wb') as fh:
-            np.savez(fh, labels=out.labels, class_names=np.asarray(out.class_names, dtype=str),
-                     bad_paths=np.asarray([p for p, _ in out.bad_files], dtype=str),
-                     bad_reasons=np.asarray([r for _, r in out.bad_files], dtype=str))
-        os.replace(meta_path + tmp, meta_path)
-    return out
+        cached = _read_cache(*_cache_paths(cache_dir, f'image_folder-{split}', key), src.name)
+        if cached is not None:
+            _report_bad(list(cached.bad_files), bad_images, src.split_dir, bad_images_report)
+            return cached
+    return _cached(cache_dir, f'image_folder-{split}', lambda: key, lambda: src.load_all(bad_images_report), src.name)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -652,9 +723,16 @@ def _tfds_subsplits(dataset: str, split: str) -> list[tuple[str, bool]]:
 class TfdsSource:
     """Random-access source over ``tfds.data_source`` (array_record); records decoded on demand.
 
-    ``get`` reads records with ``source[i]`` in a thread pool (the tfds image decode releases the GIL inside PIL).
-    Images are resized to ``image_size`` when given; otherwise all must share the first record's size.
+    Records are read with their image left encoded (``decoders={'image': tfds.decode.SkipDecoding()}``) and decoded
+    here, so a JPEG is decoded at a reduced DCT scale when it is resized (``decode.decode_resized``), and labels are
+    read without decoding any image. Where tfds cannot hand out the encoded bytes (its mock data, which encodes
+    with TensorFlow), records are decoded by tfds at full size instead, with one note on stderr.
+    ``get`` reads records in a thread pool (decoding releases the GIL inside PIL). Images are resized to
+    ``image_size`` when given; otherwise all must share the first record's size. Pickles by its arguments (each
+    streaming worker reopens the files).
     """
+
+    _noted: set = set()  # datasets already noted as decoded by tfds (one note per process)
 
     def __init__(
         self,
@@ -669,25 +747,33 @@ class TfdsSource:
         parts = _tfds_subsplits(dataset, split)
         if data_dir is not None and not os.path.isdir(os.fspath(data_dir)):
             raise FileNotFoundError(f'tfds data_dir not found: {data_dir}')
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-        self._parts = []
-        for tfds_split, unlabeled in parts:
-            try:
-                ds = tfds.data_source(dataset, split=tfds_split, data_dir=data_dir, download=False, try_gcs=False)
-            except Exception as e:
-                raise FileNotFoundError(
-                    f'tfds dataset {dataset!r} split {tfds_split!r} is not prepared in array_record format under data_dir '
-                    f'{data_dir or "(tfds default)"}: {type(e).__name__}: {e}'
-                ) from e
-            self._parts.append((ds, unlabeled))
+        self._args = (dataset, split, data_dir, image_size, num_workers)
+        self._parts = [(self._open(dataset, s, data_dir), unlabeled) for s, unlabeled in parts]
+        self._raw_parts = None  # opened on first use; False when tfds cannot return encoded images
         self._offsets = np.cumsum([0] + [len(ds) for ds, _ in self._parts])
         info = self._parts[0][0].dataset_info
         self.class_names = tuple(info.features['label'].names)
+        self.dataset, self.split = dataset, split
         self.name = f'{dataset}:{split}'
         self.image_size = image_size
         self.num_workers = num_workers
         self._shape = None if image_size is None else (image_size, image_size)
+
+    @staticmethod
+    def _open(dataset: str, tfds_split: str, data_dir: str | None, decoders=None):
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+        try:
+            return tfds.data_source(dataset, split=tfds_split, data_dir=data_dir, download=False, try_gcs=False,
+                                    decoders=decoders)
+        except Exception as e:
+            raise FileNotFoundError(
+                f'tfds dataset {dataset!r} split {tfds_split!r} is not prepared in array_record format under data_dir '
+                f'{data_dir or "(tfds default)"}: {type(e).__name__}: {e}'
+            ) from e
+
+    def __reduce__(self):
+        return type(self), self._args
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -696,13 +782,49 @@ class TfdsSource:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def _record(self, i: int) -> tuple[np.ndarray, int]:
+    def _locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < len(self):
             raise IndexError(f'{self.name}: index {i} out of range [0, {len(self)})')
         p = int(np.searchsorted(self._offsets, i, side='right')) - 1
-        ds, unlabeled = self._parts[p]
-        ex = ds[int(i - self._offsets[p])]
-        img = np.asarray(ex['image'])
+        return p, int(i - self._offsets[p])
+
+    def _raw(self):
+        """The parts opened with encoded images, or False where tfds cannot return them."""
+        if self._raw_parts is None:
+            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+            dataset, _, data_dir = self._args[:3]
+            try:
+                raw = [self._open(dataset, s, data_dir, {'image': tfds.decode.SkipDecoding()})
+                       for s, _ in _tfds_subsplits(dataset, self.split)]
+                sample = raw[0][0]['image']
+                if not isinstance(sample, bytes):
+                    raise TypeError(f'encoded image is {type(sample).__name__}, not bytes')
+                self._raw_parts = raw
+            except Exception as e:  # pylint: disable=broad-except
+                self._raw_parts = False
+                if self.name not in TfdsSource._noted:
+                    TfdsSource._noted.add(self.name)
+                    print(f'ssljax: note: {self.name}: tfds returns no encoded images here ({_short_reason(e)}); '
+                          'its records are decoded by tfds at full size', file=sys.stderr, flush=True)
+        return self._raw_parts
+
+    def record(self, i: int) -> tuple[bytes | np.ndarray, int]:
+        """One example as the streaming pipeline reads it: (encoded image bytes, or a uint8 [H, W, 3] array, label)."""
+        p, k = self._locate(i)
+        raw, unlabeled = self._raw(), self._parts[p][1]
+        ex = raw[p][k] if raw else self._parts[p][0][k]
+        image = ex['image'] if raw else self._check_array(i, np.asarray(ex['image']))
+        return image, (-1 if unlabeled else int(ex['label']))
+
+    def describe(self, i: int) -> str:
+        return f'{self.name}[{i}]'
+
+    def labels_of(self, indices: Sequence[int]) -> np.ndarray:
+        """int32 labels of ``indices`` (without decoding images where tfds returns encoded ones)."""
+        return np.asarray([self.record(int(i))[1] for i in indices], np.int32)
+
+    def _check_array(self, i: int, img: np.ndarray) -> np.ndarray:
         if img.dtype != np.uint8:
             raise ValueError(f'{self.name}[{i}]: image dtype {img.dtype}, expected uint8')
         if img.ndim == 2:
@@ -713,9 +835,18 @@ class TfdsSource:
             img = img[..., :3]
         if img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(f'{self.name}[{i}]: image shape {img.shape}, expected [H, W, 3]')
+        return np.ascontiguousarray(img)
+
+    def _record(self, i: int) -> tuple[np.ndarray, int]:
+        data, label = self.record(i)
+        if isinstance(data, bytes):
+            try:
+                return decode.decode_resized(data, self.image_size), label
+            except Exception as e:  # pylint: disable=broad-except
+                raise UnreadableImageError(self.describe(i), _short_reason(e)) from e
         if self.image_size is not None:
-            img = _resize_array(np.ascontiguousarray(img), self.image_size)
-        return img, (-1 if unlabeled else int(ex['label']))
+            data = _resize_array(data, self.image_size)
+        return data, label
 
     def _reference_shape(self) -> tuple[int, int]:
         if self._shape is None:
@@ -748,15 +879,31 @@ class TfdsSource:
         out = self.get(np.arange(len(self)))
         return Split(images=out['image'], labels=out['label'], class_names=self.class_names, name=self.name)
 
+    def cache_key(self) -> str:
+        """sha256 over format tag, dataset, split, image_size, class names and every file of the prepared dataset
+        (relative path, size, mtime_ns)."""
+        h = hashlib.sha256()
+        h.update(json.dumps([_CACHE_FORMAT, 'tfds', self.dataset, self.split, self.image_size,
+                             list(self.class_names)]).encode())
+        root = os.fspath(self._parts[0][0].dataset_info.data_dir)
+        for dirpath, _, names in sorted(os.walk(root)):
+            for name in sorted(names):
+                f = os.path.join(dirpath, name)
+                st = os.stat(f)
+                h.update(f'\n{os.path.relpath(f, root)}\t{st.st_size}\t{st.st_mtime_ns}'.encode())
+        return h.hexdigest()
+
 
 def _tfds_loader(dataset: str):
     def load(
-        split: str, data_dir: str | None = None, image_size: int | None = None, num_workers: int | None = None, **unused
+        split: str, data_dir: str | None = None, image_size: int | None = None, num_workers: int | None = None,
+        cache_dir: str | None = None, **unused
     ) -> Split:
         del unused
-        return TfdsSource(dataset, split, data_dir, image_size, num_workers).load_all()
+        src = TfdsSource(dataset, split, data_dir, image_size, num_workers)
+        return _cached(cache_dir, f'{dataset}-{split}', src.cache_key, src.load_all, src.name)
 
-    load.__doc__ = f'tfds {dataset!r} from an array_record data_dir, fully in memory.'
+    load.__doc__ = f'tfds {dataset!r} from an array_record data_dir, fully in memory (cached in cache_dir).'
     return load
 
 
@@ -799,8 +946,9 @@ def load_split(
       data_dir: image-folder root or tfds data_dir (unused by 'mnist' and 'digits').
       image_size: resize every image to image_size x image_size (shorter side bicubic + centre crop); None keeps the
         stored size and requires all images to share it.
-      cache_dir: image_folder only: the decoded arrays (.npy images + .npz labels/class names) keyed by sha256(root,
-        split, image_size, class names, every file's relative path, size and mtime_ns), so a second load skips decoding.
+      cache_dir: image_folder and tfds datasets: the decoded arrays (.npy images + .npz labels/class names) keyed by
+        sha256(root or dataset, split, image_size, class names, every file's relative path, size and mtime_ns), so a
+        second load skips decoding.
       num_workers: decode threads (default one per core, at most 16).
       bad_images: image_folder only: 'error' stops with BadImagesError listing every unreadable file and empty class
         folder; 'skip' warns with the count and leaves them out (listed in the result's ``bad_files``).
@@ -815,8 +963,8 @@ def load_split(
     _check_image_size(image_size)
     if bad_images not in BAD_IMAGES_MODES:
         raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
-    if cache_dir is not None and dataset != 'image_folder':
-        raise ValueError(f'cache_dir is supported for image_folder only, not {dataset!r}')
+    if cache_dir is not None and dataset not in ('image_folder', *TFDS_DATASETS):
+        raise ValueError(f'cache_dir is supported for image_folder and tfds datasets only, not {dataset!r}')
     kwargs = dict(num_workers=num_workers)
     if cache_dir is not None:
         kwargs['cache_dir'] = cache_dir
@@ -834,12 +982,15 @@ def open_source(
     num_workers: int | None = None,
     bad_images: str = 'error',
 ):
-    """Random-access source with ``__len__``, ``num_classes`` and ``get(indices) -> dict(image, label)``.
+    """Random-access source with ``__len__``, ``num_classes``, ``get(indices) -> dict(image, label)`` (decoded at
+    ``image_size``) and, for the streaming pipeline, ``record(i) -> (encoded bytes or uint8 array, label)`` and
+    ``describe(i)`` (the file's path, or ``dataset:split[i]``).
 
     tfds datasets and image folders decode on demand (for data that does not fit in memory, e.g. imagenet2012, where
     ``image_size`` is needed since its images differ in size); 'mnist' and 'digits' return the in-memory Split.
     An image folder opened this way is not decoded in advance: ``bad_images`` applies to its empty class folders
-    only, and an unreadable file met by ``get`` raises UnreadableImageError naming it.
+    in advance, and to an unreadable file when ``get`` meets it: 'error' raises UnreadableImageError naming it,
+    'skip' reads the next readable file in its place with a warning (``substitute_unreadable``).
     """
     _check_dataset(dataset)
     _check_image_size(image_size)

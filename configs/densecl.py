@@ -1,0 +1,46 @@
+"""DenseCL (Wang et al., CVPR 2021): MoCo v2 plus a dense contrastive branch on the backbone's feature map, with a
+second queue; L = (1 - lambda) L_global + lambda L_dense, lambda 0.5.
+
+Embedded default (MNIST subset, resnet_mini whose 28 px feature map is 2 x 2 cells, 2 CPU cores, minutes): MoCo v2's
+loss and 8 shuffled BatchNorm groups (32 images each, as 256 over 8 GPUs), heads 512-128, a queue of 2048 (8
+batches of the 5,000-image set), key momentum 0.99 (0.999 lags about 1,000 steps, longer than this run), SGD lr 0.3:
+    python -m ssljax.main --config configs/densecl.py --workdir workdirs/densecl_mnist
+CIFAR-10 image folders with the reference's settings (WXinlong/DenseCL configs/selfsup/densecl/
+densecl_imagenet_200ep.py: SGD lr 0.03 x B/256, momentum 0.9, wd 1e-4 on every parameter, cosine to 0, batch 256
+on 8 GPUs (bn_groups 8), momentum 0.999, tau 0.2, lambda 0.5, necks 2048-2048-128 (fc and 1x1 conv, no BN); views:
+crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5, flip. Its queue of 65,536 is larger
+than CIFAR-10, so this variant keeps 32,768 (solo-learn's MoCo v2+ CIFAR queue); ResNet-18 with the CIFAR stem
+(4 x 4 cells at 32 px), 40 epochs against the reference's 200 ImageNet epochs):
+    python -m ssljax.main --config configs/densecl.py:dataset=cifar10 \
+        --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/densecl_c10
+
+Keys: objective.queue_size (a positive multiple of batch_size, else an error before compiling), temperature,
+momentum, loss_lambda, bn_groups (0: one per device, 1: global BatchNorm, G: G shuffled groups).
+"""
+from configs import common
+
+
+def get_config(arg=None):
+    c, a = common.method_config('densecl', arg)
+    embedded = a.dataset == 'mnist'
+    common.set_views(c, 'simclr' if embedded else 'solo_simclr_cifar')
+    view = c.augment.views.view
+    view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1
+    o = c.objective
+    o.temperature = 0.2
+    o.loss_lambda = 0.5
+    o.bn_groups = 8
+    o.momentum = 0.99 if embedded else 0.999
+    o.queue_size = 2048 if embedded else 32768
+    width = 512 if embedded else 2048
+    o.projector_hidden, o.projector_dim, o.projector_bn = (width,), 128, False
+    o.dense_projector_hidden, o.dense_projector_dim, o.dense_projector_bn = (width,), 128, False
+    c.optimizer.name = 'sgd'
+    c.optimizer.lr = 0.3 if embedded else 0.03
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.momentum = 0.9
+    c.optimizer.exclude_bias_and_norm = False  # torch SGD decays every parameter
+    if not embedded:
+        view.crop_scale = (0.2, 1.0)
+        c.optimizer.warmup_epochs = 0.0
+    return common.finish(c, a)

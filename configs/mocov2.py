@@ -1,0 +1,49 @@
+"""MoCo v2 (Chen et al. 2020): momentum key encoder, FIFO queue of keys, shuffled BatchNorm, MLP head.
+
+Embedded default (MNIST subset, resnet_mini, 2 CPU cores, minutes):
+    python -m ssljax.main --config configs/mocov2.py --workdir workdirs/mocov2_mnist
+CIFAR-10 image folders with solo-learn's MoCo v2+ recipe (scripts/pretrain/cifar/mocov2plus.yaml: ResNet-18,
+batch 256, SGD lr 0.3 wd 1e-4, queue 32768, tau 0.2, projector 2048-256, momentum 0.99 -> 0.999, symmetric loss,
+views symmetric_weak (jitter 0.4/0.4/0.4/0.1, blur 0.5), SyncBN on one GPU, i.e. no shuffling: bn_groups 1):
+    python -m ssljax.main --config configs/mocov2.py:dataset=cifar10 \
+        --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/mocov2_c10
+
+The paper's ImageNet settings (facebookresearch/moco main_moco.py --mlp --moco-t 0.2 --aug-plus --cos): queue 65536,
+m 0.999 constant, tau 0.2, head 2048-2048-128 without BN, SGD lr 0.03 x B/256, wd 1e-4, 8 GPUs (shuffled BN over
+8 groups), asymmetric loss (queries from view 1 only). The embedded default keeps the paper's loss and 8 shuffled
+BatchNorm groups (32 images each, as 256 over 8 GPUs; on 1 CPU device they run as 8 groups of one vmapped forward),
+with a queue of 2048 (8 batches of the 5,000-image set) and solo-learn's short-schedule momentum 0.99 -> 0.999.
+Keys: objective.queue_size (a multiple of batch_size, else an error before compiling), temperature, bn_groups
+(0: one per device, 1: global BatchNorm, n: n shuffled groups), symmetric, ema_base, ema_final.
+"""
+from configs import common
+
+
+def moco_v2_setup(c, embedded: bool) -> None:
+    """MoCo v2's heads, queue and optimizer (shared with MoCHi's config)."""
+    common.set_views(c, 'simclr' if embedded else 'solo_simclr_cifar')
+    view = c.augment.views.view
+    view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1  # MoCo v2's aug-plus jitter
+    c.objective.temperature = 0.2
+    c.objective.projector_hidden = (512,) if embedded else (2048,)
+    c.objective.projector_dim = 128 if embedded else 256
+    c.objective.projector_bn = False       # the reference's --mlp head: Linear - ReLU - Linear
+    c.objective.queue_size = 2048 if embedded else 32768
+    c.objective.ema_base = 0.99
+    c.objective.ema_final = 0.999
+    c.objective.bn_groups = 8 if embedded else 1
+    c.objective.symmetric = not embedded
+    c.optimizer.name = 'sgd'
+    c.optimizer.lr = 0.3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.momentum = 0.9
+    c.optimizer.exclude_bias_and_norm = False  # torch SGD decays every parameter (reference and solo-learn)
+    if not embedded:
+        c.optimizer.warmup_epochs = 10.0
+        c.optimizer.warmup_init_lr = 3e-5  # solo-learn's warmup_cosine
+
+
+def get_config(arg=None):
+    c, a = common.method_config('mocov2', arg)
+    moco_v2_setup(c, a.dataset == 'mnist')
+    return common.finish(c, a)

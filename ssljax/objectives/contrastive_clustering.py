@@ -1,0 +1,103 @@
+"""Contrastive Clustering (Li et al., AAAI 2021): instance-level and cluster-level contrast on two heads.
+
+Also registers the ``feature_kmeans`` evaluator: k-means on the encoder's features, scored like ``clustering``, for
+methods whose ``clustering`` evaluator uses their own cluster assignments (this one's cluster head).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ssljax.config_lib import ConfigError
+from ssljax.evaluation import diagnostics, evaluators
+from ssljax.models.heads import MLP
+from ssljax.objectives import _losses_b_dev  # noqa: F401  TEMPORARY
+from ssljax.objectives import losses
+from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ContrastiveClustering(Objective):
+    """Contrastive Clustering: encoder f, instance head g_I (MLP to 128), cluster head g_C (MLP to K, softmax).
+
+    For views a, b of B images: z^v = g_I(f(x^v)) [B, 128], Y^v = softmax(g_C(f(x^v))) [B, K];
+        L = L_ins + L_clu
+        L_ins = NT-Xent over the 2B rows of n(z^a), n(z^b), tau_I, averaged over the 2B anchors (losses.nt_xent_mean)
+        L_clu = NT-Xent over the 2K columns of Y^a, Y^b (cosine), tau_C, averaged over the 2K anchors - H(Y),
+                H(Y) = -sum_k [P^a_k log P^a_k + P^b_k log P^b_k],  P^v_k = sum_i Y^v_ik / sum_ik Y^v_ik
+    (``losses.cc_cluster_loss``). The paper's L_clu is the default; ``entropy_log_k`` adds the reference code's
+    constant 2 log K (Yunfan-Li/Contrastive-Clustering, ClusterLoss), same gradient. Heads as the code:
+    Linear(d, h) - ReLU - Linear(h, out), no BatchNorm. Each view goes through the network on its own
+    (``bn_per_view`` True, as the code's resnet(x_i), resnet(x_j)).
+    :meth:`cluster_assignments` is argmax_k Y_k in eval mode, which the ``clustering`` evaluator scores (NMI, ACC,
+    ARI); ``feature_kmeans`` scores k-means on the features.
+    Keys (config.objective): instance_temperature, cluster_temperature, num_clusters, entropy_log_k,
+    instance_hidden, instance_dim, cluster_hidden, bn_per_view.
+    """
+    name = 'contrastive_clustering'
+    instance_projector: MLP = None
+    cluster_projector: MLP = None
+    instance_temperature: float = 0.5
+    cluster_temperature: float = 1.0
+    num_clusters: int = 10
+    entropy_log_k: bool = False
+    bn_per_view: bool = True
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'ContrastiveClustering':
+        cfg = config.objective
+        for key in ('instance_temperature', 'cluster_temperature'):
+            if not cfg[key] > 0:
+                raise ConfigError(f'config key "objective.{key}" must be > 0, got {cfg[key]!r}')
+        if cfg.num_clusters < 2:
+            raise ConfigError(f'config key "objective.num_clusters" must be >= 2, got {cfg.num_clusters}')
+        head = lambda hidden, out: MLP(hidden_dims=tuple(hidden), out_dim=out, use_bn=False,  # noqa: E731
+                                       dtype=ctx.dtype)
+        return cls(ctx=ctx, instance_projector=head(cfg.instance_hidden, cfg.instance_dim),
+                   cluster_projector=head(cfg.cluster_hidden, cfg.num_clusters),
+                   instance_temperature=cfg.instance_temperature, cluster_temperature=cfg.cluster_temperature,
+                   num_clusters=cfg.num_clusters, entropy_log_k=bool(cfg.entropy_log_k),
+                   bn_per_view=bool(cfg.bn_per_view))
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim))
+        return init_heads(rng, {'instance_projector': (self.instance_projector, (feats,)),
+                                'cluster_projector': (self.cluster_projector, (feats,))}), {}
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        fw = Forward(variables, bn_per_view=self.bn_per_view)
+        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
+        z_a, z_b = fw.apply_views('instance_projector', self.instance_projector, feats)
+        y_a, y_b = (jax.nn.softmax(c, axis=-1) for c in fw.apply_views('cluster_projector', self.cluster_projector,
+                                                                         feats))
+        instance = losses.nt_xent_mean(z_a, z_b, self.instance_temperature)
+        cluster, metrics = losses.cc_cluster_loss(y_a, y_b, self.cluster_temperature, self.entropy_log_k)
+        used = jnp.zeros(self.num_clusters).at[jnp.argmax(y_a, axis=-1)].set(1.0).sum()
+        metrics = dict(metrics, instance=instance, cluster=cluster, clusters_used=used)
+        return instance + cluster, LossOutput(metrics, fw.batch_stats, objective_state, feats[0])
+
+    def cluster_assignments(self, variables, images):
+        """argmax_k of the cluster head's softmax for eval-view images, networks in eval mode: int32 [B]."""
+        fw = Forward(variables, train=False)
+        feats = fw.apply('encoder', self.ctx.encoder, images)['pooled']
+        return jnp.argmax(fw.apply('cluster_projector', self.cluster_projector, feats), axis=-1).astype(jnp.int32)
+
+
+@evaluators.register_evaluator
+class FeatureKMeans(evaluators.Evaluator):
+    """k-means on the L2-normalised test features (as ``clustering`` does without an objective hook), scored with
+    NMI, ACC and ARI against the labels; ``num_clusters`` 0 means the number of classes."""
+    type = 'feature_kmeans'
+    defaults = dict(num_clusters=0)
+
+    @classmethod
+    def check(cls, settings):
+        return evaluators.Clustering.check(settings)
+
+    def run(self, state, step):
+        test = self.features(state, 'test')
+        k = self.settings.num_clusters or self.ctx.num_classes
+        return diagnostics.kmeans_cluster_eval(test.host(), test.labels, min(k, test.count), seed=self.ctx.seed)

@@ -1,0 +1,144 @@
+"""DenseCL (Wang et al., CVPR 2021): MoCo v2 plus a dense contrastive branch on the backbone's feature map.
+
+Self-contained: its own momentum encoder, two FIFO queues and per-group ("per-GPU") BatchNorm with shuffled keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ssljax.config_lib import ConfigError
+from ssljax.models.heads import MLP
+from ssljax.objectives import _losses_b_dev  # noqa: F401  TEMPORARY
+from ssljax.objectives import losses
+from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, ema_network, init_heads, mlp_from_config,
+                                    register)
+
+
+def grouped_forward(encoder, variables: dict, x: jax.Array, groups: int) -> tuple[dict, dict]:
+    """The encoder in train mode on ``groups`` equal consecutive slices of ``x``, each normalised by BatchNorm with its
+    own statistics (the reference's per-GPU BN with ``groups`` GPUs, whatever the device count here); the running
+    statistics are the mean of the groups' updates. -> (outputs with the batch axis restored, new batch_stats)."""
+    n = x.shape[0]
+    stats = variables.get('batch_stats') or {}
+
+    def one(block):
+        if stats:
+            out, upd = encoder.apply(variables, block, train=True, mutable=['batch_stats'])
+            return out, upd['batch_stats']
+        return encoder.apply(variables, block, train=True), {}
+
+    out, new = jax.vmap(one)(x.reshape(groups, n // groups, *x.shape[1:]))
+    return (jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out),
+            jax.tree.map(lambda a: jnp.mean(a, axis=0), new))
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class DenseCL(Objective):
+    """DenseCL: L = (1 - lambda) L_global + lambda L_dense, lambda 0.5.
+
+    Query encoder f_q with heads g (pooled features: Linear - ReLU - Linear) and d (each feature-map cell: 1x1 conv -
+    ReLU - 1x1 conv, i.e. the same MLP per cell); key encoder and heads are EMAs (m 0.999) without gradient. Query
+    view a, key view b of N images:
+        L_global = InfoNCE(n(g(pool f_q(a))), n(g'(pool f_k(b))), queue Q)             (losses.densecl_global_loss)
+        L_dense  = mean over the N S query cells of InfoNCE(r_ns, t_{n, m(n,s)}, queue Q2)  (losses.densecl_dense_loss)
+    with r = n(d(f_q(a))), t = n(d'(f_k(b))) per cell, and the positive cell m(n, s) = argmax_t cos(f_q(a)_ns,
+    f_k(b)_nt) chosen by backbone-feature similarity. After the loss, n(g'(.)) of the batch enters Q and the
+    cell mean of d'(f_k(b)), normalised, enters Q2 (FIFO, the global batch at once; queue_size a multiple of it).
+    BatchNorm as MoCo v2: ``bn_groups`` G groups of N / G images normalised separately (per-GPU BN, G = 8 GPUs in
+    the reference; the same on any device count), the keys computed on a random permutation of the batch and
+    un-shuffled (shuffled BN); G = 1 is global BN, G = 0 one group per device. Paper and code (WXinlong/DenseCL) agree; the code's DenseCLWarmupHook (lambda 0 for the first
+    iterations) is used by none of its configs and is not implemented. Needs a backbone with a feature map (ResNet).
+    Keys (config.objective): temperature, queue_size, momentum, loss_lambda, bn_groups, projector_hidden,
+    projector_dim, projector_bn, dense_projector_hidden, dense_projector_dim, dense_projector_bn.
+    """
+    name = 'densecl'
+    projector: MLP = None
+    dense_projector: MLP = None
+    temperature: float = 0.2
+    queue_size: int = 65536
+    momentum: float = 0.999
+    loss_lambda: float = 0.5
+    bn_groups: int = 8
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'DenseCL':
+        cfg = config.objective
+        batch = ctx.global_batch
+        groups = cfg.bn_groups or ctx.num_devices
+        checks = [
+            ('temperature', cfg.temperature > 0, 'must be > 0'),
+            ('queue_size', cfg.queue_size >= 1 and cfg.queue_size % batch == 0,
+             f'must be a positive multiple of the global batch_size ({batch})'),
+            ('momentum', 0 <= cfg.momentum <= 1, 'must be in [0, 1]'),
+            ('loss_lambda', 0 <= cfg.loss_lambda <= 1, 'must be in [0, 1]'),
+            ('bn_groups', cfg.bn_groups >= 0 and batch % groups == 0,
+             f'must be 0 (one per device) or >= 1, and its groups ({groups}) must divide the global batch_size '
+             f'({batch})'),
+        ]
+        for key, ok, message in checks:
+            if not ok:
+                raise ConfigError(f'config key "objective.{key}" {message}, got {cfg[key]!r}')
+        if str(config.model.backbone).startswith('vit'):
+            raise ConfigError(f'config key "model.backbone": densecl needs a backbone with a feature map (a ResNet), '
+                              f'got {config.model.backbone!r}')
+        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype),
+                   dense_projector=mlp_from_config(cfg, 'dense_projector', ctx.dtype), temperature=cfg.temperature,
+                   queue_size=cfg.queue_size, momentum=cfg.momentum, loss_lambda=cfg.loss_lambda,
+                   bn_groups=groups)
+
+    def init(self, rng, encoder_variables):
+        feats = jnp.zeros((2, self.ctx.feature_dim))
+        heads = init_heads(rng, {'projector': (self.projector, (feats,)),
+                                 'dense_projector': (self.dense_projector, (feats,))})
+        target = jax.tree.map(jnp.copy, {
+            'params': {'encoder': encoder_variables['params'], **heads['params']},
+            'batch_stats': {'encoder': encoder_variables.get('batch_stats', {})}})
+        key_global, key_dense = jax.random.split(jax.random.fold_in(rng, 7))
+        queue = lambda key, dim: losses.l2_normalize(jax.random.normal(key, (self.queue_size, dim)))  # noqa: E731
+        return heads, {'target': target, 'queue': queue(key_global, self.projector.out_dim),
+                       'queue_dense': queue(key_dense, self.dense_projector.out_dim),
+                       'ptr': jnp.zeros((), jnp.int32)}
+
+    def _branches(self, network: dict, x: jax.Array) -> tuple:
+        """-> (pooled projection [N, D], dense projections [N, S, D], backbone cells [N, S, C], pooled features,
+        new encoder batch_stats) of one network {'params', 'batch_stats'} on x."""
+        enc = {'params': network['params']['encoder'], 'batch_stats': network['batch_stats'].get('encoder', {})}
+        out, stats = grouped_forward(self.ctx.encoder, enc, x, self.bn_groups)
+        if 'feature_map' not in out:
+            raise ValueError('densecl needs a backbone with a feature map (config key "model.backbone")')
+        fmap = out['feature_map']
+        n, c = fmap.shape[0], fmap.shape[-1]
+        heads = Forward(network)
+        z = heads.apply('projector', self.projector, out['pooled'])
+        grid = heads.apply('dense_projector', self.dense_projector, fmap)
+        return z, grid.reshape(n, -1, grid.shape[-1]), fmap.reshape(n, -1, c), out['pooled'], stats
+
+    def loss(self, variables, objective_state, views, batch, rng):
+        q, q_grid, q_cells, feats, stats = self._branches(variables, views[0])
+        target = objective_state['target']
+        perm = jax.random.permutation(rng, views[1].shape[0])  # shuffled BN: keys grouped in a random order
+        k, k_grid, k_cells, _, target_stats = jax.tree.map(
+            jax.lax.stop_gradient, self._branches(target, views[1][perm]))
+        unshuffle = jnp.argsort(perm)
+        k, k_grid, k_cells = k[unshuffle], k_grid[unshuffle], k_cells[unshuffle]
+        loss_global = losses.densecl_global_loss(q, k, objective_state['queue'], self.temperature)
+        loss_dense = losses.densecl_dense_loss(q_grid, k_grid, q_cells, k_cells, objective_state['queue_dense'],
+                                               self.temperature)
+        loss = (1.0 - self.loss_lambda) * loss_global + self.loss_lambda * loss_dense
+        ptr = objective_state['ptr']
+        enqueue = lambda queue, keys: jax.lax.dynamic_update_slice(  # noqa: E731
+            queue, losses.l2_normalize(keys).astype(queue.dtype), (ptr, 0))
+        state = {'target': dict(target, batch_stats=dict(target['batch_stats'], encoder=target_stats)),
+                 'queue': enqueue(objective_state['queue'], k),
+                 'queue_dense': enqueue(objective_state['queue_dense'], k_grid.mean(axis=1)),
+                 'ptr': (ptr + k.shape[0]) % self.queue_size}
+        batch_stats = dict(variables['batch_stats'], encoder=stats)
+        metrics = {'loss_global': loss_global, 'loss_dense': loss_dense}
+        return loss, LossOutput(metrics, batch_stats, state, feats)
+
+    def update(self, params, objective_state, step):
+        return params, dict(objective_state, target=ema_network(objective_state['target'], params, self.momentum))
