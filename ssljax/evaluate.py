@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -28,22 +27,12 @@ def load_run_config(workdir: str, overrides: list[str]):
     return config_lib.apply_overrides(config, overrides)
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple[int, dict]:
     """Restores ``workdir``'s checkpoint at ``step`` (latest when None) and runs every evaluator (or ``names``)
     -> (step, results). The run is set up by ``train.setup``, as the train loop sets it up: same data, subsample,
     experiment and state structure, so the checkpoint restores into it and the features are the run's."""
-    import jax
-
     from ssljax import checkpoint as ckpt_lib
-    from ssljax import train
+    from ssljax import logging_lib, train
     from ssljax.evaluation import evaluators
 
     evaluators.validate_evals(config)
@@ -64,41 +53,28 @@ def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple
         ckpt.close()
     run.runner.check_networks(state)
     results = run.runner.run(state, step, names=names, final=True)
-    if jax.process_index() == 0:
-        path = os.path.join(workdir, f'eval_{step}.json')
-        with open(path + '.tmp', 'w') as f:
-            json.dump(_json_safe({'step': step, **results}), f, indent=2, sort_keys=True, allow_nan=False)
-        os.replace(path + '.tmp', path)
+    logging_lib.write_json(os.path.join(workdir, f'eval_{step}.json'), {'step': step, **results})
     return step, results
 
 
 def parse_args(argv: list[str]):
+    from ssljax.main import parse_known
     parser = argparse.ArgumentParser(prog='python -m ssljax.evaluate', description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (config.json, checkpoints/)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
-    args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if not item.startswith('--config.'):
-            parser.error(f'unrecognised argument {item!r} (overrides are --config.KEY=VALUE)')
-        overrides.append(item[len('--config.'):])
-    return args, overrides
+    return parse_known(parser, argv)
 
 
 def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
-    from ssljax import config_lib
-    try:
-        config = load_run_config(args.workdir, overrides)
-        step, results = evaluate(config, args.workdir, args.step)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        if os.environ.get('SSLJAX_TRACEBACK'):
-            raise
-        hint = '' if isinstance(e, (config_lib.ConfigError, FileNotFoundError)) else ' (SSLJAX_TRACEBACK=1 shows where)'
-        print(f'ssljax: error: {e}{hint}', file=sys.stderr)
-        return 2 if isinstance(e, (config_lib.ConfigError, FileNotFoundError)) else 1
-    print(json.dumps(_json_safe({'step': step, **results}), sort_keys=True))
-    return 0
+
+    def evaluate_from_args():
+        from ssljax import logging_lib
+        step, results = evaluate(load_run_config(args.workdir, overrides), args.workdir, args.step)
+        print(logging_lib.dumps({'step': step, **results}, sort_keys=True))
+
+    from ssljax.main import run_reporting_errors
+    return run_reporting_errors(evaluate_from_args)
 
 
 def main() -> None:

@@ -12,13 +12,8 @@ import os
 import sys
 
 
-def parse_args(argv: list[str]):
-    parser = argparse.ArgumentParser(prog='python -m ssljax.main', description=__doc__.splitlines()[0])
-    parser.add_argument('--config', required=True, help='configs/<method>.py[:key=value,...]')
-    parser.add_argument('--workdir', required=True, help='checkpoints, metrics.jsonl, tb/ and summary.json go here')
-    parser.add_argument('--allow-config-changes', action='store_true',
-                        help='resume a workdir with a config that differs from the one it was started with '
-                             '(the differences are recorded in WORKDIR/config_history.jsonl)')
+def parse_known(parser: argparse.ArgumentParser, argv: list[str]):
+    """-> (args, overrides): every argument the parser does not know must be ``--config.KEY=VALUE``."""
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -28,18 +23,36 @@ def parse_args(argv: list[str]):
     return args, overrides
 
 
+def parse_args(argv: list[str]):
+    parser = argparse.ArgumentParser(prog='python -m ssljax.main', description=__doc__.splitlines()[0])
+    parser.add_argument('--config', required=True, help='configs/<method>.py[:key=value,...]')
+    parser.add_argument('--workdir', required=True, help='checkpoints, metrics.jsonl, tb/ and summary.json go here')
+    parser.add_argument('--allow-config-changes', action='store_true',
+                        help='resume a workdir with a config that differs from the one it was started with '
+                             '(the differences are recorded in WORKDIR/config_history.jsonl)')
+    return parse_known(parser, argv)
+
+
 def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
+
+    def train_from_args():
+        from ssljax import config_lib, train
+        from ssljax import workdir as workdir_lib
+        config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+        workdir_lib.check_workdir(args.workdir)
+        train.train_and_evaluate(config, args.workdir, allow_config_changes=args.allow_config_changes)
+
+    return run_reporting_errors(train_from_args)
+
+
+def run_reporting_errors(fn) -> int:
+    """Runs ``fn()``; a failure prints one line ``ssljax: error: ...`` and returns the exit code (0 on success)."""
     from ssljax import config_lib
     from ssljax import workdir as workdir_lib
     usage_errors = (config_lib.ConfigError, FileNotFoundError, workdir_lib.WorkdirError)
     try:
-        config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-        workdir_lib.check_workdir(args.workdir)
-        from ssljax import train
-        # Passed only when asked for, so that a train loop without the argument keeps working.
-        extra = {'allow_config_changes': True} if args.allow_config_changes else {}
-        train.train_and_evaluate(config, args.workdir, **extra)
+        fn()
     except (*usage_errors, ValueError, KeyError, RuntimeError, OSError) as e:
         if os.environ.get('SSLJAX_TRACEBACK'):
             raise

@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -251,7 +252,8 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
 
     replicated = parallel.replicated(exp.mesh)
     out_state = replicated if state is None else state_shardings(exp, state)
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(out_state, replicated))
+    # One trace per run: a second one would mean a silent recompile (a shape or dtype that changed between steps).
+    return jax.jit(chex.assert_max_traces(step_fn, n=1), donate_argnums=(0,), out_shardings=(out_state, replicated))
 
 
 @jax.jit

@@ -415,12 +415,12 @@ def test_keyboard_interrupt_is_one_line(tmp_path, capsys, fake_train):
     err = capsys.readouterr().err.strip()
     assert code == 130 and len(err.splitlines()) == 1 and err.startswith('ssljax: interrupted'), err
     assert (tmp_path / 'w' / 'metrics.jsonl').read_text() == '{"step": 1}\n'
-    # --allow-config-changes reaches the train loop; without it nothing extra is passed.
+    # --allow-config-changes reaches the train loop.
     fake_train.action = lambda: None
     assert main_lib.run(['--config=configs/simclr.py', f'--workdir={tmp_path / "w"}', '--allow-config-changes']) == 0
     assert fake_train.calls[-1] == {'allow_config_changes': True}
     assert main_lib.run(['--config=configs/simclr.py', f'--workdir={tmp_path / "w"}']) == 0
-    assert fake_train.calls[-1] == {}
+    assert fake_train.calls[-1] == {'allow_config_changes': False}
 
 
 def test_other_errors_from_the_loop_stay_one_line(tmp_path, capsys, fake_train):
