@@ -152,27 +152,6 @@ def test_streamed_dataset_trains_from_host_and_evaluates_a_subsample(tmp_path, m
     assert summary['steps'] == 4 and np.isfinite(summary['final_loss'])
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(tmp_path):
-    import signal
-    import time
-    workdir = tmp_path / 'w'
-    args = [a for a in TINY_ARGS if not a.startswith('--config.total_steps')]
-    proc = subprocess.Popen([sys.executable, '-m', 'ssljax.main', '--config=configs/simclr.py', f'--workdir={workdir}',
-                             *args, '--config.total_steps=100000', '--config.checkpoint_every=0'],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
-        time.sleep(0.5)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err[-2000:]
-    line = err.strip().splitlines()[-1]
-    assert line.startswith('ssljax: error: stopped by SIGTERM at step'), line
-    step = int(line.split('at step ')[1].split(';')[0])
-    assert os.listdir(workdir / 'checkpoints') == [str(step)]
-
-
 def _tiny_run(workdir, *extra):
     return run_main(['--config=configs/simclr.py', f'--workdir={workdir}', *TINY_ARGS, *extra])
 
@@ -232,7 +211,8 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
     assert '4' in os.listdir(workdir / 'checkpoints')  # trained again from step 2 and saved
 
 
-def test_ctrl_c_saves_like_sigterm(tmp_path):
+@pytest.mark.parametrize('signame', ['SIGTERM', 'SIGINT'])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_with_one_line(tmp_path, signame):
     import signal
     import time
     workdir = tmp_path / 'w'
@@ -244,9 +224,10 @@ def test_ctrl_c_saves_like_sigterm(tmp_path):
     while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
         time.sleep(0.5)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
     line = err.strip().splitlines()[-1]
-    assert proc.returncode == 1 and line.startswith('ssljax: error: stopped by SIGINT at step'), err[-2000:]
+    assert line.startswith(f'ssljax: error: stopped by {signame} at step'), line
     step = int(line.split('at step ')[1].split(';')[0])
     assert os.listdir(workdir / 'checkpoints') == [str(step)]
