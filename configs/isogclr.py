@@ -5,9 +5,10 @@ optimizer, so that only the loss differs):
     python -m ssljax.main --config configs/isogclr.py --workdir workdirs/isogclr_mnist
 CIFAR-10 image folders with the reference's unimodal recipe (zhqiu/contrastive-learning-iSogCLR,
 unimodal_exps/readme.md and main_supcon.py: ResNet-18, batch 128, LARS lr 0.8 (not scaled), wd 5e-4, 10 warm-up
-epochs from 0.01, cosine; the shared projector 8192-8192-8192 with BN (losses.py Projector); views: crop (0.2, 1),
-jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5, flip; DRO_tau_init 0.1, DRO_rho 0.4, DRO_gamma 0.8,
-DRO_beta_u 0.5, DRO_eta_init 0.03 constant, tau in [0.05, 1.0]; the reference trains 400 epochs, this variant 40):
+epochs from 0.01, cosine; the shared projector 8192-8192-8192 with BN (losses.py Projector, whose last Linear has
+no bias; here it has one); views: crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5, flip;
+DRO_tau_init 0.1, DRO_rho 0.4, DRO_gamma 0.8, DRO_beta_u 0.5, DRO_eta_init 0.03 constant, tau in [0.05, 1.0]; the
+reference trains 400 epochs, this variant 40):
     python -m ssljax.main --config configs/isogclr.py:dataset=cifar10 \
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/isogclr_c10
 

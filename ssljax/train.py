@@ -10,12 +10,12 @@ data, on-device augmentation, the optimizer, the online probe, checkpoints, logg
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
 from typing import Any, Callable, Sequence
 
-import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -252,8 +252,26 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
 
     replicated = parallel.replicated(exp.mesh)
     out_state = replicated if state is None else state_shardings(exp, state)
-    # One trace per run: a second one would mean a silent recompile (a shape or dtype that changed between steps).
-    return jax.jit(chex.assert_max_traces(step_fn, n=1), donate_argnums=(0,), out_shardings=(out_state, replicated))
+    return jax.jit(_traced_once(step_fn), donate_argnums=(0,), out_shardings=(out_state, replicated))
+
+
+def _traced_once(fn):
+    """``fn`` that refuses a second trace: a recompile of the step means a shape or dtype changed between steps.
+
+    (chex.assert_max_traces counts per source location across the whole process, so a notebook or a test running
+    two experiments would trip it; this counter belongs to one step function.)
+    """
+    traces = 0
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        nonlocal traces
+        traces += 1
+        if traces > 1:
+            raise AssertionError('the train step is being compiled a second time: an input changed shape, dtype or '
+                                 'structure between steps (silent recompiles are refused)')
+        return fn(*args)
+    return wrapped
 
 
 @jax.jit

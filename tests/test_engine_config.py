@@ -87,3 +87,13 @@ def test_set_views_stores_presets_as_data():
     assert c.augment.views.global1.size == 0  # follows augment.size
     built, _ = train.views_from_config(c)
     assert built == augment.recipe('multicrop', c.augment.size, n_local=3)
+
+
+def test_a_second_trace_of_the_step_is_refused():
+    step = jax.jit(train._traced_once(lambda x: x * 2))
+    step(jnp.zeros((2,)))
+    step(jnp.ones((2,)))  # same shapes: no new trace
+    with pytest.raises(AssertionError, match='compiled a second time'):
+        step(jnp.zeros((3,)))
+    other = jax.jit(train._traced_once(lambda x: x * 2))  # a second experiment in the same process is fine
+    other(jnp.zeros((3,)))

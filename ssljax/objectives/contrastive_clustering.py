@@ -13,7 +13,6 @@ import jax.numpy as jnp
 from ssljax.config_lib import ConfigError
 from ssljax.evaluation import diagnostics, evaluators
 from ssljax.models.heads import MLP
-from ssljax.objectives import _losses_b_dev  # noqa: F401  TEMPORARY
 from ssljax.objectives import losses
 from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
 

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 
 from ssljax.config_lib import ConfigError
 from ssljax.models.heads import MLP
-from ssljax.objectives import _losses_b_dev  # noqa: F401  TEMPORARY
 from ssljax.objectives import losses
 from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, ema_network, init_heads, mlp_from_config,
                                     register)
@@ -50,8 +49,9 @@ class DenseCL(Objective):
     cell mean of d'(f_k(b)), normalised, enters Q2 (FIFO, the global batch at once; queue_size a multiple of it).
     BatchNorm as MoCo v2: ``bn_groups`` G groups of N / G images normalised separately (per-GPU BN, G = 8 GPUs in
     the reference; the same on any device count), the keys computed on a random permutation of the batch and
-    un-shuffled (shuffled BN); G = 1 is global BN, G = 0 one group per device. Paper and code (WXinlong/DenseCL) agree; the code's DenseCLWarmupHook (lambda 0 for the first
-    iterations) is used by none of its configs and is not implemented. Needs a backbone with a feature map (ResNet).
+    un-shuffled (shuffled BN); G = 1 is global BN, G = 0 one group per device. Paper and code (WXinlong/DenseCL)
+    agree; the code's DenseCLWarmupHook (lambda 0 for the first iterations) is used by none of its configs and is
+    not implemented. Needs a backbone with a feature map (ResNet).
     Keys (config.objective): temperature, queue_size, momentum, loss_lambda, bn_groups, projector_hidden,
     projector_dim, projector_bn, dense_projector_hidden, dense_projector_dim, dense_projector_bn.
     """

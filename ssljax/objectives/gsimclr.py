@@ -13,7 +13,6 @@ import numpy as np
 
 from ssljax.config_lib import ConfigError
 from ssljax.data import samplers
-from ssljax.objectives import _losses_b_dev  # noqa: F401  TEMPORARY
 from ssljax.objectives import losses
 from ssljax.objectives.base import Context, TwoViewObjective, mlp_from_config, register
 

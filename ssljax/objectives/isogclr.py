@@ -14,7 +14,6 @@ from ssljax.config_lib import ConfigError
 from ssljax.evaluation import evaluators
 from ssljax.evaluation.context import to_host
 from ssljax.models.heads import MLP
-from ssljax.objectives import _losses_b_dev  # noqa: F401  TEMPORARY
 from ssljax.objectives import losses
 from ssljax.objectives.base import BATCH, Context, Forward, LossOutput, Objective, init_heads, mlp_from_config, register
 

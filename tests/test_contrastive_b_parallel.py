@@ -1,0 +1,102 @@
+"""Contrastive family B on 1 and 8 devices: the same loss and parameters for the same global batch.
+
+Each case runs 3 train steps of a tiny config on a 1-device and an 8-device mesh (simulated CPU devices, one
+subprocess for all cases). What must agree, and why it can:
+- iSogCLR: NT-Xent-style negatives over the global batch; its per-sample tables s, tau, u are sharded over the 8
+  devices (1448 rows, 181 per device) and must end identical to the 1-device tables (1442 rows) on every real row.
+- Contrastive Clustering, G-SimCLR: everything global (the G-SimCLR batches come from the host-side sampler, the same
+  for any mesh).
+- DenseCL: BatchNorm is per group by definition (per-GPU, shuffled keys). The groups are a fixed count (bn_groups 8)
+  whatever the devices, so loss, parameters, key encoder and both queues agree; bn_groups 0 (one group per device)
+  on 8 devices is the same grouping as 8 groups on 1 device.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+EIGHT = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
+DENSE = {'model.cifar_stem': True, 'objective.queue_size': 32}  # 4 x 4 feature-map cells at 8 px
+
+CASES = {  # name: (config, settings for both runs, settings of the 8-device run only)
+    'isogclr': ('isogclr', {}, {}),
+    'contrastive_clustering': ('contrastive_clustering', {}, {}),
+    'gsimclr': ('gsimclr', {}, {}),
+    'densecl': ('densecl', dict(DENSE, **{'objective.bn_groups': 8}), {}),
+    'densecl_per_device': ('densecl', dict(DENSE, **{'objective.bn_groups': 8}), {'objective.bn_groups': 0}),
+}
+
+SCRIPT = r'''
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, 'tests')
+from conftest import tiny_config
+from ssljax import parallel, train
+from ssljax.data import pipeline
+assert jax.device_count() == 8, jax.devices()
+out = {}
+for name, (method, both, eight_only) in json.loads(sys.argv[1]).items():
+    out[name] = {}
+    for n in (1, 8):
+        config = tiny_config(method, **{**both, **(eight_only if n == 8 else {})})
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        data = pipeline.load_train_data(config, mesh)
+        exp = train.build_experiment(config, mesh, data.num_examples, 10)
+        state = train.init_state(exp, data.sampler_state)
+        step = train.make_train_step(exp, state)
+        batches = data.batches(0)
+        losses = []
+        for _ in range(3):
+            state, metrics = step(state, next(batches), data.device_arrays)
+            losses.append(float(metrics['loss']))
+        objective_state = state.objective_state
+        tables = {}
+        if method == 'isogclr':
+            tau = objective_state['tau']
+            tables = dict(rows=int(tau.shape[0]), spec=str(tau.sharding.spec),
+                          shard_rows=sorted({int(s.data.shape[0]) for s in tau.addressable_shards}),
+                          **{k: np.asarray(v)[:data.num_examples].tolist() for k, v in objective_state.items()})
+            objective_state = {}
+        leaves = [np.asarray(x, np.float64).ravel().tolist()
+                  for x in jax.tree.leaves((state.params, state.batch_stats, objective_state))]
+        out[name][n] = dict(losses=losses, leaves=leaves, tables=tables, metrics={k: float(v) for k, v in
+                                                                                  metrics.items()})
+print('RESULT' + json.dumps(out))
+'''
+
+
+@pytest.fixture(scope='module')
+def results():
+    env = dict(os.environ, **EIGHT)
+    r = subprocess.run([sys.executable, '-c', SCRIPT, json.dumps(CASES)], capture_output=True, text=True, cwd=REPO,
+                       env=env, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.split('RESULT')[-1])
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_one_device_equals_eight(results, case):
+    one, eight = results[case]['1'], results[case]['8']
+    assert all(np.isfinite(one['losses']))
+    np.testing.assert_allclose(one['losses'], eight['losses'], rtol=1e-5)
+    assert len(one['leaves']) == len(eight['leaves'])
+    for a, b in zip(one['leaves'], eight['leaves']):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    for key, value in one['metrics'].items():
+        np.testing.assert_allclose(value, eight['metrics'][key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_isogclr_tables_are_sharded_and_end_identical(results):
+    one, eight = results['isogclr']['1']['tables'], results['isogclr']['8']['tables']
+    assert one['rows'] == 1442 and eight['rows'] == 1448            # per_sample_rows: a multiple of the devices
+    assert "'data'" in eight['spec'] and eight['shard_rows'] == [181]  # each device holds 1 / 8 of the rows
+    s = np.asarray(one['s'])
+    assert 16 < np.sum(s > 0) <= 3 * 16                              # the rows of the 3 batches, and only those
+    for key in ('s', 'tau', 'u'):
+        np.testing.assert_allclose(one[key], eight[key], rtol=2e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(np.asarray(one[key])[s == 0], np.asarray(eight[key])[s == 0])
