@@ -8,7 +8,7 @@ projector 2048-256, with DCL's temperature):
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/dcl_c10
 Temperature 0.1 (the DCL paper's ImageNet setting and lightly's DCLLoss default). Everything else is configs/simclr.py.
 """
-from configs import common, simclr
+from configs import simclr
 
 
 def dcl_setup(method: str, arg):

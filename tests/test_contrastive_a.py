@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from ssljax.objectives import _losses_a_tmp as losses
+from ssljax.objectives import losses
 
 f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
 
@@ -44,7 +44,7 @@ def assert_grad(jax_grad, expected):
     np.testing.assert_allclose(np.asarray(jax_grad, np.float64), expected, rtol=2e-3, atol=2e-4 * scale)
 
 
-# ----- NumPy references (loops over anchors, written from the papers' formulas) ----------------------------------------
+# ----- NumPy references (loops over anchors, written from the papers' formulas) ---------------------------------------
 def moco_numpy(q, k, queue, tau, extra=None):
     q, k, queue = unit(q), unit(k), unit(queue)
     total = 0.0
@@ -269,9 +269,10 @@ def test_mocov2_queue_is_fifo_of_normalised_global_keys():
     assert state['queue'].shape == (1, 32, 128) and int(state['queue_ptr']) == 0
     np.testing.assert_allclose(np.linalg.norm(state['queue'], axis=-1), 1.0, rtol=1e-5)
     first = state['queue']
+    loss_fn = jax.jit(obj.loss)
     for step in range(3):
         views = random_views(seed=step)
-        _, out = obj.loss(variables, state, views, {}, jax.random.key(step))
+        _, out = loss_fn(variables, state, views, {}, jax.random.key(step))
         target = Forward_keys(obj, state['target'], views[1])
         new = out.objective_state
         lo = (16 * step) % 32
@@ -343,9 +344,20 @@ def test_mocov3_momentum_follows_the_reference_schedule():
                                m * leaf(state['target']['params']) + (1 - m) * leaf(params), rtol=1e-6)
 
 
+def tiny_variant(arg):
+    """tiny_config's settings on ``configs/<arg>`` loaded with its variant arguments."""
+    from ssljax import config_lib
+    config = config_lib.load_config(os.path.join(REPO, 'configs', arg))
+    tiny = tiny_config(arg.split('.py')[0])
+    for key in ('dataset', 'image_size', 'batch_size', 'total_steps', 'eval'):
+        config[key] = tiny[key]
+    config.augment.size, config.augment.blur_prob, config.optimizer.warmup_steps = 8, 0.0, 1
+    return config
+
+
 def test_mocov3_vit_freezes_the_patch_embedding():
     from ssljax import train
-    config = tiny_config('mocov3', **{'model.backbone': 'vit_test'})
+    config = tiny_variant('mocov3.py:backbone=vit_test')
     assert config.objective.freeze_patch_embed and config.objective.predictor_last_bn
     assert config.optimizer.name == 'adamw'
     from ssljax.data import pipeline

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.models.heads import MLP
-from ssljax.objectives import _losses_a_tmp as losses
+from ssljax.objectives import losses
 from ssljax.objectives.base import (AXIS, BATCH, REPLICATED, Context, Forward, LossOutput, Objective,
                                     cosine_ema_momentum, ema_network, init_heads, mlp_from_config, register)
 from ssljax.objectives.noncontrastive import BYOL, _ema_copy, _steps_per_epoch, ema_momentum_at

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ssljax.objectives import _losses_a_tmp as losses
+from ssljax.objectives import losses
 from ssljax.objectives.base import Context, Forward, LossOutput, mlp_from_config, register
 from ssljax.objectives.noncontrastive import BYOL, _with_batch_stats
 
