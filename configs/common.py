@@ -92,7 +92,10 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.num_classes = ds['num_classes']  # 0: taken from the dataset
     c.cache_dir = ''                 # decoded image folders are cached here ('' = no cache)
     c.bad_images = 'error'           # image folders: 'error' lists every unreadable file and stops; 'skip' trains without them
-    c.device_data_max_mb = 4096      # datasets up to this size live on every device; larger ones stream from the host
+    c.device_data_max_mb = 1024      # decoded datasets up to this size live on every device (a per-device budget)
+    c.host_data_max_mb = 8192        # larger ones up to this stay in host memory (gathered by a thread); beyond: stream
+    c.stream = 'auto'                # auto (by size; imagenet2012 always) | always | never: grain workers decode, crop
+    c.data_workers = -1              # streaming: grain worker processes (-1: one per core, at most 16; 0: threads)
     c.seed = 0
     c.batch_size = 256               # global, in source images; each yields len(views) augmented views
     c.total_steps = 0                # > 0 wins over epochs

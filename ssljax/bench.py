@@ -1,4 +1,4 @@
-"""Throughput benchmark of the full train step (augmentation, objective, optimizer, online probe) on synthetic images.
+"""Throughput benchmarks: the full train step on synthetic images, or the host input pipeline alone.
 
     python -m ssljax.bench --config configs/simclr.py:dataset=cifar10 --config.batch_size=32 --steps 10 \
         [--reference ../shared/bench/anchor_jax.py]
@@ -6,6 +6,18 @@
 Prints one JSON line: step_ms, samples_per_s (source images/s), view_images_per_s, per-device rates, devices,
 backbone, method. With --reference, also runs the plain-Flax reference step at the same backbone, per-view batch,
 resolution and dtype in a subprocess of the same run, and prints the ratio ssljax_step_ms / reference_step_ms.
+
+    python -m ssljax.bench --data-only --workers N --config configs/simclr.py \
+        --config.dataset=image_folder --config.data_dir=DIR --config.image_size=224 --config.augment.size=224 \
+        --config.stream=always [--config.batch_size=128] [--steps 30]
+
+Data only: builds the run's training data exactly as training does (``pipeline.load_train_data``, with
+``data_workers=N``) and times this host's batches as the step would receive them (numpy, before the transfer to
+the devices), after ``2 N + 2`` warm-up batches (worker start-up, buffers filled). Prints one JSON line with
+images_per_s (source images per second), view_images_per_s, batch_ms, the data mode, the CPU seconds the process
+and its workers spent in the timed window (main_cpu_s: the training process's share) with images_per_cpu_s (the
+rate per fully used core, which a machine busy with other work changes much less than the wall-clock rate) and the
+load average at the start and end.
 """
 from __future__ import annotations
 
@@ -57,6 +69,64 @@ def bench(config, steps: int, warmup: int = 2) -> dict:
                 loss=float(metrics['loss']))
 
 
+def _cpu_seconds() -> np.ndarray:
+    """CPU time (user + system) of [this process and its live children (the pipeline's workers), this process]."""
+    import psutil  # pylint: disable=import-outside-toplevel  (a dependency of grain)
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    t = me.cpu_times()
+    return np.asarray([total, t.user + t.system])
+
+
+def bench_data(config, steps: int, workers: int) -> dict:
+    """images/s of this host's input pipeline for ``config`` (see the module doc)."""
+    import os
+    from ssljax import config_lib, parallel
+    from ssljax.data import pipeline
+
+    load_start = os.getloadavg()
+    with config.unlocked():
+        config.data_workers = workers
+    mesh = parallel.make_mesh()
+    config_lib.validate(config, mesh.devices.size)
+    t0 = time.perf_counter()
+    data = pipeline.load_train_data(config, mesh)
+    setup_s = time.perf_counter() - t0
+    if data.mode == 'device':
+        raise SystemExit('ssljax: error: this dataset is device-resident (the step gathers its batches on the '
+                         'device): there is no host pipeline to time; use --config.stream=always or '
+                         '--config.device_data_max_mb=0')
+    warmup = 2 * workers + 2
+    batches = data.host_batches(0, num_steps=warmup + steps)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            shape = next(batches)['image'].shape
+        t1, cpu1 = time.perf_counter(), _cpu_seconds()
+        for _ in range(steps):
+            next(batches)
+        dt, (cpu, main_cpu) = time.perf_counter() - t1, _cpu_seconds() - cpu1
+    finally:
+        batches.close()
+    views = [v.size for v in data.views] if data.mode == 'stream' else []
+    images = steps * shape[0]
+    return dict(mode=data.mode, dataset=config.dataset, examples=data.num_examples, workers=workers,
+                cpu_count=os.cpu_count(), host_batch=int(shape[0]), view_sizes=views, batch_shape=list(shape),
+                steps=steps, setup_s=round(setup_s, 2),
+                warmup_s=round(t1 - t0, 2), batch_ms=round(dt / steps * 1e3, 1),
+                images_per_s=round(images / dt, 1), cpu_s=round(cpu, 2), main_cpu_s=round(main_cpu, 2),
+                images_per_cpu_s=round(images / cpu, 1) if cpu > 0 else None,
+                view_images_per_s=round(images * max(1, len(views)) / dt, 1),
+                loadavg_start=[round(x, 2) for x in load_start], loadavg_end=[round(x, 2) for x in os.getloadavg()])
+
+
 def reference(path: str, config, steps: int) -> dict:
     """Runs the plain-Flax reference at the same shapes; returns its JSON line."""
     cmd = [sys.executable, path, '--model', config.model.backbone, '--batch', str(config.batch_size),
@@ -72,12 +142,18 @@ def main(argv=None) -> None:
     parser.add_argument('--config', required=True)
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--reference', default='', help='path of ../shared/bench/anchor_jax.py to compare with')
+    parser.add_argument('--data-only', action='store_true', help='time the host input pipeline alone')
+    parser.add_argument('--workers', type=int, default=-1,
+                        help='--data-only: grain worker processes (-1: one per core, 0: threads of this process)')
     args, rest = parser.parse_known_args(argv)
     from ssljax import config_lib
     overrides = [r[len('--config.'):] for r in rest if r.startswith('--config.')]
     if len(overrides) != len(rest):
         parser.error(f'unrecognised arguments: {[r for r in rest if not r.startswith("--config.")]}')
     config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+    if args.data_only:
+        print(json.dumps(bench_data(config, args.steps, args.workers)), flush=True)
+        return
     result = bench(config, args.steps)
     if args.reference:
         ref = reference(args.reference, config, args.steps)

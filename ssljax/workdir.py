@@ -7,7 +7,8 @@ start compares its config with the stored one over ``RUN_KEYS``, the keys that c
 with another value would silently mix two experiments in one set of checkpoints and metrics):
 
     method, dataset, data_dir, train_split, image_size, num_classes, seed, batch_size, total_steps, epochs,
-    dtype, model.*, augment.*, optimizer.*, objective.*, sampler.*, eval.online_probe_lr
+    dtype, model.*, augment.*, optimizer.*, objective.*, sampler.*, eval.online_probe_lr, stream (the host crops
+    streamed views, the device crops resident ones: switching changes the batches)
 
 Everything else may change from one start to the next: log_every, eval_every, checkpoint_every, keep_checkpoints,
 cache_dir, device_data_max_mb, bad_images, distributed.*, evals.*, and the other eval.* settings. A difference
@@ -36,7 +37,7 @@ ALLOW_CHANGES_FLAG = '--allow-config-changes'
 RUN_KEYS = (
     'method', 'dataset', 'data_dir', 'train_split', 'image_size', 'num_classes', 'seed', 'batch_size',
     'total_steps', 'epochs', 'dtype', 'model.*', 'augment.*', 'optimizer.*', 'objective.*', 'sampler.*',
-    'eval.online_probe_lr',
+    'eval.online_probe_lr', 'stream',
 )
 _ABSENT = '(absent)'
 

@@ -1,6 +1,6 @@
 """Contrastive family A on 1 and 8 devices: the same loss and parameters for the same global batch.
 
-Every method below runs 3 train steps of a tiny config on a 1-device and an 8-device mesh (simulated CPU devices, one
+Every case below runs 2 train steps of a tiny config on a 1-device and an 8-device mesh (simulated CPU devices, one
 subprocess for all). What must agree:
 - DCL, DCLW, MoCo v3, the triplet loss (negatives over the global batch and over groups of 4, median and
   truncated): everything is global, so the loss and all parameters, BatchNorm statistics and objective state.
@@ -24,13 +24,13 @@ from conftest import REPO
 
 EIGHT = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
 
+# Kept small for CI's time (each case compiles twice): DCLW runs DCL's code plus its weights; MoCHi (mixing on from
+# step 1) runs MoCo v2's queue and shuffled BatchNorm plus the mixed negatives; the truncated triplet differs from the
+# median one only in which negatives are averaged (tests/test_contrastive_a.py checks both against NumPy).
 CASES = {
-    'dcl': ('dcl', {}, {}),
     'dclw': ('dclw', {}, {}),
     'mocov3': ('mocov3', {}, {}),
     'triplet_median_group4': ('triplet', {'objective.neg_group': 4}, {}),
-    'triplet_truncated': ('triplet', {'objective.negative': 'truncated'}, {}),
-    'mocov2': ('mocov2', {'objective.queue_size': 32, 'objective.bn_groups': 8}, {'objective.bn_groups': 0}),
     'mochi': ('mochi', {'objective.queue_size': 48, 'objective.n_hard': 16, 'objective.n_mix': 8,
                         'objective.n_mix_query': 4, 'objective.mix_start_steps': 1, 'objective.bn_groups': 8},
               {'objective.bn_groups': 0}),
@@ -56,7 +56,7 @@ for name, (method, common, eight_only) in cases.items():
         step = train.make_train_step(exp, state)
         batches = data.batches(0)
         losses, metrics = [], {}
-        for _ in range(3):
+        for _ in range(2):
             state, metrics = step(state, next(batches), data.device_arrays)
             losses.append(float(metrics['loss']))
         leaves = [np.asarray(x, np.float64).ravel().tolist()

@@ -9,6 +9,11 @@ Per sample and view the pipeline is (torchvision / solo-learn order; the flip co
     uint8 -> [0, 1] -> random resized crop to `size` -> horizontal flip -> colour jitter -> grayscale
           -> Gaussian blur -> solarize -> (x - mean) / std
 
+Streamed datasets take the random resized crop on the host instead, from the whole image at full resolution
+(ssljax/data/decode.py), and hand over every view's crop packed in one uint8 row per sample ([B, sum size^2 * 3]);
+`augment_views` recognises that layout and runs the rest of the pipeline with the same random draws, without a
+second crop.
+
 Each op below is a pure function of one float image in [0, 1] (HWC) and explicit parameters, pinned to its stated
 definition in tests/test_augment.py; `crop_box`, `jitter_params` and `augment_image` draw the parameters. Ops whose
 probability is 0 in a view are left out of the compiled graph.

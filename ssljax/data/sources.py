@@ -1,7 +1,9 @@
 """Host-side image sources: uint8 RGB images plus integer labels.
 
-Every source yields images as ``uint8 [N, H, W, 3]`` RGB and labels as ``int32 [N]`` (``-1`` = unlabeled). All
-randomness (crops, flips, colour) happens later on the device; this module only decodes and, when asked, resizes.
+Every source yields images as ``uint8 [N, H, W, 3]`` RGB and labels as ``int32 [N]`` (``-1`` = unlabeled). This
+module only decodes and, when asked, resizes; the random crops of streamed training data are taken by
+``ssljax.data.decode`` from a source's ``record(i)`` (encoded bytes, or an array), everything else random happens on
+the device.
 
 Datasets (``DATASETS``):
 
@@ -29,10 +31,18 @@ default) then stops with ``BadImagesError``: one line with the count and the fir
 to ``bad_images_report`` (or next to the cache in ``cache_dir``) or, when neither is given, in the message itself.
 ``bad_images='skip'`` warns with the count on stderr and keeps the readable files; an empty class folder is dropped
 (an empty ``train`` class folder drops the class). Either way the list is ``Split.bad_files``, for the caller to keep.
+A folder read on demand (``open_source``: streamed training, evaluation of a streamed split) meets unreadable files
+one at a time: 'error' raises ``UnreadableImageError`` naming the file, 'skip' reads the next readable file in its
+place with a warning naming both (``substitute_unreadable``).
+
+Decoded cache (``cache_dir``): image folders and tfds datasets loaded into memory are kept decoded as ``.npy`` (see
+``_load_image_folder``), keyed by the data's files (paths, sizes, modification times) and the stored size.
 
 Resizing (``image_size=S``): shorter side to ``S`` with PIL bicubic (antialiased when shrinking), longer side
-``round(long * S / short)``, then a centre crop to ``S x S`` (offset ``(long - S) // 2``). Without ``image_size`` all
-images of a split must share one size, else ``ValueError`` names the first mismatching file and both sizes.
+``round(long * S / short)``, then a centre crop to ``S x S`` (offset ``(long - S) // 2``); a JPEG is first decoded at
+the smallest DCT scale (1/2, 1/4, 1/8) whose shorter side is still at least ``S`` (``decode.decode_resized``).
+Without ``image_size`` all images of a split must share one size, else ``ValueError`` names the first mismatching
+file and both sizes.
 """
 
 from __future__ import annotations
@@ -997,7 +1007,13 @@ def open_source(
     if dataset in TFDS_DATASETS:
         return TfdsSource(dataset, split, data_dir, image_size, num_workers)
     if dataset == 'image_folder':
-        src = FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers, bad_images=bad_images)
-        _report_bad(src.problems, bad_images, src.split_dir, None)
-        return src
+        return report_problems(FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers,
+                                            bad_images=bad_images))
     return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size)
+
+
+def report_problems(src):
+    """Reports an image folder's empty class folders as its ``bad_images`` says (stops or warns); returns ``src``."""
+    if isinstance(src, FolderSource):
+        _report_bad(src.problems, src.bad_images, src.split_dir, None)
+    return src

@@ -28,8 +28,11 @@ Unreadable images meet the run one at a time here (a folder larger than memory i
 by the training process); ``'skip'`` decodes the next readable record in its place and warns with both paths
 (``sources.substitute_unreadable``), so batches keep their size and stay deterministic.
 
-Throughput (``python -m ssljax.bench --data-only``; ImageNet-like 500x375 JPEGs, two 224 px views): see
-BENCHMARKS.md, "Streaming input pipeline".
+Throughput (``python -m ssljax.bench --data-only``, BENCHMARKS.md "Streaming input pipeline"): on 500x375
+JPEGs with SimCLR's two 224 px views a worker spends 2.6-2.9 ms of CPU per image (343-380 images per CPU second,
+measured on 2 cores busy with other work; the decode and the two crops alone take 2.4 ms), the same with 1 and 2
+workers, and the training process about 1% of that. A 16-core host with 15 workers therefore delivers about
+5,000-6,000 images/s, twice what a ResNet-50 consumes on one H100 (about 2,800 images/s).
 """
 from __future__ import annotations
 
@@ -103,6 +106,29 @@ class BatchMaker:
         return {'image': image, 'label': label, 'index': index}
 
 
+class ExitWithParent:
+    """Worker start-up (grain's ``worker_init_fn``): the worker ends itself when the training process is gone.
+
+    A run killed with SIGKILL (or by the out-of-memory killer) cannot stop its workers, which would otherwise wait on
+    their full buffers forever, each holding its memory and shared-memory batches. A daemon thread checks once a
+    second whether the worker's parent is still the process that started it and exits the worker when not.
+    """
+
+    def __init__(self, parent_pid: int, period_s: float = 1.0):
+        self.parent_pid, self.period_s = parent_pid, period_s
+
+    def __call__(self, worker_index: int = 0, worker_count: int = 1) -> None:
+        import threading  # pylint: disable=import-outside-toplevel
+        import time  # pylint: disable=import-outside-toplevel
+
+        def watch():
+            while os.getppid() == self.parent_pid:
+                time.sleep(self.period_s)
+            os._exit(1)  # pylint: disable=protected-access
+
+        threading.Thread(target=watch, name='ssljax-exit-with-parent', daemon=True).start()
+
+
 class StreamLoader:
     """Iterator of this host's batches from ``start_step`` on (``num_steps`` of them, or without end).
 
@@ -125,7 +151,8 @@ class StreamLoader:
         ds = grain.MapDataset.range(start, end).map(maker)
         if workers:
             it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)).mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))
+                grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+                worker_init_fn=ExitWithParent(os.getpid()))
         else:
             it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
         self.step = start
@@ -139,12 +166,15 @@ class StreamLoader:
             raise StopIteration
         batch = next(self._it)
         self.step += 1
-        return batch
+        # The image stays in grain's shared memory (read once more, by the transfer to the devices; freed when
+        # dropped); the small arrays are copied so that their segments are freed at once.
+        return {k: v if k == 'image' else np.array(v) for k, v in batch.items()}
 
     def close(self) -> None:
         it, self._it = self._it, None
         if it is not None and hasattr(it, 'close'):
             it.close()
+            _flush_shared_memory_deletions()
 
     def __enter__(self) -> 'StreamLoader':
         return self
@@ -157,6 +187,16 @@ class StreamLoader:
             self.close()
         except Exception:  # pylint: disable=broad-except
             pass  # interpreter shutdown: grain cleans up its own processes
+
+
+def _flush_shared_memory_deletions() -> None:
+    """Waits for grain's background deletion of the shared-memory batches already dropped (one thread, in order),
+    so that a process ending right after ``close()`` leaves no segment behind (and no resource-tracker warning)."""
+    from grain._src.python.ipc import shared_memory_array  # pylint: disable=import-outside-toplevel
+
+    pool = getattr(shared_memory_array.SharedMemoryArray, '_del_thread_pool', None)
+    if pool is not None:
+        pool.apply(int)
 
 
 def stream_batches(source, sampler, sampler_state: dict, global_batch: int, views: Sequence, seed: int,
