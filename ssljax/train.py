@@ -9,6 +9,8 @@ data, on-device augmentation, the optimizer, the online probe, checkpoints, logg
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -316,24 +318,24 @@ def _last_logged_loss(workdir: str) -> float:
 
 
 class _Timer:
-    """Wall time spent in evaluation and checkpoints, kept out of the training rate."""
+    """Wall time spent in evaluation, checkpoints and sampler refreshes, kept out of the training rate."""
 
     def __init__(self):
-        self.totals: dict[str, float] = {}
+        self.totals: collections.defaultdict[str, float] = collections.defaultdict(float)
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t = time.time()
-
-            def __exit__(self, *exc):
-                timer.totals[name] = timer.totals.get(name, 0.0) + time.time() - self.t
-        return _Span()
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.time() - start
 
     def get(self, name: str) -> float:
-        return self.totals.get(name, 0.0)
+        return self.totals[name]
+
+    def total(self) -> float:
+        return sum(self.totals.values())
 
 
 # =====================================================================================================================
@@ -433,7 +435,7 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
     progress = logging_lib.Progress(exp.total_steps, config.batch_size, num_devices, start_step)
     sums, count = None, 0
     last_metrics: dict = {}
-    t0, paused_since_t0 = None, 0.0
+    t0, paused_at_t0 = None, 0.0
     batches = train_data.batches(start_step)
     step = start_step
     stop = preemption.StopFlag(sync_every=10).install()  # SIGTERM / SIGINT, agreed across hosts
@@ -469,7 +471,7 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
                 hook.after_step(step, state)
             if t0 is None:  # the first step compiles: measure speed from its end
                 jax.block_until_ready(state.step)
-                t0, t0_step = time.time(), step
+                t0, t0_step, paused_at_t0 = time.time(), step, timer.total()
                 progress.start(step)
             if step % config.log_every == 0 or step == exp.total_steps:
                 _check_finite(state, ckpt)
@@ -478,7 +480,7 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
                 rate = progress.update(step, last_metrics)
                 writer.write(step, {f'train/{k}': v for k, v in last_metrics.items()}
                              | ({'train/samples_per_s': rate} if rate else {}))
-            paused = timer.get('eval') + timer.get('checkpoint') + timer.get('sampler')
+            paused = timer.total()
             if step < exp.total_steps and runner.due(step):
                 with timer('eval'):
                     results = runner.run(state, step)
@@ -486,14 +488,12 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
                 log(f'eval @ {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save(step)
-            if timer.get('eval') + timer.get('checkpoint') + timer.get('sampler') > paused:
+            if timer.total() > paused:
                 progress.start(step)  # the next interval's rate counts training only
-                if t0 is not None:
-                    paused_since_t0 += timer.get('eval') + timer.get('checkpoint') + timer.get('sampler') - paused
         jax.block_until_ready(state.step)
         train_time, timed_steps = 0.0, 0
         if t0 is not None:
-            train_time, timed_steps = time.time() - t0 - paused_since_t0, step - t0_step
+            train_time, timed_steps = time.time() - t0 - (timer.total() - paused_at_t0), step - t0_step
         if ckpt.latest_step() != step:
             save(step)
     finally:

@@ -44,3 +44,27 @@ def cifar10_jpeg():
     if not os.path.isdir(os.path.join(path, 'train')):
         pytest.skip(f'CIFAR-10 image folders not present at {path}')
     return path
+
+
+EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
+
+
+def run_on_eight_devices(script: str, args, timeout: int = 1800) -> dict:
+    """Runs ``python -c script *args`` with 8 simulated CPU devices; returns the JSON it prints after 'RESULT'."""
+    import json
+    import subprocess
+    env = dict(os.environ, **EIGHT_DEVICES)
+    r = subprocess.run([sys.executable, '-c', script, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.split('RESULT')[-1])
+
+
+def assert_one_equals_eight(one: dict, eight: dict) -> None:
+    """The 1-device and 8-device runs agree: finite, equal losses, and every saved leaf equal."""
+    import numpy as np
+    assert all(np.isfinite(one['losses']))
+    np.testing.assert_allclose(one['losses'], eight['losses'], rtol=1e-5)
+    assert len(one['leaves']) == len(eight['leaves'])
+    for a, b in zip(one['leaves'], eight['leaves']):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -13,16 +13,11 @@ BatchNorm channels are near-constant over the batch, and their 1 / sqrt(var + ep
 noise into percent-level gradient differences after a couple of steps, for any loss (SimCLR's included).
 """
 import json
-import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import assert_one_equals_eight, run_on_eight_devices
 
-EIGHT = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
 
 # Kept small for CI's time (each case compiles twice): DCLW runs DCL's code plus its weights; MoCHi (mixing on from
 # step 1) runs MoCo v2's queue and shuffled BatchNorm plus the mixed negatives; the truncated triplet differs from the
@@ -68,20 +63,12 @@ print('RESULT' + json.dumps(out))
 
 @pytest.fixture(scope='module')
 def results():
-    env = dict(os.environ, **EIGHT)
-    r = subprocess.run([sys.executable, '-c', SCRIPT, json.dumps(CASES)], capture_output=True, text=True, cwd=REPO,
-                       env=env, timeout=1500)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.split('RESULT')[-1])
+    return run_on_eight_devices(SCRIPT, [json.dumps(CASES)], timeout=1500)
 
 
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_one_device_equals_eight(results, case):
     one, eight = results[case]['1'], results[case]['8']
-    assert all(np.isfinite(one['losses']))
-    np.testing.assert_allclose(one['losses'], eight['losses'], rtol=1e-5)
-    assert len(one['leaves']) == len(eight['leaves'])
-    for a, b in zip(one['leaves'], eight['leaves']):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    assert_one_equals_eight(one, eight)
     if case == 'mochi':
         assert one['mixing'] == eight['mixing'] == 1.0  # the synthetic negatives were in use

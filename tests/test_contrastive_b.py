@@ -489,14 +489,7 @@ def test_gsimclr_refresh_schedule_and_kmeans():
 # ====================================================================================== configuration errors
 
 def base_config(method, **objective):
-    c = tiny_config(method)
-    for key, value in objective.items():
-        node = c
-        parts = key.split('.')
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
-    return c
+    return tiny_config(method, **objective)
 
 
 def build(config, num_examples=1442):

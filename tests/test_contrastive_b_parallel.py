@@ -11,16 +11,12 @@ subprocess for all cases). What must agree, and why it can:
   on 8 devices is the same grouping as 8 groups on 1 device.
 """
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import assert_one_equals_eight, run_on_eight_devices
 
-EIGHT = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
 DENSE = {'model.cifar_stem': True, 'objective.queue_size': 32}  # 4 x 4 feature-map cells at 8 px
 
 CASES = {  # name: (config, settings for both runs, settings of the 8-device run only)
@@ -72,21 +68,13 @@ print('RESULT' + json.dumps(out))
 
 @pytest.fixture(scope='module')
 def results():
-    env = dict(os.environ, **EIGHT)
-    r = subprocess.run([sys.executable, '-c', SCRIPT, json.dumps(CASES)], capture_output=True, text=True, cwd=REPO,
-                       env=env, timeout=1800)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.split('RESULT')[-1])
+    return run_on_eight_devices(SCRIPT, [json.dumps(CASES)], timeout=1800)
 
 
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_one_device_equals_eight(results, case):
     one, eight = results[case]['1'], results[case]['8']
-    assert all(np.isfinite(one['losses']))
-    np.testing.assert_allclose(one['losses'], eight['losses'], rtol=1e-5)
-    assert len(one['leaves']) == len(eight['leaves'])
-    for a, b in zip(one['leaves'], eight['leaves']):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    assert_one_equals_eight(one, eight)
     for key, value in one['metrics'].items():
         np.testing.assert_allclose(value, eight['metrics'][key], rtol=1e-4, atol=1e-6, err_msg=key)
 

@@ -40,6 +40,12 @@ def _knn_predict_jit(bank, bank_labels, queries, *, num_classes, k, chunk, tempe
     return jax.lax.map(one_chunk, queries).reshape(-1)
 
 
+def _check_settings(caller: str, num_classes: int, k: int, chunk: int, temperature: float) -> None:
+    if num_classes < 1 or k < 1 or chunk < 1 or not temperature > 0:
+        raise ValueError(f"{caller}: need num_classes, k, chunk >= 1 and temperature > 0, got "
+                         f"num_classes={num_classes}, k={k}, chunk={chunk}, temperature={temperature}")
+
+
 def knn_predict(train_features, train_labels, query_features, num_classes: int, k: int = 200,
                 temperature: float = 0.1, chunk: int = 1024) -> jax.Array:
     """Weighted kNN predictions for each query.
@@ -77,9 +83,7 @@ def knn_predict(train_features, train_labels, query_features, num_classes: int, 
                          f"{train_features.shape[0]} train features")
     if train_features.shape[0] == 0:
         raise ValueError("knn_predict: the train bank is empty")
-    if num_classes < 1 or k < 1 or chunk < 1 or not temperature > 0:
-        raise ValueError(f"knn_predict: need num_classes, k, chunk >= 1 and temperature > 0, got "
-                         f"num_classes={num_classes}, k={k}, chunk={chunk}, temperature={temperature}")
+    _check_settings("knn_predict", num_classes, k, chunk, temperature)
     num_queries = query_features.shape[0]
     if num_queries == 0:
         return jnp.zeros((0,), jnp.int32)
@@ -195,9 +199,7 @@ def knn_predict_sharded(bank, bank_labels, queries, num_classes: int, mesh, k: i
         raise ValueError(f"knn_predict_sharded: queries must be [Q, {bank.shape[-1]}], got {queries.shape}")
     if not 0 < num_valid <= total:
         raise ValueError(f"knn_predict_sharded: the bank has no valid rows (num_valid={num_valid}, rows={total})")
-    if num_classes < 1 or k < 1 or chunk < 1 or not temperature > 0:
-        raise ValueError(f"knn_predict_sharded: need num_classes, k, chunk >= 1 and temperature > 0, got "
-                         f"num_classes={num_classes}, k={k}, chunk={chunk}, temperature={temperature}")
+    _check_settings("knn_predict_sharded", num_classes, k, chunk, temperature)
     num_queries = queries.shape[0]
     if num_queries == 0:
         return jnp.zeros((0,), jnp.int32)
