@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# Datasets with an image size and class count known in advance; image folders take both from the data.
-DATASET_DEFAULTS = {
-    'mnist': dict(image_size=28, num_classes=10),
-    'digits': dict(image_size=8, num_classes=10),
-    'cifar10': dict(image_size=32, num_classes=10),
-    'cifar100': dict(image_size=32, num_classes=100),
-    'stl10': dict(image_size=96, num_classes=10),
-    'imagenet2012': dict(image_size=224, num_classes=1000),
-    'image_folder': dict(image_size=32, num_classes=0),
-}
+from ssljax.data.sources import DATASET_SHAPES as DATASET_DEFAULTS  # 0: from the data (image folders)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -76,11 +67,18 @@ def set_views(c: ml_collections.ConfigDict, recipe: str, names: tuple[str, ...] 
         c.augment.order = tuple(names)
 
 
-def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tiny') -> ml_collections.ConfigDict:
-    """The keys every run has. Method files fill in ``objective``, ``augment`` and optimizer settings."""
+def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tiny',
+                image_size: int = 0) -> ml_collections.ConfigDict:
+    """The keys every run has. Method files fill in ``objective``, ``augment`` and optimizer settings.
+
+    ``image_size`` > 0 replaces the dataset's (an image folder's size is found in its images by
+    ``config_lib.load_config_with_overrides``, which rebuilds the config with it).
+    """
     if dataset not in DATASET_DEFAULTS:
         raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(sorted(DATASET_DEFAULTS))}')
-    ds = DATASET_DEFAULTS[dataset]
+    ds = dict(DATASET_DEFAULTS[dataset])
+    if image_size > 0:
+        ds['image_size'] = image_size
     c = ml_collections.ConfigDict()
     c.method = method
     c.dataset = dataset
@@ -88,7 +86,7 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.train_split = 'train+unlabeled' if dataset == 'stl10' else 'train'  # STL-10 pretrains on its unlabeled images
     c.eval_train_split = 'train'     # kNN bank / linear-probe training features
     c.eval_split = 'test'
-    c.image_size = ds['image_size']  # host-side size of stored images (folders are resized to it)
+    c.image_size = ds['image_size']  # host-side size of stored images (folders are resized to it); 0: from the data
     c.num_classes = ds['num_classes']  # 0: taken from the dataset
     c.cache_dir = ''                 # decoded image folders are cached here ('' = no cache)
     c.bad_images = 'error'           # image folders: 'error' lists every unreadable file and stops; 'skip' trains without them
@@ -112,7 +110,7 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.model.patch_size = 4           # ViT only
 
     c.augment = ml_collections.ConfigDict()
-    c.augment.size = ds['image_size']  # side of the evaluation view, and of every view whose own size is 0
+    c.augment.size = ds['image_size']  # side of the evaluation view, and of every view whose own size is 0; 0: image_size
     c.augment.blur_prob = -1.0         # >= 0: replaces every view's blur_prob (a quick switch, e.g. 0 for 8 px images)
     c.augment.crop_min_scale = -1.0    # >= 0: replaces the lower end of every view's crop_scale
     # The view recipe as data: augment.views.<name> (ViewConfig fields, count, mask_*), in the order augment.order.
@@ -191,13 +189,13 @@ EMBEDDED_EPOCHS = 30.0  # the embedded default's budget: about 5 minutes of trai
 def method_config(method: str, arg: str | None, **extra_args):
     """Shared start of every method file: -> (config, parsed variant args).
 
-    Variant args: dataset (mnist | cifar10 | cifar100 | stl10 | imagenet2012), backbone, epochs, batch_size, plus
-    ``extra_args`` of the method. The embedded MNIST default gets settings that finish in minutes on a CPU; the
+    Variant args: dataset (mnist | cifar10 | cifar100 | stl10 | imagenet2012), backbone, epochs, batch_size,
+    image_size (0: the dataset's; every view size follows it), plus ``extra_args`` of the method. The embedded MNIST default gets settings that finish in minutes on a CPU; the
     others start from solo-learn's CIFAR setup (ResNet-18 CIFAR stem, batch 256, 40 epochs, bf16).
     """
-    a = parse_arg(arg, dataset='mnist', backbone='', epochs=-1.0, batch_size=0, **extra_args)
+    a = parse_arg(arg, dataset='mnist', backbone='', epochs=-1.0, batch_size=0, image_size=0, **extra_args)
     embedded = a.dataset == 'mnist'
-    c = base_config(method, a.dataset, a.backbone or ('resnet_mini' if embedded else 'resnet18'))
+    c = base_config(method, a.dataset, a.backbone or ('resnet_mini' if embedded else 'resnet18'), a.image_size)
     c.batch_size = 256
     if embedded:
         c.model.cifar_stem = False        # resnet_mini: stride-2 stem + max-pool, 28 -> 7 px, fast on CPUs

@@ -150,7 +150,8 @@ def main(argv=None) -> None:
     overrides = [r[len('--config.'):] for r in rest if r.startswith('--config.')]
     if len(overrides) != len(rest):
         parser.error(f'unrecognised arguments: {[r for r in rest if not r.startswith("--config.")]}')
-    config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+    config = config_lib.load_config_with_overrides(args.config, overrides,
+                                                  log=lambda m: print(m, file=sys.stderr))
     if args.data_only:
         print(json.dumps(bench_data(config, args.steps, args.workers)), flush=True)
         return

@@ -12,6 +12,7 @@ import fnmatch
 import importlib.util
 import os
 import sys
+from typing import Callable
 
 import ml_collections
 
@@ -130,6 +131,64 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     return config
 
 
+def load_config_with_overrides(spec: str, overrides: list[str],
+                               log: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
+    """``load_config(spec)`` with ``overrides`` applied, its shape keys following the dataset it ends up with.
+
+    Image folders take their image size from the data: with ``dataset=image_folder`` and no ``image_size`` given
+    (override or config argument), the size is the median shorter side of up to 256 of the training images
+    (headers only), at most ``sources.FOLDER_MAX_SIDE``; the config is then rebuilt with the config argument
+    ``image_size=S`` so that every size derived from it (views, multi-crop local views) follows, and the overrides
+    applied again. A ``dataset`` override to a dataset of known shape rebuilds at that dataset's size the same way.
+    When the dataset changes, ``num_classes`` (unless given) becomes the new dataset's (0 = from the data).
+    ``log`` receives one line saying where a size came from. Config files without an ``image_size`` argument get
+    ``image_size`` and ``augment.size`` set directly.
+    """
+    from ssljax.data import sources
+
+    config = apply_overrides(load_config(spec), overrides)
+    given = {item.partition('=')[0] for item in overrides}
+    path, _, arg = spec.partition(':')
+    arg_keys = {item.partition('=')[0] for item in filter(None, arg.split(','))}
+    built_for = load_config(spec).get('dataset') if 'dataset' in given else config.get('dataset')
+    dataset = config.get('dataset')
+    if dataset not in sources.DATASET_SHAPES:
+        return config  # validate() names the unknown dataset
+    if 'num_classes' not in given and dataset != built_for:
+        with config.unlocked():
+            config.num_classes = sources.DATASET_SHAPES[dataset]['num_classes']
+    if 'image_size' in given or 'image_size' in arg_keys:
+        return config
+    size, why = sources.DATASET_SHAPES[dataset]['image_size'], f'dataset {dataset}'
+    if dataset == 'image_folder':
+        if not config.get('data_dir') or not os.path.isdir(config.data_dir):
+            return config  # validate() names the missing data_dir
+        source = sources.FolderSource(config.data_dir, 'train', bad_images=config.get('bad_images', 'error'))
+        side = source.typical_side()
+        size = min(side, sources.FOLDER_MAX_SIDE)
+        why = (f'the median shorter side of the images in {source.split_dir} ({side} px'
+               f'{f", capped at {sources.FOLDER_MAX_SIDE}" if side > size else ""})')
+    if size == config.get('image_size') or size <= 0:
+        return config
+    try:
+        rebuilt = load_config(f'{path}:{",".join(filter(None, [arg, f"image_size={size}"]))}')
+    except (ValueError, ConfigError):  # a config file without the image_size argument
+        rebuilt = None
+    if rebuilt is not None:
+        config = apply_overrides(rebuilt, overrides)
+        if 'num_classes' not in given and dataset != built_for:
+            with config.unlocked():
+                config.num_classes = sources.DATASET_SHAPES[dataset]['num_classes']
+    else:
+        with config.unlocked():
+            config.image_size = size
+            if 'augment.size' not in given:
+                config.augment.size = size
+    if log is not None:
+        log(f'image_size {size} from {why} (set --config.image_size to choose another)')
+    return config
+
+
 EMBEDDED = ('mnist', 'digits')
 
 
@@ -170,6 +229,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
     if 'evals' in config:
         from ssljax.evaluation import evaluators
         evaluators.validate_evals(config)
+    if config.dataset == 'image_folder':
+        need(config.image_size > 0, 'config key "image_size" is 0 (from the data), but the config was not loaded '
+             'with config_lib.load_config_with_overrides, which looks at the images: set it to the stored side')
     check_ranges(config)
 
 

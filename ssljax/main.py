@@ -37,9 +37,9 @@ def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
 
     def train_from_args():
-        from ssljax import config_lib, train
+        from ssljax import config_lib, logging_lib, train
         from ssljax import workdir as workdir_lib
-        config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+        config = config_lib.load_config_with_overrides(args.config, overrides, log=logging_lib.info)
         workdir_lib.check_workdir(args.workdir)
         train.train_and_evaluate(config, args.workdir, allow_config_changes=args.allow_config_changes)
 

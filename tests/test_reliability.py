@@ -681,3 +681,28 @@ def test_two_processes_stop_at_the_same_step():
         assert p.returncode == 0, err[-3000:]
         outs.append(out.strip().splitlines()[-1])
     assert outs == ['STOP 10 SIGTERM on process 1'] * 2, outs
+
+
+def test_image_folder_takes_size_and_classes_from_the_data(tmp_path):
+    """A default (MNIST) config with --config.dataset=image_folder: the images' size and the folder's classes, not
+    MNIST's 28 px and 10 classes; every view size follows; an explicit image_size wins."""
+    from ssljax import train
+    for i, cls in enumerate(('ant', 'bee', 'cow')):
+        for j in range(4):
+            _png(tmp_path / 'data' / 'train' / cls / f'{j}.png', 40 * i + j, size=(12, 16))
+            _png(tmp_path / 'data' / 'test' / cls / f'{j}.png', 40 * i + j, size=(12, 16))
+    data = f'data_dir={tmp_path / "data"}'
+    lines = []
+    c = config_lib.load_config_with_overrides(f'{REPO}/configs/dino.py', ['dataset=image_folder', data], lines.append)
+    assert (c.image_size, c.augment.size, c.num_classes) == (12, 12, 0)
+    assert c.augment.views.local.size == 8  # DINO's local views: max(8, round(12 * 96 / 224)), from the new size
+    assert lines == [f'image_size 12 from the median shorter side of the images in {tmp_path / "data" / "train"} '
+                     f'(12 px) (set --config.image_size to choose another)']
+    c = config_lib.load_config_with_overrides(f'{REPO}/configs/simclr.py',
+                                              ['dataset=image_folder', data, 'image_size=10', 'num_classes=5'])
+    assert (c.image_size, c.augment.size, c.num_classes) == (10, 28, 5)  # given keys are kept as given
+    c = config_lib.load_config_with_overrides(f'{REPO}/configs/simclr.py', [
+        'dataset=image_folder', data, 'model.backbone=resnet_tiny', 'batch_size=12', 'eval.max_train_examples=12'])
+    run = train.setup(c, str(tmp_path / 'w'))
+    assert run.exp.num_classes == 3 and run.eval_test.images.shape[1:] == (12, 12, 3)
+    assert [v.size for v in run.exp.views] == [12, 12]

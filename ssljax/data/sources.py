@@ -65,6 +65,18 @@ from ssljax.data import decode
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 TFDS_DATASETS = ('cifar10', 'cifar100', 'stl10', 'imagenet2012')
+# Image size and class count of each dataset; 0 means "from the data" (an image folder's classes are its subfolders,
+# its size the median shorter side of its images, at most FOLDER_MAX_SIDE).
+DATASET_SHAPES = {
+    'mnist': dict(image_size=28, num_classes=10),
+    'digits': dict(image_size=8, num_classes=10),
+    'cifar10': dict(image_size=32, num_classes=10),
+    'cifar100': dict(image_size=32, num_classes=100),
+    'stl10': dict(image_size=96, num_classes=10),
+    'imagenet2012': dict(image_size=224, num_classes=1000),
+    'image_folder': dict(image_size=0, num_classes=0),
+}
+FOLDER_MAX_SIDE = 224
 _CACHE_FORMAT = 'ssljax-image-folder-v2'  # v2: JPEGs decoded at a reduced DCT scale when resized
 # Reads of one chunk (at most _CHUNK items, at least n / workers) run in one pool task: per-file futures would cost
 # more than decoding a 32x32 JPEG.
@@ -545,6 +557,22 @@ class FolderSource:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def typical_side(self, max_files: int = 256) -> int:
+        """Median shorter side of up to ``max_files`` images spread evenly over the split (headers only; unreadable
+        files are left out here and reported when the images are read)."""
+        picks = np.unique(np.linspace(0, len(self.files) - 1, min(max_files, len(self.files))).round().astype(int))
+        sides = []
+        for i in picks:
+            try:
+                with Image.open(self.files[i]) as img:
+                    sides.append(min(img.size))
+            except Exception:  # pylint: disable=broad-except
+                continue
+        if not sides:
+            raise ValueError(f'none of {len(picks)} images sampled from {self.split_dir} could be opened to take '
+                             f'the image size from; set --config.image_size')
+        return int(np.median(sides))
+
     def _reference_shape(self) -> tuple[int, int]:
         # Without image_size the first file fixes the size every other image must have.
         if self._shape is None:
@@ -857,6 +885,22 @@ class TfdsSource:
         if self.image_size is not None:
             data = _resize_array(data, self.image_size)
         return data, label
+
+    def typical_side(self, max_files: int = 256) -> int:
+        """Median shorter side of up to ``max_files`` images spread evenly over the split (headers only; unreadable
+        files are left out here and reported when the images are read)."""
+        picks = np.unique(np.linspace(0, len(self.files) - 1, min(max_files, len(self.files))).round().astype(int))
+        sides = []
+        for i in picks:
+            try:
+                with Image.open(self.files[i]) as img:
+                    sides.append(min(img.size))
+            except Exception:  # pylint: disable=broad-except
+                continue
+        if not sides:
+            raise ValueError(f'none of {len(picks)} images sampled from {self.split_dir} could be opened to take '
+                             f'the image size from; set --config.image_size')
+        return int(np.median(sides))
 
     def _reference_shape(self) -> tuple[int, int]:
         if self._shape is None:
