@@ -23,6 +23,12 @@ Masking (``mask`` bool [B, N_patches], True = masked):
     mask it is read off the mask and checked.
   * ``mask_mode='token'`` (SimMIM): masked patch embeddings are replaced by a learnable ``mask_token`` before the
     positions are added; all N patches are kept.
+
+Stochastic depth (``drop_path_rate``, timm's DropPath): in training, block i's two residual branches are each
+dropped per sample with probability r_i = drop_path_rate * i / (depth - 1) (timm's linear rule, 0 for the first
+block) and the kept ones scaled by 1 / (1 - r_i), i.e. x + b(x) -> x + (keep / (1 - r_i)) b(x), keep ~ Bernoulli(1 - r_i)
+per sample. It needs a ``'dropout'`` rng when ``train`` and the rate > 0 (``apply(..., rngs={'dropout': key})``);
+0 (the default) changes nothing and needs no rng.
 """
 
 from __future__ import annotations
@@ -108,23 +114,38 @@ class Attention(nn.Module):
         return nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="proj")(y.reshape(b, n, d))
 
 
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Per-sample stochastic depth of a residual branch x [B, ...]: x * keep_b / (1 - rate), keep_b ~ Bernoulli(1 - rate)."""
+    if rate <= 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) with MLP = Linear(4D) - GELU - Linear(D)."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) with MLP = Linear(4D) - GELU - Linear(D).
+
+    ``drop_path`` > 0 drops each residual branch per sample in training (see :func:`drop_path`; needs a 'dropout'
+    rng); ``__call__(x, train=False)`` by default, so a block called without ``train`` is deterministic.
+    """
 
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         d = x.shape[-1]
         ln = partial(nn.LayerNorm, epsilon=LN_EPSILON, dtype=self.dtype)
-        x = x + Attention(self.num_heads, dtype=self.dtype, name="attn")(ln(name="norm1")(x))
+        active = train and self.drop_path > 0.0
+        branch = lambda y: drop_path(y, self.drop_path, self.make_rng("dropout")) if active else y  # noqa: E731
+        x = x + branch(Attention(self.num_heads, dtype=self.dtype, name="attn")(ln(name="norm1")(x)))
         y = ln(name="norm2")(x)
         y = nn.Dense(int(d * self.mlp_ratio), dtype=self.dtype, kernel_init=dense_init, name="fc1")(y)
         y = nn.gelu(y, approximate=False)
         y = nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="fc2")(y)
-        return x + y
+        return x + branch(y)
 
 
 class ViT(nn.Module):
@@ -137,13 +158,15 @@ class ViT(nn.Module):
       pos_embed: 'sincos' (fixed, default) or 'learned'.
       pool: 'cls' ([CLS] token after the final LayerNorm, default) or 'mean' (mean of the returned patch tokens).
       mask_mode: 'drop' (MAE, keep visible patches only) or 'token' (SimMIM, learnable mask token).
+      drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks; 0: off, the default).
       dtype: compute dtype; parameters are float32.
 
     ``__call__(x, train=True, mask=None, num_visible=None)`` takes float images [B, H, W, C] and returns
     ``{'pooled': float32 [B, dim], 'tokens': float32 [B, N, dim]}`` (patch tokens after the final norm, [CLS]
-    excluded), plus ``'visible_idx'`` int32 [B, N_visible] when a mask is given in 'drop' mode, in which case
-    ``tokens`` holds only the visible patches (N = N_visible), in raster order. ``train`` is accepted for a uniform
-    encoder signature (no dropout here).
+    excluded) and ``'cls'`` float32 [B, dim] ([CLS] after the final norm, whatever ``pool``), plus ``'visible_idx'``
+    int32 [B, N_visible] when a mask is given in 'drop' mode, in which case ``tokens`` holds only the visible patches
+    (N = N_visible), in raster order. ``train`` turns on stochastic depth when ``drop_path_rate`` > 0 (otherwise
+    it changes nothing).
     """
 
     dim: int
@@ -156,6 +179,7 @@ class ViT(nn.Module):
     pool: str = "cls"
     mask_mode: str = "drop"
     dtype: Dtype = jnp.float32
+    drop_path_rate: float = 0.0
 
     @property
     def feature_dim(self) -> int:
@@ -171,6 +195,8 @@ class ViT(nn.Module):
             raise ValueError(f"mask_mode must be 'drop' or 'token', got {self.mask_mode!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
     def _positions(self, grid_h: int, grid_w: int):
         """Returns (cls_pos [1, 1, D], patch_pos [1, grid_h * grid_w, D]) in float32."""
@@ -221,10 +247,13 @@ class ViT(nn.Module):
         cls = jnp.broadcast_to((cls_token + cls_pos).astype(self.dtype), (b, 1, self.dim))
         tokens = jnp.concatenate([cls, tokens], axis=1)
         for i in range(self.depth):
-            tokens = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f"block{i + 1}")(tokens)
+            rate = self.drop_path_rate * i / max(self.depth - 1, 1)
+            tokens = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, drop_path=rate,
+                           name=f"block{i + 1}")(tokens, train=train)
         tokens = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="norm")(tokens).astype(jnp.float32)
         patch_tokens = tokens[:, 1:]
         out["tokens"] = patch_tokens
+        out["cls"] = tokens[:, 0]
         out["pooled"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(patch_tokens, axis=1)
         return out
 
