@@ -254,19 +254,27 @@ def test_corrupt_file_in_a_streamed_folder_is_reported_with_its_path_or_skipped(
     assert steps, 'the corrupt file should be drawn within 6 steps'
     with pytest.raises(sources.UnreadableImageError, match=f'cannot decode image {bad}'):
         take(data.host_batches(0), steps[0] + 1)
-    skip = train_data(folder_config(root, bad_images='skip'))
+    from ssljax import parallel
+    workdir = tmp_path / 'w'
+    skip = pipeline.load_train_data(folder_config(root, bad_images='skip', data_workers=1), parallel.make_mesh(),
+                                    str(workdir))
     batch = take(skip.host_batches(steps[0]), 1)[0]
     bad_index = skip.source.files.index(str(bad))
     assert bad_index not in batch['index'] and batch['image'].shape == (8, 2 * 16 * 16 * 3)
     np.testing.assert_array_equal(batch['label'], skip.source.labels[batch['index']])
     assert f'cannot decode image {bad}' in capfd.readouterr().err
+    # The skipped file is listed in the workdir (written by the grain worker), once however often it is met.
+    take(skip.host_batches(steps[0]), 1)
+    lines = (workdir / 'bad_images-train.txt').read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'{bad}\t'), lines
     # Evaluation of a streamed split reads it block by block, with the same rule.
     test_bad = root / 'test' / 'c0' / '000.jpg'
     test_bad.write_bytes(b'broken')
     with pytest.raises(sources.UnreadableImageError, match=str(test_bad)):
         pipeline.load_split(config, 'test').images.get(np.arange(6))
-    assert pipeline.load_split(folder_config(root, bad_images='skip'), 'test').images[np.arange(6)].shape == \
-        (6, 16, 16, 3)
+    assert pipeline.load_split(folder_config(root, bad_images='skip'), 'test', workdir=str(workdir)).images[
+        np.arange(6)].shape == (6, 16, 16, 3)
+    assert (workdir / 'bad_images-test.txt').read_text().startswith(f'{test_bad}\t')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -307,6 +315,37 @@ def test_streamed_evaluation_splits_are_never_read_whole(tmp_path):
     assert isinstance(train.images, pipeline.LazyImages) and len(train) == 12
     with pytest.raises(ValueError, match='eval.max_train_examples'):
         pipeline.load_split(config, 'train')
+
+
+def test_streamed_evaluation_reads_only_the_rows_of_this_process(tmp_path):
+    """Evaluation blocks of a split read on demand: each process decodes only the rows its devices hold (here a
+    process holding rows 2-3 of every 4-row block, as process 1 of 2 would); the other rows are left zero."""
+    import types
+    from ssljax import parallel
+    from ssljax.evaluation import context
+    root = make_folder(tmp_path / 'data')
+    test = pipeline.load_split(folder_config(root), 'test')
+    asked = []
+
+    class Recording:
+        def __len__(self):
+            return len(test.images)
+
+        def get(self, indices):
+            asked.extend(int(i) for i in indices)
+            return test.images.get(indices)
+
+    mesh = parallel.make_mesh()
+    ctx = types.SimpleNamespace(_resident={}, batch_size=4, block_sharding=parallel.batch_sharded(mesh),
+                                config=types.SimpleNamespace(device_data_max_mb=0),
+                                local_rows=lambda rows: np.array([2, 3]))
+    blocks = [np.asarray(b) for b in context.EvalContext.blocks(ctx, Recording())]
+    assert asked == [2, 3] and len(blocks) == 2  # 6 rows: block 1 holds rows 4, 5 and two padding rows
+    np.testing.assert_array_equal(blocks[0][2:], test.images.get([2, 3])['image'])
+    assert not blocks[0][:2].any() and not blocks[1].any()
+    # One process: every row of a block is its own.
+    full = types.SimpleNamespace(block_sharding=parallel.batch_sharded(mesh))
+    np.testing.assert_array_equal(context.EvalContext.local_rows(full, 4), np.arange(4))
 
 
 def test_tfds_datasets_get_the_decoded_cache(tmp_path, monkeypatch):

@@ -256,6 +256,15 @@ def _subsample_rows(n: int, max_examples: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(max_examples, n), replace=False))
 
 
+def bad_images_report(workdir: str, split: str) -> str | None:
+    """``workdir/bad_images-<split>.txt`` (``.p<i>`` before ``.txt`` on process i > 0: hosts that stream write their
+    own list), or None without a workdir."""
+    if not workdir:
+        return None
+    i = jax.process_index()
+    return os.path.join(workdir, f'bad_images-{split}{f".p{i}" if i else ""}.txt')
+
+
 def load_split(config, split: str, max_examples: int = 0, workdir: str = '') -> sources.Split:
     """A split for evaluation (a seeded subsample of ``max_examples`` when > 0).
 
@@ -278,7 +287,7 @@ def load_split(config, split: str, max_examples: int = 0, workdir: str = '') -> 
     if not max_examples and split == config.eval_train_split:
         raise ValueError(f'{config.dataset} is streamed: set config key "eval.max_train_examples" to the number of '
                          f'{split} images for the kNN bank and linear probe (it has {len(source)})')
-    sources.report_problems(source)
+    sources.report_problems(source, bad_images_report(workdir, split))
     rows = _subsample_rows(len(source), max_examples, config.seed)
     if isinstance(source, sources.Split):
         shape = source.images.shape[1:]
@@ -302,7 +311,7 @@ def load_train_data(config, mesh, workdir: str = '') -> TrainData:
     if streams(config, source):
         from ssljax import train  # pylint: disable=import-outside-toplevel  (train imports this module)
 
-        sources.report_problems(source)
+        sources.report_problems(source, bad_images_report(workdir, config.train_split))
         sampler = samplers.create_sampler(config, len(source))
         views, _ = train.views_from_config(config)
         return TrainData(source, config.batch_size, config.seed, mesh, False, {}, sampler, sampler.init_state(),

@@ -281,15 +281,28 @@ def _report_bad(bad: list[tuple[str, str]], mode: str, where: str, report_path: 
 _SUBSTITUTE_TRIES = 64
 
 
+def append_bad_image(path: str, image: str, reason: str) -> None:
+    """Adds ``<image>\t<reason>`` to the report at ``path`` unless the image is listed there already (files met one
+    at a time while streaming: a file skipped every epoch, or by several worker processes, is listed once, bar a
+    race between two processes meeting it at the same moment)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'a+') as fh:
+        fh.seek(0)
+        if any(line.split('\t', 1)[0] == image for line in fh):
+            return
+        fh.write(f'{image}\t{reason}\n')
+
+
 def substitute_unreadable(i: int, n: int, read: Callable[[int], object], describe: Callable[[int], str],
-                          bad_images: str) -> tuple[int, object]:
+                          bad_images: str, report: str | None = None) -> tuple[int, object]:
     """``(i, read(i))``, or with ``bad_images='skip'`` the first readable of i + 1, i + 2, ... (mod n).
 
     For data read on demand (streamed training, evaluation of a streamed split), where unreadable files are met one
     at a time instead of listed in advance. ``read`` raises UnreadableImageError for an unreadable example; with
     ``bad_images='error'`` that error (naming the file) propagates. When skipping, one warning line on stderr names
     the unreadable file and its replacement: the batch keeps its size and the run stays a deterministic function of
-    (seed, step), and the replacement's label and index go with its image.
+    (seed, step), and the replacement's label and index go with its image. ``report``: a file that gets the skipped
+    file's ``<path>\t<reason>`` line (``append_bad_image``).
     """
     try:
         return i, read(i)
@@ -304,7 +317,10 @@ def substitute_unreadable(i: int, n: int, read: Callable[[int], object], describ
         except UnreadableImageError:
             continue
         print(f'ssljax: warning: bad_images=skip: cannot decode image {first.path}: {first.reason}; '
-              f'using {describe(j)} in its place', file=sys.stderr, flush=True)
+              f'using {describe(j)} in its place' + (f' (listed in {report})' if report else ''),
+              file=sys.stderr, flush=True)
+        if report:
+            append_bad_image(report, first.path, first.reason)
         return j, value
     raise UnreadableImageError(first.path, f'{first.reason}; and the next {min(n - 1, _SUBSTITUTE_TRIES)} examples '
                                'are unreadable too')
@@ -542,6 +558,8 @@ class FolderSource:
         if not files:
             raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found under split folder {split_dir}')
         self.bad_images, self.problems, self.split_dir = bad_images, problems, split_dir
+        # Files skipped while read on demand are added here (``pipeline`` sets it to the workdir's report).
+        self.skipped_report: str | None = None
         self.root, self.split, self.image_size = root, split, image_size
         self.files = files
         self.labels = np.asarray(labels, np.int32)
@@ -616,7 +634,7 @@ class FolderSource:
     def substitute(self, i: int, read: Callable[[int], object]) -> tuple[int, object]:
         """``(i, read(i))``; when file i is unreadable and ``bad_images='skip'``, ``(k, read(k))`` for the next
         readable k after i (cyclically), with a warning on stderr naming both files. See ``substitute_unreadable``."""
-        return substitute_unreadable(i, len(self), read, self.describe, self.bad_images)
+        return substitute_unreadable(i, len(self), read, self.describe, self.bad_images, self.skipped_report)
 
     def load_all(self, report_path: str | None = None) -> Split:
         """Decodes every file: a Split in file order (class index, then file name).
@@ -1056,8 +1074,12 @@ def open_source(
     return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size)
 
 
-def report_problems(src):
-    """Reports an image folder's empty class folders as its ``bad_images`` says (stops or warns); returns ``src``."""
+def report_problems(src, report_path: str | None = None):
+    """Reports an image folder's empty class folders as its ``bad_images`` says (stops or warns), writing them to
+    ``report_path`` when given, which then also receives the files skipped later (``skipped_report``); -> ``src``."""
     if isinstance(src, FolderSource):
+        for folder, reason in src.problems if report_path else ():
+            append_bad_image(report_path, folder, reason)  # added to, not replaced: a resumed run keeps its list
         _report_bad(src.problems, src.bad_images, src.split_dir, None)
+        src.skipped_report = report_path
     return src

@@ -102,7 +102,8 @@ class BatchMaker:
                     raise sources.UnreadableImageError(self.source.describe(k), sources._short_reason(e)) from e
                 return lab
 
-            index[j], label[j] = sources.substitute_unreadable(int(i), n, read, self.source.describe, self.bad_images)
+            index[j], label[j] = sources.substitute_unreadable(int(i), n, read, self.source.describe, self.bad_images,
+                                                                   getattr(self.source, 'skipped_report', None))
         return {'image': image, 'label': label, 'index': index}
 
 

@@ -150,7 +150,7 @@ class EvalContext:
         """Images as blocks of ``batch_size`` on the mesh, sharded along 'data' (the last one zero-padded).
 
         ``data``: uint8 [N, H, W, 3] numpy, a Split, or any random-access source (``len`` and ``get(indices)``, read
-        block by block). With ``key`` the blocks stay on the device for later calls with the same ``data`` when the
+        block by block, each process reading only the rows of its own devices). With ``key`` the blocks stay on the device for later calls with the same ``data`` when the
         images fit in ``config.device_data_max_mb``; otherwise they are put anew each time.
         """
         if key is not None and key in self._resident and self._resident[key][0] is data:
@@ -158,11 +158,19 @@ class EvalContext:
         images = data.images if isinstance(data, sources.Split) else data
         count, bsz = len(images), self.batch_size
         out, nbytes = [], 0
+        local = None if isinstance(images, np.ndarray) else self.local_rows(bsz)
+        template = None
         for start in range(0, count, bsz):
-            if isinstance(images, np.ndarray):
+            if local is None:
                 block = images[start:start + bsz]
-            else:
-                block = np.asarray(images.get(np.arange(start, min(start + bsz, count)))['image'])
+            else:  # read on demand: this process decodes only the rows its devices hold, the rest stays zero
+                rows = local[start + local < count]
+                if len(rows) or template is None:  # (a process with no row in a block still needs the shape)
+                    wanted = start + rows if len(rows) else np.array([start])
+                    read = np.asarray(images.get(wanted)['image'])[:len(rows)]
+                    template = read[:0]
+                block = np.zeros((bsz, *template.shape[1:]), template.dtype)
+                block[rows] = read if len(rows) else template
             if block.shape[0] < bsz:
                 block = np.concatenate([block, np.zeros((bsz - block.shape[0],) + block.shape[1:], block.dtype)])
             nbytes += block.nbytes
@@ -170,6 +178,13 @@ class EvalContext:
         if key is not None and nbytes <= self.config.device_data_max_mb * 2 ** 20:
             self._resident[key] = (data, out)
         return out
+
+    def local_rows(self, block_rows: int) -> np.ndarray:
+        """Rows of a block this process's devices hold (all of them on one host; 1 / hosts of them on several)."""
+        rows = set()
+        for index in self.block_sharding.addressable_devices_indices_map((block_rows,)).values():
+            rows.update(range(*index[0].indices(block_rows)))
+        return np.asarray(sorted(rows), np.int64)
 
     def encode(self, variables: dict, data, key=None) -> jax.Array:
         """Eval-view features of ``data`` (as in ``blocks``) -> float32 [nb, B, D] on the mesh (see module doc)."""
