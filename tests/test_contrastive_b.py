@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, tiny_config
 from ssljax import config_lib
 from ssljax.objectives import Context, create_objective, losses
-from ssljax.objectives.densecl import grouped_forward
+from ssljax.objectives.moco import grouped_forward
 from ssljax.objectives.gsimclr import PseudoLabelSampler
 
 f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
@@ -413,7 +413,9 @@ def test_grouped_forward_is_per_group_batchnorm():
     encoder = TinyEncoder()
     x = jax.random.normal(jax.random.key(3), (8, 8, 8, 3))
     variables = encoder.init(jax.random.key(4), x[:2], train=False)
-    out, stats = grouped_forward(encoder, variables, x, 4)
+    net = {'params': {'encoder': variables['params']}, 'batch_stats': {'encoder': variables['batch_stats']}}
+    out, stats = grouped_forward(net, 4, x, lambda fw, chunk: fw.apply('encoder', encoder, chunk))
+    stats = stats['encoder']
     for g in range(4):
         alone, upd = encoder.apply(variables, x[2 * g:2 * g + 2], train=True, mutable=['batch_stats'])
         np.testing.assert_allclose(out['pooled'][2 * g:2 * g + 2], alone['pooled'], rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """DenseCL (Wang et al., CVPR 2021): MoCo v2 plus a dense contrastive branch on the backbone's feature map.
 
-Self-contained: its own momentum encoder, two FIFO queues and per-group ("per-GPU") BatchNorm with shuffled keys.
+Its own momentum encoder and two FIFO queues; the per-group ("per-GPU") BatchNorm with shuffled keys is MoCo v2's
+``grouped_forward``.
 """
 from __future__ import annotations
 
@@ -14,24 +15,7 @@ from ssljax.models.heads import MLP
 from ssljax.objectives import losses
 from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, ema_network, init_heads, mlp_from_config,
                                     register)
-
-
-def grouped_forward(encoder, variables: dict, x: jax.Array, groups: int) -> tuple[dict, dict]:
-    """The encoder in train mode on ``groups`` equal consecutive slices of ``x``, each normalised by BatchNorm with its
-    own statistics (the reference's per-GPU BN with ``groups`` GPUs, whatever the device count here); the running
-    statistics are the mean of the groups' updates. -> (outputs with the batch axis restored, new batch_stats)."""
-    n = x.shape[0]
-    stats = variables.get('batch_stats') or {}
-
-    def one(block):
-        if stats:
-            out, upd = encoder.apply(variables, block, train=True, mutable=['batch_stats'])
-            return out, upd['batch_stats']
-        return encoder.apply(variables, block, train=True), {}
-
-    out, new = jax.vmap(one)(x.reshape(groups, n // groups, *x.shape[1:]))
-    return (jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out),
-            jax.tree.map(lambda a: jnp.mean(a, axis=0), new))
+from ssljax.objectives.moco import grouped_forward
 
 
 @register
@@ -105,17 +89,18 @@ class DenseCL(Objective):
 
     def _branches(self, network: dict, x: jax.Array) -> tuple:
         """-> (pooled projection [N, D], dense projections [N, S, D], backbone cells [N, S, C], pooled features,
-        new encoder batch_stats) of one network {'params', 'batch_stats'} on x."""
-        enc = {'params': network['params']['encoder'], 'batch_stats': network['batch_stats'].get('encoder', {})}
-        out, stats = grouped_forward(self.ctx.encoder, enc, x, self.bn_groups)
+        new batch_stats) of one network {'params', 'batch_stats'} on x: the encoder in ``bn_groups`` BatchNorm
+        groups (``moco.grouped_forward``), the heads on the whole batch."""
+        out, stats = grouped_forward(network, self.bn_groups, x,
+                                     lambda fw, chunk: fw.apply('encoder', self.ctx.encoder, chunk))
         if 'feature_map' not in out:
             raise ValueError('densecl needs a backbone with a feature map (config key "model.backbone")')
         fmap = out['feature_map']
         n, c = fmap.shape[0], fmap.shape[-1]
-        heads = Forward(network)
+        heads = Forward(dict(network, batch_stats=stats))
         z = heads.apply('projector', self.projector, out['pooled'])
         grid = heads.apply('dense_projector', self.dense_projector, fmap)
-        return z, grid.reshape(n, -1, grid.shape[-1]), fmap.reshape(n, -1, c), out['pooled'], stats
+        return z, grid.reshape(n, -1, grid.shape[-1]), fmap.reshape(n, -1, c), out['pooled'], heads.batch_stats
 
     def loss(self, variables, objective_state, views, batch, rng):
         q, q_grid, q_cells, feats, stats = self._branches(variables, views[0])
@@ -132,13 +117,12 @@ class DenseCL(Objective):
         ptr = objective_state['ptr']
         enqueue = lambda queue, keys: jax.lax.dynamic_update_slice(  # noqa: E731
             queue, losses.l2_normalize(keys).astype(queue.dtype), (ptr, 0))
-        state = {'target': dict(target, batch_stats=dict(target['batch_stats'], encoder=target_stats)),
+        state = {'target': dict(target, batch_stats=target_stats),
                  'queue': enqueue(objective_state['queue'], k),
                  'queue_dense': enqueue(objective_state['queue_dense'], k_grid.mean(axis=1)),
                  'ptr': (ptr + k.shape[0]) % self.queue_size}
-        batch_stats = dict(variables['batch_stats'], encoder=stats)
         metrics = {'loss_global': loss_global, 'loss_dense': loss_dense}
-        return loss, LossOutput(metrics, batch_stats, state, feats)
+        return loss, LossOutput(metrics, stats, state, feats)
 
     def update(self, params, objective_state, step):
         return params, dict(objective_state, target=ema_network(objective_state['target'], params, self.momentum))
