@@ -122,7 +122,33 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         node[parts[-1]] = parse_value(key, text, current)
 
 
+def add_evaluators(config: ml_collections.ConfigDict, overrides: list[str]) -> list[str]:
+    """Adds ``evals.NAME`` (common and type defaults) for every override ``evals.NAME.type=TYPE`` whose NAME is not
+    in ``config.evals`` -> the names added. An unknown TYPE is a ConfigError naming the key."""
+    from ssljax.evaluation import evaluators
+    added = []
+    for item in overrides:
+        key, sep, kind = item.partition('=')
+        parts = key.split('.')
+        if not sep or len(parts) != 3 or parts[0] != 'evals' or parts[2] != 'type' or 'evals' not in config:
+            continue
+        name = parts[1]
+        if name in config.evals:
+            continue
+        if kind not in evaluators.EVALUATORS:
+            raise ConfigError(f'config key "{key}": unknown evaluator type {kind!r}; known: '
+                              f'{", ".join(sorted(evaluators.EVALUATORS))}')
+        settings = {**evaluators.COMMON_SETTINGS, **evaluators.EVALUATORS[kind].defaults, 'type': kind}
+        with config.evals.unlocked():
+            config.evals[name] = ml_collections.ConfigDict(settings)
+        added.append(name)
+    return added
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Applies ``KEY=VALUE`` overrides in order; ``evals.NAME.type=TYPE`` for a new NAME first adds that evaluator
+    with its type's defaults (``add_evaluators``)."""
+    add_evaluators(config, overrides)
     for item in overrides:
         key, sep, text = item.partition('=')
         if not sep:

@@ -1,10 +1,18 @@
-"""Evaluate a run's checkpoint: python -m ssljax.evaluate --workdir DIR [--step N] [--config.KEY=VALUE ...]
+"""Evaluate a run's checkpoint: python -m ssljax.evaluate --workdir DIR [--step N] [--only NAME[,NAME]]
+[--config.KEY=VALUE ...]
 
 Reads DIR/config.json (the run's config, overrides applied on top), restores the latest checkpoint (or step N), runs
-every evaluator of ``config.evals`` once, prints the results as one JSON line and writes DIR/eval_<STEP>.json
-(strict JSON: NaN -> null). The data, subsample and seeds are the run's, so knn_top1 and linear_top1 reproduce the
-values of its summary.json. Errors end with one line ``ssljax: error: ...`` and a non-zero exit, as ssljax.main.
-Figures (e.g. the diagnostics' embedding spectrum) go to DIR/figures.
+every evaluator of ``config.evals`` once (or only those named by ``--only``), prints the results as one JSON line and
+writes them into DIR/eval_<STEP>.json (strict JSON: NaN -> null; the values of evaluators that did not run this time
+are kept from an earlier eval_<STEP>.json). The data, subsample and seeds are the run's, so knn_top1 and linear_top1
+reproduce the values of its summary.json. Errors end with one line ``ssljax: error: ...`` and a non-zero exit, as
+ssljax.main. Figures (e.g. the diagnostics' embedding spectrum) go to DIR/figures.
+
+Evaluators the run did not have are added by naming their type: ``--config.evals.NAME.type=TYPE`` with a NAME that
+is not in the run's config adds ``evals.NAME`` with TYPE's default settings, which further
+``--config.evals.NAME.KEY=VALUE`` change; e.g. part-level numbers of a finished run, running only that evaluator:
+
+    python -m ssljax.evaluate --workdir DIR --config.evals.part.type=part_probe --only part
 """
 from __future__ import annotations
 
@@ -32,10 +40,14 @@ def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple
     -> (step, results). The run is set up by ``train.setup``, as the train loop sets it up: same data, subsample,
     experiment and state structure, so the checkpoint restores into it and the features are the run's."""
     from ssljax import checkpoint as ckpt_lib
-    from ssljax import logging_lib, train
+    from ssljax import config_lib, logging_lib, train
     from ssljax.evaluation import evaluators
 
     evaluators.validate_evals(config)
+    unknown = [n for n in (names or ()) if n not in config.evals]
+    if unknown:
+        raise config_lib.ConfigError(f'--only names {", ".join(map(repr, unknown))}, which config.evals does not '
+                                     f'define; defined: {", ".join(config.evals)}')
     directory = os.path.join(workdir, 'checkpoints')
     steps = ckpt_lib.list_steps(workdir) if os.path.isdir(directory) else []
     if not steps:
@@ -53,8 +65,27 @@ def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple
         ckpt.close()
     run.runner.check_networks(state)
     results = run.runner.run(state, step, names=names, final=True)
-    logging_lib.write_json(os.path.join(workdir, f'eval_{step}.json'), {'step': step, **results})
+    path = os.path.join(workdir, f'eval_{step}.json')
+    kept = _earlier_values(path, ran=run.runner.names if names is None else tuple(names), defined=tuple(config.evals))
+    logging_lib.write_json(path, {**kept, 'step': step, **results})
     return step, results
+
+
+def _earlier_values(path: str, ran: tuple, defined: tuple) -> dict:
+    """The values of an earlier ``path`` that no evaluator in ``ran`` wrote: a key belongs to the evaluator whose
+    name is its longest prefix ``<name>_`` among ``defined`` (so 'knn_big_top1' is knn_big's, not knn's)."""
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(earlier, dict):
+        return {}
+
+    def owner(key):
+        names = [n for n in defined if key.startswith(f'{n}_')]
+        return max(names, key=len) if names else None
+    return {k: v for k, v in earlier.items() if k != 'step' and owner(k) not in ran}
 
 
 def parse_args(argv: list[str]):
@@ -62,6 +93,7 @@ def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(prog='python -m ssljax.evaluate', description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (config.json, checkpoints/)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
+    parser.add_argument('--only', default='', help='comma-separated evaluator names to run (default: all)')
     return parse_known(parser, argv)
 
 
@@ -70,7 +102,8 @@ def run(argv: list[str]) -> int:
 
     def evaluate_from_args():
         from ssljax import logging_lib
-        step, results = evaluate(load_run_config(args.workdir, overrides), args.workdir, args.step)
+        names = [n.strip() for n in args.only.split(',') if n.strip()] or None
+        step, results = evaluate(load_run_config(args.workdir, overrides), args.workdir, args.step, names)
         print(logging_lib.dumps({'step': step, **results}, sort_keys=True))
 
     from ssljax.main import run_reporting_errors

@@ -121,3 +121,18 @@ def test_every_method_config_validates_and_builds_its_objective(name, variant):
     objective = create_objective(config, Context(encoder=encoder, feature_dim=dim, total_steps=100,
                                                  global_batch=config.batch_size, num_examples=50000))
     assert objective.name == config.method
+
+
+def test_a_new_evaluator_is_added_by_naming_its_type():
+    """--config.evals.NAME.type=TYPE with a new NAME adds that evaluator with its type's defaults (ssljax.main and
+    ssljax.evaluate alike); later overrides of evals.NAME change it; an unknown type names the key."""
+    from ssljax.evaluation import evaluators
+    c = config_lib.load_config(os.path.join(REPO, 'configs', 'simclr.py'))
+    config_lib.apply_overrides(c, ['evals.part.type=part_probe', 'evals.part.epochs=7'])
+    assert c.evals.part.type == 'part_probe' and c.evals.part.epochs == 7 and c.evals.part.every == -1
+    assert tuple(c.evals.part.area) == tuple(evaluators.EVALUATORS['part_probe'].defaults['area'])
+    config_lib.validate(c, 1, check_data=False)
+    with pytest.raises(config_lib.ConfigError, match='"evals.x.type": unknown evaluator type \'nope\''):
+        config_lib.apply_overrides(c, ['evals.x.type=nope'])
+    with pytest.raises(config_lib.ConfigError, match="unknown config key 'evals.y.every'"):
+        config_lib.apply_overrides(c, ['evals.y.every=3'])  # only a type creates an evaluator
