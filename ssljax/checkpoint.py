@@ -182,9 +182,18 @@ def load_tree(workdir: str, step: int):
 
     For analysis and tests: no model or config needed; the tree mirrors TrainState's fields as a dict.
     """
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
     path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step), 'default')
     checkpointer = ocp.StandardCheckpointer()
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          checkpointer.metadata(path).item_metadata.tree)
-    return checkpointer.restore(path, target)
+    # The step's item folder has no step-level _CHECKPOINT_METADATA (the manager keeps it one level up), which orbax
+    # reports as a warning on every call: quiet for the call.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              checkpointer.metadata(path).item_metadata.tree)
+        return checkpointer.restore(path, target)
+    finally:
+        absl_logging.set_verbosity(verbosity)

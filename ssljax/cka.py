@@ -153,12 +153,11 @@ def compare(workdir_a: str, workdir_b: str, out: str, step_a: int | None = None,
 
 def plot_cka(result: dict, path: str) -> None:
     """Heat map of ``result['cka']`` (rows: layers of A, columns: layers of B, colour scale [0, 1])."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
     matrix = np.asarray(result['cka'], np.float64)
     rows, cols = result['layers_a'], result['layers_b']
-    fig, ax = plt.subplots(figsize=(1.6 + 0.42 * max(len(cols), 4), 1.4 + 0.38 * max(len(rows), 4)))
+    fig = Figure(figsize=(1.6 + 0.42 * max(len(cols), 4), 1.4 + 0.38 * max(len(rows), 4)))
+    ax = fig.subplots()
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap='magma', origin='lower')
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha='right', fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
@@ -175,7 +174,6 @@ def plot_cka(result: dict, path: str) -> None:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ command line

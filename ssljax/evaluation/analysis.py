@@ -358,10 +358,9 @@ class LayerProbe(Evaluator):
                                {'step': int(step), 'layers': names, 'dims': [int(d) for d in dims], 'top1': top1,
                                 'token_pool': self.settings.token_pool, 'network': self.ctx.resolve_network(
                                     self.network)})
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(names) + 2), 3.2))
+        from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+        fig = Figure(figsize=(max(4.0, 0.45 * len(names) + 2), 3.2))
+        ax = fig.subplots()
         ax.plot(range(1, len(names) + 1), top1, marker='o')
         ax.set_xticks(range(1, len(names) + 1), names, rotation=45 if len(names) > 6 else 0, fontsize=8)
         ax.set_ylabel('linear probe top-1')
@@ -369,7 +368,6 @@ class LayerProbe(Evaluator):
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
 
 
 def fraction_tag(fraction: float) -> str:

@@ -260,10 +260,9 @@ class Diagnostics(Evaluator):
         path = self.figure_path('spectrum', step)
         if path is None:
             return
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         rel = sigma / max(sigma[0], 1e-30)
         ax.semilogy(np.arange(1, rel.size + 1), np.maximum(rel, 1e-12))
         ax.set_xlabel('index k')
@@ -272,7 +271,6 @@ class Diagnostics(Evaluator):
         ax.grid(True, which='both', alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
 
 
 def settings_of(name: str, given):
@@ -335,7 +333,8 @@ def validate_evals(config) -> None:
         bad = cls.check(settings)
         if bad is not None:
             raise ConfigError(f'config key "{key}.{bad[0]}" {bad[1]}')
-    baseline = tuple(config.eval.get('baseline_evals', ()) or ())
+    baseline = tuple(config.eval.get('baseline_evals', ()) or ()) if config.eval.get('random_init_baseline', True) \
+        else ()  # without the baseline its evaluators need not exist
     unknown = [n for n in baseline if n not in evals]
     if unknown:
         raise ConfigError(f'config key "eval.baseline_evals" names {", ".join(map(repr, unknown))}, which '

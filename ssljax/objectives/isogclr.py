@@ -131,10 +131,9 @@ class TemperatureHistogram(evaluators.Evaluator):
         path = self.figure_path('tau', step)
         if path is None:
             return
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         edges = np.linspace(tau.min(), max(tau.max(), tau.min() + 1e-6), self.settings.bins + 1)
         ax.hist(tau, bins=edges, color='tab:blue', alpha=0.5, label=f'all ({tau.size})')
         ax.hist(tau[visited], bins=edges, histtype='step', color='tab:red', label=f'visited ({int(visited.sum())})')
@@ -145,4 +144,3 @@ class TemperatureHistogram(evaluators.Evaluator):
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
