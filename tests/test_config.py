@@ -113,11 +113,11 @@ METHOD_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
 @pytest.mark.parametrize('name', METHOD_FILES)
 @pytest.mark.parametrize('variant', ['', ':dataset=cifar10'])
 def test_every_method_config_validates_and_builds_its_objective(name, variant):
-    from ssljax.models import registry
+    from ssljax import train
     from ssljax.objectives import Context, create_objective
     config = config_lib.load_config(f'configs/{name}.py{variant}')
     config_lib.validate(config, num_devices=1, check_data=False)
-    encoder, dim = registry.create_encoder(config.model.backbone, cifar_stem=config.model.cifar_stem)
+    encoder, dim = train.create_encoder(config)  # every config.model key, as the loop passes them
     objective = create_objective(config, Context(encoder=encoder, feature_dim=dim, total_steps=100,
                                                  global_batch=config.batch_size, num_examples=50000))
     assert objective.name == config.method

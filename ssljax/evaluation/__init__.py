@@ -9,6 +9,7 @@ from ssljax.evaluation.evaluators import (EVALUATORS, EvalRunner, Evaluator, mak
 # Registers the analysis evaluators (part_probe, layer_probe, few_label) next to the standard ones.
 from ssljax.evaluation.analysis import balanced_subset, layer_features, part_boxes
 from ssljax.evaluation.features import extract_features
+from ssljax.evaluation import finetune, reconstruction  # noqa: F401,E402  (register 'finetune', 'reconstruction')
 from ssljax.evaluation.knn import knn_predict, knn_predict_sharded, knn_top1
 from ssljax.evaluation.linear_probe import online_probe_init, online_probe_loss, train_linear_probe
 

@@ -26,9 +26,9 @@ Masking (``mask`` bool [B, N_patches], True = masked):
 
 Stochastic depth (``drop_path_rate``, timm's DropPath): in training, block i's two residual branches are each
 dropped per sample with probability r_i = drop_path_rate * i / (depth - 1) (timm's linear rule, 0 for the first
-block) and the kept ones scaled by 1 / (1 - r_i), i.e. x + b(x) -> x + (keep / (1 - r_i)) b(x), keep ~ Bernoulli(1 - r_i)
-per sample. It needs a ``'dropout'`` rng when ``train`` and the rate > 0 (``apply(..., rngs={'dropout': key})``);
-0 (the default) changes nothing and needs no rng.
+block) and the kept ones scaled by 1 / (1 - r_i), i.e. x + b(x) -> x + (keep / (1 - r_i)) b(x),
+keep ~ Bernoulli(1 - r_i) per sample. It needs a ``'dropout'`` rng when ``train`` and the rate > 0
+(``apply(..., rngs={'dropout': key})``); 0 (the default) changes nothing and needs no rng.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Attention(nn.Module):
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
-    """Per-sample stochastic depth of a residual branch x [B, ...]: x * keep_b / (1 - rate), keep_b ~ Bernoulli(1 - rate)."""
+    """Per-sample stochastic depth of a branch x [B, ...]: x keep_b / (1 - rate), keep_b ~ Bernoulli(1 - rate)."""
     if rate <= 0.0:
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
