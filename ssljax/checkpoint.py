@@ -177,6 +177,20 @@ def list_steps(workdir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
+def resolve_step(workdir: str, step: int | None = None) -> int:
+    """``step`` if ``workdir`` has a checkpoint of it, the latest step when None; FileNotFoundError otherwise."""
+    directory = os.path.join(workdir, 'checkpoints')
+    steps = list_steps(workdir) if os.path.isdir(directory) else []
+    if not steps:
+        raise FileNotFoundError(f'no checkpoint in {directory}')
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; it has steps '
+                                f'{", ".join(map(str, steps))}')
+    return step
+
+
 def load_tree(workdir: str, step: int):
     """A saved train state as a pytree of arrays on this process's first device, whatever topology wrote it.
 

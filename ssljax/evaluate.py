@@ -48,15 +48,7 @@ def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple
     if unknown:
         raise config_lib.ConfigError(f'--only names {", ".join(map(repr, unknown))}, which config.evals does not '
                                      f'define; defined: {", ".join(config.evals)}')
-    directory = os.path.join(workdir, 'checkpoints')
-    steps = ckpt_lib.list_steps(workdir) if os.path.isdir(directory) else []
-    if not steps:
-        raise FileNotFoundError(f'no checkpoint in {directory}')
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; it has steps '
-                                f'{", ".join(map(str, steps))}')
+    step = ckpt_lib.resolve_step(workdir, step)
     run = train.setup(config, workdir)
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
     try:

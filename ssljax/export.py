@@ -65,15 +65,7 @@ def restore_encoder(workdir: str, step: int | None = None, network: str = '',
     from ssljax.objectives import OBJECTIVES
 
     config = evaluate.load_run_config(workdir, list(overrides))
-    directory = os.path.join(workdir, 'checkpoints')
-    steps = ckpt_lib.list_steps(workdir) if os.path.isdir(directory) else []
-    if not steps:
-        raise FileNotFoundError(f'no checkpoint in {directory}')
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; it has steps '
-                                f'{", ".join(map(str, steps))}')
+    step = ckpt_lib.resolve_step(workdir, step)
     if config.method not in OBJECTIVES:
         raise ValueError(f'unknown method {config.method!r} in {workdir}/config.json; known: '
                          f'{", ".join(sorted(OBJECTIVES))}')

@@ -904,22 +904,6 @@ class TfdsSource:
             data = _resize_array(data, self.image_size)
         return data, label
 
-    def typical_side(self, max_files: int = 256) -> int:
-        """Median shorter side of up to ``max_files`` images spread evenly over the split (headers only; unreadable
-        files are left out here and reported when the images are read)."""
-        picks = np.unique(np.linspace(0, len(self.files) - 1, min(max_files, len(self.files))).round().astype(int))
-        sides = []
-        for i in picks:
-            try:
-                with Image.open(self.files[i]) as img:
-                    sides.append(min(img.size))
-            except Exception:  # pylint: disable=broad-except
-                continue
-        if not sides:
-            raise ValueError(f'none of {len(picks)} images sampled from {self.split_dir} could be opened to take '
-                             f'the image size from; set --config.image_size')
-        return int(np.median(sides))
-
     def _reference_shape(self) -> tuple[int, int]:
         if self._shape is None:
             self._shape = self._record(0)[0].shape[:2]
