@@ -14,9 +14,9 @@ Target momentum: tau_t at t = optimizer steps before this update (tau_0 = ema_ba
 from configs import common
 
 
-def byol_objective(c, embedded: bool) -> None:
-    """BYOL's heads and target schedule (shared by the DirectPred family's config)."""
-    width = 512 if embedded else 4096
+def byol_heads(c, embedded: bool, width: int = 4096) -> None:
+    """BYOL's projector and predictor (hidden ``width``, 512 on the embedded default) and target schedule."""
+    width = 512 if embedded else width
     c.objective.projector_hidden = (width,)
     c.objective.projector_dim = 128 if embedded else 256
     c.objective.projector_bn = True
@@ -25,6 +25,11 @@ def byol_objective(c, embedded: bool) -> None:
     c.objective.predictor_bn = True
     c.objective.ema_base = 0.99
     c.objective.ema_final = 1.0
+
+
+def byol_objective(c, embedded: bool) -> None:
+    """BYOL's heads, target schedule and BatchNorm per view (shared by the DirectPred family's config)."""
+    byol_heads(c, embedded)
     c.objective.bn_per_view = True   # each view through the networks on its own (reference and solo-learn)
 
 

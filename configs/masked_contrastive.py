@@ -14,6 +14,7 @@ Views: SimCLR's recipe (jitter 0.8 / 0.8 / 0.8 / 0.2 p 0.8, grayscale 0.2, crop,
 the contrastive term needs them; the decoder, optimizer (AdamW) and budget are configs/mae.py's.
 """
 from configs import common
+from configs.byol import byol_heads
 from configs.mae import masked_setup
 
 
@@ -28,15 +29,7 @@ def get_config(arg=None):
     c.objective.weight = a.weight
     c.objective.term = a.term
     c.objective.temperature = 0.2
-    width = 512 if embedded else 2048
-    c.objective.projector_hidden = (width,)
-    c.objective.projector_dim = 128 if embedded else 256
-    c.objective.projector_bn = True
-    c.objective.predictor_hidden = (width,)
-    c.objective.predictor_dim = c.objective.projector_dim
-    c.objective.predictor_bn = True
-    c.objective.ema_base = 0.99
-    c.objective.ema_final = 1.0
+    byol_heads(c, embedded, width=2048)
     if a.contrastive_only:
         del c.evals['reconstruction']
     return common.finish(c, a)

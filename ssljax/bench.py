@@ -79,8 +79,8 @@ def _cpu_seconds() -> np.ndarray:
         try:
             t = p.cpu_times()
             total += t.user + t.system
-        except psutil.Error:
-            pass
+        except psutil.Error:  # a worker that ended between the listing and the read: its time is gone with it
+            continue
     t = me.cpu_times()
     return np.asarray([total, t.user + t.system])
 

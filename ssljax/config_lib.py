@@ -172,19 +172,24 @@ def load_config_with_overrides(spec: str, overrides: list[str],
     """
     from ssljax.data import sources
 
-    config = apply_overrides(load_config(spec), overrides)
     given = {item.partition('=')[0] for item in overrides}
     path, _, arg = spec.partition(':')
     arg_keys = {item.partition('=')[0] for item in filter(None, arg.split(','))}
-    built_for = load_config(spec).get('dataset') if 'dataset' in given else config.get('dataset')
-    dataset = config.get('dataset')
-    if dataset not in sources.DATASET_SHAPES:
-        return config  # validate() names the unknown dataset
-    if 'num_classes' not in given and dataset != built_for:
-        with config.unlocked():
-            config.num_classes = sources.DATASET_SHAPES[dataset]['num_classes']
-    if 'image_size' in given or 'image_size' in arg_keys:
+
+    def build(config_arg: str) -> ml_collections.ConfigDict:
+        config = load_config(f'{path}:{config_arg}' if config_arg else path)
+        built_for = config.get('dataset')
+        apply_overrides(config, overrides)
+        dataset = config.get('dataset')
+        if 'num_classes' not in given and dataset != built_for and dataset in sources.DATASET_SHAPES:
+            with config.unlocked():
+                config.num_classes = sources.DATASET_SHAPES[dataset]['num_classes']
         return config
+
+    config = build(arg)
+    dataset = config.get('dataset')
+    if dataset not in sources.DATASET_SHAPES or 'image_size' in given or 'image_size' in arg_keys:
+        return config  # validate() names an unknown dataset
     size, why = sources.DATASET_SHAPES[dataset]['image_size'], f'dataset {dataset}'
     if dataset == 'image_folder':
         if not config.get('data_dir') or not os.path.isdir(config.data_dir):
@@ -197,15 +202,8 @@ def load_config_with_overrides(spec: str, overrides: list[str],
     if size == config.get('image_size') or size <= 0:
         return config
     try:
-        rebuilt = load_config(f'{path}:{",".join(filter(None, [arg, f"image_size={size}"]))}')
-    except (ValueError, ConfigError):  # a config file without the image_size argument
-        rebuilt = None
-    if rebuilt is not None:
-        config = apply_overrides(rebuilt, overrides)
-        if 'num_classes' not in given and dataset != built_for:
-            with config.unlocked():
-                config.num_classes = sources.DATASET_SHAPES[dataset]['num_classes']
-    else:
+        config = build(','.join(filter(None, [arg, f'image_size={size}'])))
+    except (ValueError, ConfigError):  # a config file without the image_size argument: set the two keys directly
         with config.unlocked():
             config.image_size = size
             if 'augment.size' not in given:
