@@ -19,6 +19,7 @@ DIR/figures and TensorBoard) and ``finetune`` (full fine-tuning, AdamW + layer-w
 ``linear`` probe standardises the features with train statistics, which is MAE's BatchNorm-without-affine head.
 """
 from configs import common
+from ssljax.models import registry
 
 
 def masked_setup(c, a, *, mask_mode: str = 'drop', decoder: bool = True) -> None:
@@ -32,8 +33,9 @@ def masked_setup(c, a, *, mask_mode: str = 'drop', decoder: bool = True) -> None
         c.model.patch_size = 7 if embedded else 4 if a.dataset in ('cifar10', 'cifar100') else 16
         c.model.mask_mode = mask_mode
         c.model.drop_path_rate = 0.0
-        if embedded and not a.backbone:
-            c.model.depth = 4  # a shallower ViT-Tiny so that the embedded runs take minutes on a CPU
+        # Every ViT config carries its depth, so that --config.model.depth=N makes a shallower encoder (CPU budgets);
+        # the embedded default uses a 4-block ViT-Tiny so that its runs take minutes on a CPU.
+        c.model.depth = 4 if embedded and not a.backbone else registry.BACKBONES[c.model.backbone].keywords['depth']
     if decoder:
         c.objective.decoder_dim = 128 if embedded else 256 if c.model.backbone in ('vit_tiny', 'vit_small') else 512
         c.objective.decoder_depth = 2 if embedded else 4 if c.model.backbone in ('vit_tiny', 'vit_small') else 8

@@ -1,7 +1,8 @@
 """Several methods at one equal budget, one table: python -m ssljax.reproduce --methods '...' --out DIR
 
     python -m ssljax.reproduce --methods 'simclr mocov2 directpred:predictor=linear' --out workdirs/T \
-        [--config-arg ARG] [--config.KEY=VALUE ...] [--title TEXT] [--rerun] [--table-only]
+        [--config-arg ARG] [--config.KEY=VALUE ...] [--title TEXT] [--rerun] [--table-only] \
+        [--columns KEY,...] [--export DIR]
 
 Each method spec is a config under ``configs/`` (or a path to a config file) with optional variant arguments after a
 colon and optional overrides of its own after ``@`` (``simclr@objective.temperature=0.5@seed=1``: an ablation is one
@@ -16,23 +17,29 @@ A method whose workdir already holds a finished ``summary.json`` is skipped (``-
 ``ssljax.main`` does. Rerunning the same command after an interruption therefore finishes the table.
 
 Written after every method (so a partial table is always there) and at the end:
-  - ``DIR/table.md``: one row per method: kNN and linear-probe top-1, the online probe, part- and whole-level top-1
-    (columns only when some run reports a summary key ending in ``_part_top1`` / ``_whole_top1``), the random-init
-    baseline of the same encoder, final loss, steps, wall time, train samples/s; a failed run's row carries its last
-    error line; below the table, the exact command of every row, when it ran and the load average around it; above
-    it, the machine (CPU cores, device kind) and the date.
+  - ``DIR/table.md``: one row per method: kNN and linear-probe top-1, the online probe, fine-tune top-1 and the
+    reconstruction error (``finetune_top1``, ``reconstruction_error``), part- and whole-level top-1 (keys ending in
+    ``_part_top1`` / ``_whole_top1``), the keys named by ``--columns``, the random-init baseline of the same encoder,
+    final loss, steps, wall time, train samples/s, and a link to the run's last reconstruction grid (copied to
+    ``DIR/figures/<workdir>_grid.png``); every optional column appears only when some run has it. A failed run's row
+    carries its last error line; below the table, the exact command of every row, when it ran and the load average
+    around it; above it, the machine (CPU cores, device kind) and the date.
   - ``DIR/table.json``: the same as data (every row's full summary.json included).
   - ``DIR/table.png``: kNN and linear top-1 per method as bars, each run's random-init value as a line over its bar.
 ``--table-only`` rebuilds the three files from the workdirs already in DIR without running anything (the methods of
-``--methods``, else those of the last table.json, else every workdir found in DIR).
+``--methods``, else those of the last table.json, else every workdir found in DIR). ``--export DIR2`` writes them
+(and the grids) to DIR2 as well, e.g. into experiments/ where they are committed.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +48,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = 'reproduce.json'
 LOG = 'log.txt'
 PART_SUFFIX, WHOLE_SUFFIX = '_part_top1', '_whole_top1'
+# summary keys shown (after kNN and linear) when some row has them: (key, header)
+OPTIONAL = (('online_probe_top1', 'online probe'), ('finetune_top1', 'fine-tune top-1'),
+            ('reconstruction_error', 'recon. error'))
 
 
 # =====================================================================================================================
@@ -217,7 +227,7 @@ def collect_row(spec: str, workdir: str, planned: str | None = None) -> dict:
     row = {'method': spec, 'workdir': display_path(workdir), 'record': record,
            'command': record.get('command') or planned}
     if finished(workdir):
-        return dict(row, status='ok', summary=with_later_evaluations(workdir, read_json(
+        return dict(row, status='ok', grid=last_grid(workdir), summary=with_later_evaluations(workdir, read_json(
             os.path.join(workdir, 'summary.json'))))
     if record.get('returncode') not in (None, 0):
         return dict(row, status='failed', error=record.get('error') or 'failed', summary={})
@@ -229,6 +239,20 @@ def with_later_evaluations(workdir: str, summary: dict) -> dict:
     (``eval_<steps>.json``, e.g. part-level numbers added to a finished run); the summary's own values win."""
     later = read_json(os.path.join(workdir, f'eval_{summary.get("steps")}.json')) or {}
     return {**{k: v for k, v in later.items() if k != 'step'}, **summary}
+
+
+def last_grid(workdir: str) -> str | None:
+    """The reconstruction grid of the run's latest evaluation (``figures/<name>_grid_<step>.png``), if any."""
+    def step(path):
+        found = re.search(r'_grid_(\d+)\.png$', path)
+        return int(found.group(1)) if found else -1
+    grids = sorted(glob.glob(os.path.join(workdir, 'figures', '*_grid_*.png')), key=step)
+    return grids[-1] if grids else None
+
+
+def grid_link(row: dict) -> str:
+    """Where the table's directory keeps ``row``'s grid (write_outputs copies it there)."""
+    return f'figures/{os.path.basename(row["workdir"].rstrip(os.sep))}_grid.png'
 
 
 def pct(x) -> str:
@@ -246,8 +270,13 @@ def _prefix(key: str) -> str:
     return key
 
 
-def columns(rows: list[dict]) -> list[tuple[str, object]]:
-    """(header, cell function of a row's summary) of every column; the optional ones only when some row has them."""
+def _fmt(key: str):
+    return pct if key.endswith('_top1') else (lambda x: number(x, '.4g'))
+
+
+def columns(rows: list[dict], extra=()) -> list[tuple[str, object]]:
+    """(header, cell function of a row's summary) of every column; the optional ones (and ``extra`` summary keys)
+    only when some row has them."""
     summaries = [r['summary'] for r in rows if r['status'] == 'ok']
     keys = set().union(*(s.keys() for s in summaries)) if summaries else set()
     part_keys = sorted((k for k in keys
@@ -262,9 +291,9 @@ def columns(rows: list[dict]) -> list[tuple[str, object]]:
         return f'{_prefix(key)} {level}-level top-1'
 
     cols = [('kNN top-1', value('knn_top1')), ('linear top-1', value('linear_top1'))]
-    if 'online_probe_top1' in keys:
-        cols.append(('online probe', value('online_probe_top1')))
+    cols += [(header, value(key, _fmt(key))) for key, header in OPTIONAL if key in keys]
     cols += [(part_header(k), value(k)) for k in part_keys]
+    cols += [(key, value(key, _fmt(key))) for key in extra if key in keys]
     cols += [('random-init kNN', value('random_init_knn_top1')),
              ('random-init linear', value('random_init_linear_top1'))]
     cols += [(f'random-init {part_header(k)}', value(f'random_init_{k}')) for k in part_keys
@@ -304,9 +333,11 @@ def machine_lines(rows: list[dict]) -> list[str]:
             f'before and after it are listed with its command).']
 
 
-def make_table(rows: list[dict], title: str) -> tuple[str, list[dict]]:
+def make_table(rows: list[dict], title: str, extra=()) -> tuple[str, list[dict]]:
     """-> (markdown text, rows as data with their cells)."""
-    cols = columns(rows)
+    cols = columns(rows, extra)
+    if any(r.get('grid') for r in rows):
+        cols.append(('grid', lambda s: None))  # filled per row below
     headers = ['method'] + [h for h, _ in cols]
     lines = [f'# {title}', '', *machine_lines(rows), '',
              '| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
@@ -314,6 +345,8 @@ def make_table(rows: list[dict], title: str) -> tuple[str, list[dict]]:
     for r in rows:
         if r['status'] == 'ok':
             cells = [fn(r['summary']) for _, fn in cols]
+            if headers[-1] == 'grid':
+                cells[-1] = f'[png]({grid_link(r)})' if r.get('grid') else '-'
         else:
             cells = [''] * len(cols)
             cells[0] = f'failed: {r["error"]}' if r['status'] == 'failed' else 'not run (or not finished)'
@@ -321,7 +354,7 @@ def make_table(rows: list[dict], title: str) -> tuple[str, list[dict]]:
             if wall is not None:  # how long the failed attempt took
                 cells[headers.index('wall s') - 1] = number(wall, '.1f')
         lines.append('| ' + ' | '.join(_cell(c) for c in [r['method'], *cells]) + ' |')
-        data.append({**{k: v for k, v in r.items()}, 'cells': dict(zip(headers, [r['method'], *cells]))})
+        data.append({**{k: v for k, v in r.items() if k != 'grid'}, 'cells': dict(zip(headers, [r['method'], *cells]))})
     lines += ['', 'Commands (run from the repository root):', '']
     for r in rows:
         rec = r['record']
@@ -380,10 +413,15 @@ def plot_table(rows: list[dict], path: str, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_outputs(rows: list[dict], out: str, title: str) -> str:
-    """Writes OUT/table.md, OUT/table.json and OUT/table.png; returns the markdown."""
+def write_outputs(rows: list[dict], out: str, title: str, extra=()) -> str:
+    """Writes OUT/table.md, OUT/table.json, OUT/table.png and the rows' grids in OUT/figures; returns the
+    markdown."""
     os.makedirs(out, exist_ok=True)
-    text, data = make_table(rows, title)
+    for r in rows:
+        if r.get('grid'):
+            os.makedirs(os.path.join(out, 'figures'), exist_ok=True)
+            shutil.copyfile(r['grid'], os.path.join(out, grid_link(r)))
+    text, data = make_table(rows, title, extra)
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write(text)
     _write_json(os.path.join(out, 'table.json'), {'title': title, 'built': now_text(), 'rows': data})
@@ -410,9 +448,11 @@ def discover_methods(out: str) -> list[str]:
 # The table run
 # =====================================================================================================================
 def reproduce(methods: list[str], out: str, config_arg: str = '', overrides=(), title: str = 'Methods at one equal '
-              'budget', rerun: bool = False, table_only: bool = False, echo: bool = True) -> list[dict]:
+              'budget', rerun: bool = False, table_only: bool = False, echo: bool = True, extra=(),
+              export: str | None = None) -> list[dict]:
     """Runs every method not yet finished in ``out`` (all of them with ``rerun``; none with ``table_only``), then
-    writes the table; returns its rows. Stops after a method that was interrupted (exit 130), table written."""
+    writes the table (to ``export`` too, when given; ``extra``: summary keys shown as further columns); returns its
+    rows. Stops after a method that was interrupted (exit 130), table written."""
     os.makedirs(out, exist_ok=True)
     if not methods:
         methods = discover_methods(out)
@@ -445,9 +485,12 @@ def reproduce(methods: list[str], out: str, config_arg: str = '', overrides=(), 
         status = 'ok' if record['returncode'] == 0 else f'failed: {record["error"]}'
         print(f'== {spec}: {status} ({record["wall_s"]:.0f} s)', flush=True)
         interrupted = record['returncode'] == 130
-        write_outputs([collect_row(s, workdirs[s], planned.get(s)) for s in methods], out, title)
+        write_outputs([collect_row(s, workdirs[s], planned.get(s)) for s in methods], out, title, extra)
     rows = [collect_row(s, workdirs[s], planned.get(s)) for s in methods]
-    print(write_outputs(rows, out, title), flush=True)
+    print(write_outputs(rows, out, title, extra), flush=True)
+    if export:
+        write_outputs(rows, export, title, extra)
+        print(f'== table, plot and grids also written to {export}', flush=True)
     if interrupted:
         raise KeyboardInterrupt
     return rows
@@ -469,6 +512,11 @@ def parse_args(argv: list[str]):
     parser.add_argument('--table-only', action='store_true',
                         help='run nothing: rebuild table.md/json/png from the workdirs already in --out')
     parser.add_argument('--quiet', action='store_true', help="do not echo the runs' output (it is in log.txt)")
+    parser.add_argument('--columns', default='',
+                        help='comma-separated summary keys shown as further columns when some run has them, e.g. '
+                             'finetune15_top1 (a value python -m ssljax.evaluate added later)')
+    parser.add_argument('--export', default=None,
+                        help='also write table.md/json/png and the reconstruction grids to this directory')
     args, overrides = parse_known(parser, argv)
     if not args.methods.split() and not args.table_only:
         parser.error('--methods is required (unless --table-only)')
@@ -480,7 +528,8 @@ def run(argv: list[str]) -> int:
     from ssljax.main import run_reporting_errors
     return run_reporting_errors(lambda: reproduce(
         args.methods.split(), args.out, args.config_arg, overrides, args.title, rerun=args.rerun,
-        table_only=args.table_only, echo=not args.quiet))
+        table_only=args.table_only, echo=not args.quiet, extra=tuple(filter(None, args.columns.split(','))),
+        export=args.export))
 
 
 def main() -> None:

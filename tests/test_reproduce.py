@@ -183,3 +183,27 @@ def test_values_evaluated_after_training_join_the_row(tmp_path):
     row = table_rows(open(tmp_path / 'table.md').read())['simclr']
     assert row['part part-level top-1'] == '33.0' and row['part whole-level top-1'] == '77.0'
     assert row['kNN top-1'] == '80.0' and not any(h.startswith('other') for h in row)
+
+
+def test_masked_columns_extra_keys_grids_and_export(tmp_path):
+    """Fine-tune top-1 and reconstruction error appear when a run has them; --columns adds named keys; the latest
+    reconstruction grid of a run is linked and copied next to the table, in --out and in --export."""
+    out, export = str(tmp_path / 'runs'), str(tmp_path / 'experiments')
+    mae = fabricate(out, 'mae', dict(SUMMARY, finetune_top1=0.456, reconstruction_error=0.123456))
+    fabricate(out, 'simclr', dict(SUMMARY, finetune15_top1=0.5))
+    os.makedirs(os.path.join(mae, 'figures'))
+    for step, payload in ((5, b'old'), (10, b'new')):
+        with open(os.path.join(mae, 'figures', f'reconstruction_grid_{step}.png'), 'wb') as f:
+            f.write(payload)
+    reproduce.reproduce(['mae', 'simclr'], out, title='T', table_only=True, extra=('finetune15_top1', 'absent'),
+                        export=export)
+    for where in (out, export):
+        rows = table_rows(open(os.path.join(where, 'table.md')).read())
+        assert list(rows['mae'])[1:6] == ['kNN top-1', 'linear top-1', 'online probe', 'fine-tune top-1',
+                                          'recon. error']
+        assert rows['mae']['fine-tune top-1'] == '45.6' and rows['mae']['recon. error'] == '0.1235'
+        assert rows['simclr']['fine-tune top-1'] == '-' and rows['simclr']['finetune15_top1'] == '50.0'
+        assert 'absent' not in rows['mae'] and list(rows['mae'])[-1] == 'grid'
+        assert rows['mae']['grid'] == '[png](figures/mae_grid.png)' and rows['simclr']['grid'] == '-'
+        assert open(os.path.join(where, 'figures', 'mae_grid.png'), 'rb').read() == b'new'
+        assert os.path.exists(os.path.join(where, 'table.png'))
