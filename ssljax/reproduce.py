@@ -176,8 +176,11 @@ def move_aside(workdir: str) -> str:
 
 def run_method(spec: str, workdir: str, argv: list[str], machine: dict, echo: bool = True) -> dict:
     """Runs ``python argv`` from the repository root, its output appended to ``workdir/log.txt`` (and echoed);
-    writes and returns the record ``workdir/reproduce.json``."""
+    writes and returns the record ``workdir/reproduce.json``, whose ``attempts`` lists every attempt of this command
+    in this workdir (date, wall s, exit code: a run resumed after an interruption has several; summary.json's wall_s
+    counts only the last)."""
     os.makedirs(workdir, exist_ok=True)
+    previous = read_json(os.path.join(workdir, RECORD)) or {}
     command = command_text(argv)
     record = {'method': spec, 'command': command, 'date': now_text(), 'machine': dict(machine),
               'load_start': load_average()}
@@ -204,6 +207,8 @@ def run_method(spec: str, workdir: str, argv: list[str], machine: dict, echo: bo
                 returncode = 130
     record.update(returncode=returncode, wall_s=round(time.time() - start, 2), load_end=load_average(),
                   error=None if returncode == 0 else last_error_line(''.join(output), returncode))
+    earlier = previous.get('attempts', []) if previous.get('command') == command else []
+    record['attempts'] = [*earlier, {k: record[k] for k in ('date', 'wall_s', 'returncode')}]
     _write_json(os.path.join(workdir, RECORD), record)
     return record
 
@@ -365,7 +370,10 @@ def make_table(rows: list[dict], title: str, extra=()) -> tuple[str, list[dict]]
             lines.append(f'- {r["method"]}: command not recorded (its workdir {r["workdir"]} was not made by '
                          'ssljax.reproduce)')
             continue
-        when = f' ({rec.get("date")}, {_load_text(rec)})' if rec else ' (not run yet)'
+        attempts = rec.get('attempts', [])
+        tries = (f'; {len(attempts)} attempts, {sum(a["wall_s"] for a in attempts):.0f} s in all'
+                 if len(attempts) > 1 else '')
+        when = f' ({rec.get("date")}, {_load_text(rec)}{tries})' if rec else ' (not run yet)'
         lines.append(f'- {r["method"]}: `{r["command"]}`{when}')
     return '\n'.join(lines) + '\n', data
 

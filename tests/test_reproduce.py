@@ -145,6 +145,9 @@ def test_command_line_runs_what_is_not_finished_and_records_failures(tmp_path):
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert open(out / 'no_such_method' / 'log.txt').read().count('=== ') == 2  # the failed one tried again
+    attempts = json.load(open(out / 'no_such_method' / 'reproduce.json'))['attempts']
+    assert [a['returncode'] for a in attempts] == [2, 2]
+    assert f'2 attempts, {sum(a["wall_s"] for a in attempts):.0f} s in all)' in open(out / 'table.md').read()
     assert not (out / 'simclr' / 'log.txt').exists()
 
     before = table_rows(open(out / 'table.md').read())
