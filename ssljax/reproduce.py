@@ -189,8 +189,9 @@ def run_method(spec: str, workdir: str, argv: list[str], machine: dict, echo: bo
     with open(os.path.join(workdir, LOG), 'a') as log:
         log.write(f'=== {record["date"]}: {command}\n')
         log.flush()
+        # unbuffered: a pipe would otherwise hold the child's progress lines until it exits
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+                                text=True, bufsize=1, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
         try:
             for line in proc.stdout:
                 log.write(line)
