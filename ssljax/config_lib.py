@@ -58,7 +58,12 @@ def parse_value(key: str, text: str, current):
         if isinstance(current, float):
             return float(text)
         if isinstance(current, (tuple, list)):
-            value = ast.literal_eval(text) if text.strip() else ()
+            try:
+                value = ast.literal_eval(text) if text.strip() else ()
+            except (ValueError, SyntaxError):
+                if not (current and isinstance(current[0], str)):
+                    raise
+                value = tuple(part.strip() for part in text.split(',') if part.strip())  # knn,linear,part
             value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
             if current and any(not isinstance(v, type(current[0])) for v in value):
                 raise ValueError

@@ -39,6 +39,11 @@ def test_overrides_parse_types():
                                    'objective.projector_hidden=(64, 64)', 'dataset=digits'])
     assert c.batch_size == 32 and c.optimizer.lr == 0.5 and c.model.cifar_stem is False
     assert tuple(c.objective.projector_hidden) == (64, 64) and c.dataset == 'digits'
+    # a tuple of names also reads as plain comma-separated words (no quotes to escape in a shell)
+    config_lib.apply_overrides(c, ['eval.baseline_evals=knn, linear,part'])
+    assert c.eval.baseline_evals == ('knn', 'linear', 'part')
+    config_lib.apply_overrides(c, ["eval.baseline_evals=('knn',)"])
+    assert c.eval.baseline_evals == ('knn',)
 
 
 @pytest.mark.parametrize('override, message', [
@@ -47,6 +52,7 @@ def test_overrides_parse_types():
     ('model.cifar_stem=maybe', "config key 'model.cifar_stem' expects a bool"),
     ('optimizer=sgd', "config key 'optimizer' is a group"),
     ('batch_size', 'is not of the form'),
+    ('objective.projector_hidden=64,x', "config key 'objective.projector_hidden' expects a tuple"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     c = config_lib.load_config('configs/simclr.py')
