@@ -6,6 +6,9 @@ Embedded default (MNIST subset, a 4-block ViT-Tiny width 192, patch 7 on 28 px =
 CIFAR-10 image folders (ViT-Tiny, patch 4 on 32 px, 40 epochs):
     python -m ssljax.main --config configs/mae.py:dataset=cifar10 \
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/mae_c10
+CPU budget on CIFAR-10 (1 epoch, the 4-block ViT-Tiny at patch 8, lr 1e-3; the full command in
+experiments/masked/README.md): linear 41.7, fine-tune (3 epochs, 10k images) 35.6, kNN 30.1
+(random init 39.0 / - / 29.6); 337 s on 2 CPU cores.
 
 The reference's defaults (facebookresearch/mae, PRETRAIN.md and models_mae.py): mask ratio 0.75, decoder 512 wide,
 8 blocks, 16 heads, norm_pix_loss, AdamW blr 1.5e-4 x B/256, betas (0.9, 0.95), wd 0.05, 40 warm-up epochs then
