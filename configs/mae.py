@@ -44,6 +44,8 @@ def masked_setup(c, a, *, mask_mode: str = 'drop', decoder: bool = True) -> None
         c.objective.decoder_depth = 2 if embedded else 4 if c.model.backbone in ('vit_tiny', 'vit_small') else 8
         c.objective.decoder_heads = 4 if embedded else 8 if c.model.backbone in ('vit_tiny', 'vit_small') else 16
         c.objective.norm_pix_loss = True
+    # the online probe on the masked view (False: free, understates) or on the whole view (one more forward a step)
+    c.objective.probe_unmasked = False
     c.optimizer.name = 'adamw'
     c.optimizer.lr = 1e-3 if embedded else 1.5e-4
     c.optimizer.lr_scaling = 'linear'

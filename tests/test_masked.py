@@ -363,3 +363,22 @@ def test_drop_path_drops_whole_samples_and_is_off_in_eval_mode():
     reference = run(plain, v, xs, True, jax.random.key(1))
     np.testing.assert_allclose(run(module, v, xs, False, jax.random.key(1)), reference, rtol=1e-6)
     assert np.abs(np.asarray(run(module, v, xs, True, jax.random.key(1)) - reference)).max() > 1e-4
+
+
+@pytest.mark.parametrize('name', ['mae', 'simmim', 'masked_contrastive'])
+def test_online_probe_sees_the_whole_view_with_probe_unmasked_and_the_loss_is_unchanged(name):
+    """probe_unmasked=True: the probe's features are the eval-mode encoder on the unmasked first view (what the
+    offline probe sees); False (default): the masked view's pooled output. The loss is the same either way."""
+    c = _config(name, size=16)
+    objective = _objective(c)
+    unmasked = _objective(_config(name, size=16, **{'objective.probe_unmasked': True}))
+    assert not objective.probe_unmasked and unmasked.probe_unmasked
+    variables, state, views, batch = _inputs(objective, c)
+    loss, out = jax.jit(objective.loss)(variables, state, views, batch, jax.random.key(3))
+    loss_u, out_u = jax.jit(unmasked.loss)(variables, state, views, batch, jax.random.key(3))
+    np.testing.assert_allclose(loss_u, loss, rtol=1e-6)
+    whole = jax.jit(lambda v, x: objective.ctx.encoder.apply({'params': v['params']['encoder']}, x,
+                                                             train=False)['pooled'])(variables, views[0])
+    np.testing.assert_allclose(out_u.probe_features, whole, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out.probe_features, whole, atol=1e-3)  # the default probes the masked view
+    assert c.objective.probe_unmasked is False

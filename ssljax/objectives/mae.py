@@ -20,7 +20,9 @@ shuffled order; attention is permutation-equivariant and positions are added bef
 the same up to that order); the number masked is the engine's round(r N) (the reference keeps int(N (1 - r)),
 which differs by at most one patch when r N is not an integer).
 
-Keys (config.objective): decoder_dim (512), decoder_depth (8), decoder_heads (16), norm_pix_loss (True);
+Keys (config.objective): decoder_dim (512), decoder_depth (8), decoder_heads (16), norm_pix_loss (True),
+probe_unmasked (False: the online probe trains on the masked view's features; True: on the whole view's, see
+``probe_features``; the reference has no online probe);
 the mask comes from the first view's ``mask_ratio`` (and ``mask_patch_size``, which must be 0 or the model's patch).
 """
 from __future__ import annotations
@@ -126,6 +128,18 @@ def drop_mask_spec(config, index: int, method: str, required: bool = True):
     return spec.num_patches, spec.num_masked
 
 
+def probe_features(ctx: Context, variables: dict, images: jax.Array, masked_pooled: jax.Array,
+                   unmasked: bool) -> jax.Array:
+    """What the online probe trains on. Default (``objective.probe_unmasked`` False): the encoder's pooled output on
+    the masked view, free but an understatement (the probe sees a quarter of the patches under MAE's mask, so
+    ``online_probe_top1`` runs below the offline linear probe). True: the pooled output on the whole view from one
+    extra forward pass in evaluation mode (no dropout or drop-path, BatchNorm's running statistics, no gradient),
+    which the offline probe's features are; it costs one unmasked forward per step."""
+    if not unmasked:
+        return masked_pooled
+    return jax.lax.stop_gradient(Forward(variables, train=False).apply('encoder', ctx.encoder, images)['pooled'])
+
+
 # ==================================================================================================== the objective
 
 @register
@@ -138,6 +152,7 @@ class MAE(Objective):
     num_patches: int = 0
     num_masked: int = 0
     patch_size: int = 16
+    probe_unmasked: bool = False
 
     @classmethod
     def from_config(cls, config, ctx: Context) -> 'MAE':
@@ -146,7 +161,8 @@ class MAE(Objective):
         view_size = view_mask_spec(config, 0, cls.name)[1].size
         return cls(ctx=ctx, decoder=decoder_from_config(config, cls.name, view_size),
                    norm_pix_loss=bool(config.objective.norm_pix_loss), num_patches=num_patches,
-                   num_masked=num_masked, patch_size=int(config.model.patch_size))
+                   num_masked=num_masked, patch_size=int(config.model.patch_size),
+                   probe_unmasked=bool(config.objective.get('probe_unmasked', False)))
 
     @property
     def num_visible(self) -> int:
@@ -177,7 +193,8 @@ class MAE(Objective):
         pred = self.decode(fw, encoded)
         loss = self.reconstruction_loss(images, pred, mask)
         metrics = {'reconstruction': loss}
-        return loss, LossOutput(metrics, fw.batch_stats, objective_state, encoded['pooled'])
+        probe = probe_features(self.ctx, variables, images, encoded['pooled'], self.probe_unmasked)
+        return loss, LossOutput(metrics, fw.batch_stats, objective_state, probe)
 
     # ----- evaluation hook (ssljax.evaluation.reconstruction) ---------------------------------------------------
     def reconstruct(self, variables: dict, images: jax.Array, rng: jax.Array) -> dict:

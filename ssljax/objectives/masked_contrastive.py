@@ -23,7 +23,7 @@ lambda, between MAE and a contrastive ViT.
 
 Keys (config.objective): weight, term ('simclr' | 'byol'), temperature (simclr), projector_hidden, projector_dim,
 projector_bn, predictor_hidden, predictor_dim, predictor_bn, ema_base, ema_final (byol), and MAE's decoder_dim,
-decoder_depth, decoder_heads, norm_pix_loss.
+decoder_depth, decoder_heads, norm_pix_loss, probe_unmasked (False; the online probe on view a's whole view when True).
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from ssljax.models.heads import MLP
 from ssljax.objectives import losses
 from ssljax.objectives.base import (Context, Forward, LossOutput, ema_network, init_heads, mlp_from_config,
                                     register)
-from ssljax.objectives.mae import MAE, check_positive, check_vit, decoder_from_config, drop_mask_spec, view_mask_spec
+from ssljax.objectives.mae import (MAE, check_positive, check_vit, decoder_from_config, drop_mask_spec, probe_features,
+                                   view_mask_spec)
 from ssljax.objectives.noncontrastive import ema_momentum_at
 
 TERMS = ('simclr', 'byol')
@@ -89,7 +90,8 @@ class MaskedContrastive(MAE):
                    norm_pix_loss=bool(cfg.norm_pix_loss), num_patches=num_patches, num_masked=num_masked,
                    patch_size=int(config.model.patch_size), projector=mlp_from_config(cfg, 'projector', ctx.dtype),
                    predictor=predictor, term=cfg.term, weight=float(weight), temperature=float(cfg.temperature),
-                   ema_base=float(cfg.ema_base), ema_final=float(cfg.ema_final), masked=masked)
+                   ema_base=float(cfg.ema_base), ema_final=float(cfg.ema_final), masked=masked,
+                   probe_unmasked=bool(cfg.get('probe_unmasked', False)))
 
     def init(self, rng, encoder_variables):
         d, nv = self.ctx.feature_dim, self.num_visible
@@ -122,8 +124,9 @@ class MaskedContrastive(MAE):
             encoded = fw.apply('encoder', self.ctx.encoder, x, rngs={'dropout': rng})
             reconstruction = jnp.zeros([], jnp.float32)
         h_a, h_b = encoded['pooled'][:b], encoded['pooled'][b:]
+        probe = probe_features(self.ctx, variables, views[0], h_a, self.probe_unmasked and self.masked)
         if self.weight == 0:
-            return reconstruction, LossOutput(metrics, fw.batch_stats, objective_state, h_a)
+            return reconstruction, LossOutput(metrics, fw.batch_stats, objective_state, probe)
         z_a, z_b = fw.apply_views('projector', self.projector, [h_a, h_b])
         if self.term == 'simclr':
             contrastive = losses.nt_xent(z_a, z_b, self.temperature)
@@ -138,7 +141,7 @@ class MaskedContrastive(MAE):
                 objective_state['target'], batch_stats=jax.lax.stop_gradient(target.batch_stats)))
         metrics['contrastive'] = contrastive
         loss = joint_loss(reconstruction, contrastive, self.weight)
-        return loss, LossOutput(metrics, fw.batch_stats, objective_state, h_a)
+        return loss, LossOutput(metrics, fw.batch_stats, objective_state, probe)
 
     def update(self, params, objective_state, step):
         if self.term != 'byol':

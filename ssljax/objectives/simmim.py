@@ -21,8 +21,9 @@ With the prediction y and the pixel mask M_hw in {0, 1} (1 = masked):
 
 (L1 on the masked pixels, averaged per masked pixel and channel, as the reference's ``forward``).
 
-Keys (config.objective): none of its own; the mask comes from the first view's ``mask_ratio`` / ``mask_patch_size``
-(the mask patch must be a multiple of the model's patch and divide the view side).
+Keys (config.objective): probe_unmasked (False; as MAE's: the online probe on the whole view); the mask comes from
+the first view's ``mask_ratio`` / ``mask_patch_size`` (the mask patch must be a multiple of the model's patch and
+divide the view side).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from ssljax.config_lib import ConfigError
 from ssljax.models.mae_decoder import PixelMaskToken, PixelShuffleHead
 from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
-from ssljax.objectives.mae import view_mask_spec
+from ssljax.objectives.mae import probe_features, view_mask_spec
 
 L1_EPS = 1e-5
 
@@ -70,6 +71,7 @@ class SimMIM(Objective):
     mask_scale_tokens: int = 1   # encoder tokens per mask patch side (ViT)
     image_size: int = 0
     num_masked: int = 0
+    probe_unmasked: bool = False  # the online probe on the whole view (mae.probe_features)
 
     @classmethod
     def from_config(cls, config, ctx: Context) -> 'SimMIM':
@@ -97,7 +99,8 @@ class SimMIM(Objective):
                                   f'does not divide the view side {size}, so no pixel-shuffle stride fits')
             head, scale = PixelShuffleHead(stride=size // feature, dtype=dtype), 1
         return cls(ctx=ctx, head=head, input_mask=not vit, mask_grid=size // q, mask_scale_tokens=scale,
-                   image_size=size, num_masked=spec.num_masked)
+                   image_size=size, num_masked=spec.num_masked,
+                   probe_unmasked=bool(config.objective.get('probe_unmasked', False)))
 
     def init(self, rng, encoder_variables):
         if self.input_mask:
@@ -134,7 +137,8 @@ class SimMIM(Objective):
         images = views[0]
         recon, pixel_mask, encoded = self.reconstruct_from(fw, images, batch['masks'][0], rng)
         loss = simmim_loss(images, recon, pixel_mask)
-        return loss, LossOutput({'reconstruction': loss}, fw.batch_stats, objective_state, encoded['pooled'])
+        probe = probe_features(self.ctx, variables, images, encoded['pooled'], self.probe_unmasked)
+        return loss, LossOutput({'reconstruction': loss}, fw.batch_stats, objective_state, probe)
 
     def reconstruct(self, variables: dict, images: jax.Array, rng: jax.Array) -> dict:
         """Evaluation hook (ssljax.evaluation.reconstruction): a fresh random mask from ``rng``; {'reconstruction',
