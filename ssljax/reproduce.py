@@ -281,8 +281,8 @@ def _fmt(key: str):
 
 
 def columns(rows: list[dict], extra=()) -> list[tuple[str, object]]:
-    """(header, cell function of a row's summary) of every column; the optional ones (and ``extra`` summary keys)
-    only when some row has them."""
+    """(header, cell function of a row) of every column; the optional ones (``extra`` summary keys, the
+    reconstruction grid) only when some row has them."""
     summaries = [r['summary'] for r in rows if r['status'] == 'ok']
     keys = set().union(*(s.keys() for s in summaries)) if summaries else set()
     part_keys = sorted((k for k in keys
@@ -290,7 +290,7 @@ def columns(rows: list[dict], extra=()) -> list[tuple[str, object]]:
                        key=lambda k: (_prefix(k), not k.endswith(WHOLE_SUFFIX)))
 
     def value(key, fmt=pct):
-        return lambda s: fmt(s.get(key))
+        return lambda r: fmt(r['summary'].get(key))
 
     def part_header(key):
         level = 'whole' if key.endswith(WHOLE_SUFFIX) else 'part'
@@ -308,6 +308,8 @@ def columns(rows: list[dict], extra=()) -> list[tuple[str, object]]:
              ('steps', value('steps', lambda x: number(x, 'd'))),
              ('wall s', value('wall_s', lambda x: number(x, '.1f'))),
              ('train samples/s', value('train_samples_per_s', lambda x: number(x, '.0f')))]
+    if any(r.get('grid') for r in rows):
+        cols.append(('grid', lambda r: f'[png]({grid_link(r)})' if r.get('grid') else '-'))
     return cols
 
 
@@ -342,17 +344,13 @@ def machine_lines(rows: list[dict]) -> list[str]:
 def make_table(rows: list[dict], title: str, extra=()) -> tuple[str, list[dict]]:
     """-> (markdown text, rows as data with their cells)."""
     cols = columns(rows, extra)
-    if any(r.get('grid') for r in rows):
-        cols.append(('grid', lambda s: None))  # filled per row below
     headers = ['method'] + [h for h, _ in cols]
     lines = [f'# {title}', '', *machine_lines(rows), '',
              '| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
     data = []
     for r in rows:
         if r['status'] == 'ok':
-            cells = [fn(r['summary']) for _, fn in cols]
-            if headers[-1] == 'grid':
-                cells[-1] = f'[png]({grid_link(r)})' if r.get('grid') else '-'
+            cells = [fn(r) for _, fn in cols]
         else:
             cells = [''] * len(cols)
             cells[0] = f'failed: {r["error"]}' if r['status'] == 'failed' else 'not run (or not finished)'

@@ -36,6 +36,14 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def read_rows(images, rows: np.ndarray) -> np.ndarray:
+    """uint8 [len(rows), H, W, C] of a split's images: a numpy array, or a random-access source read on demand
+    (``get(indices)['image']``)."""
+    if isinstance(images, np.ndarray):
+        return images[rows]
+    return np.asarray(images.get(rows)['image'])
+
+
 def eval_batch_size(config, mesh) -> int:
     """Images per encoder call: ``config.eval.batch_size`` rounded down to a multiple of the device count."""
     n = mesh.devices.size
@@ -167,7 +175,7 @@ class EvalContext:
                 rows = local[start + local < count]
                 if len(rows) or template is None:  # (a process with no row in a block still needs the shape)
                     wanted = start + rows if len(rows) else np.array([start])
-                    read = np.asarray(images.get(wanted)['image'])[:len(rows)]
+                    read = read_rows(images, wanted)[:len(rows)]
                     template = read[:0]
                 block = np.zeros((bsz, *template.shape[1:]), template.dtype)
                 block[rows] = read if len(rows) else template

@@ -30,6 +30,7 @@ import optax
 
 from ssljax import parallel
 from ssljax.data import augment
+from ssljax.evaluation.context import read_rows
 from ssljax.evaluation.evaluators import Evaluator, register_evaluator, to_host
 
 NO_DECAY = ('cls_token', 'pos_embed', 'mask_token')
@@ -89,12 +90,6 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
     c = logits.shape[-1]
     q = (1.0 - smoothing) * jax.nn.one_hot(labels, c) + smoothing / c
     return jnp.mean(-jnp.sum(q * logp, axis=-1))
-
-
-def _rows(images, indices: np.ndarray) -> np.ndarray:
-    if isinstance(images, np.ndarray):
-        return images[indices]
-    return np.asarray(images.get(indices)['image'])
 
 
 @register_evaluator
@@ -190,16 +185,15 @@ class Finetune(Evaluator):
 
         size, mean, std = ctx.eval_size, ctx.mean, ctx.std
 
-        def predict(params, batch_stats, images):
+        def predict(trained, images):
             x = augment.eval_view(images, size, mean, std)
-            return jnp.argmax(forward(params, batch_stats, x, False)[0], axis=-1)
+            return jnp.argmax(forward(*trained, x, False)[0], axis=-1)
 
         sharded = parallel.batch_sharded(mesh)
         replicated = parallel.replicated(mesh)
         put = lambda tree: jax.device_put(tree, replicated)  # noqa: E731
         params, batch_stats, opt_state = put(params), put(batch_stats), put(opt_state)
         step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=replicated)
-        predict_fn = jax.jit(predict, out_shardings=sharded)
 
         losses = []
         for epoch in range(int(s.epochs)):
@@ -207,21 +201,15 @@ class Finetune(Evaluator):
             losses = []
             for i in range(steps_per_epoch):
                 idx = np.sort(order[i * bs:(i + 1) * bs])
-                images = jax.device_put(_rows(ctx.train.images, idx), sharded)
+                images = jax.device_put(read_rows(ctx.train.images, idx), sharded)
                 y = jax.device_put(labels[idx], sharded)
                 step_key = jax.random.fold_in(key, 1000 + epoch * steps_per_epoch + i)
                 params, batch_stats, opt_state, loss = step_fn(params, batch_stats, opt_state, images, y, step_key)
                 losses.append(loss)
         test_labels = np.asarray(ctx.test.labels, np.int32)
-        preds = []
-        eb = ctx.batch_size
-        for start in range(0, len(test_labels), eb):
-            idx = np.arange(start, min(start + eb, len(test_labels)))
-            block = _rows(ctx.test.images, idx)
-            if block.shape[0] < eb:
-                block = np.concatenate([block, np.zeros((eb - block.shape[0],) + block.shape[1:], block.dtype)])
-            preds.append(to_host(predict_fn(params, batch_stats, jax.device_put(block, sharded)))[:idx.size])
-        preds = np.concatenate(preds)
+        # the test split in the evaluators' blocks (padded, sharded, resident when it fits: shared with kNN / linear)
+        preds = ctx.gather_rows(ctx.map_blocks(predict, (params, batch_stats), ctx.test.images, key='test'),
+                                len(test_labels))
         return {'top1': float(np.mean(preds == test_labels)),
                 'train_loss': float(np.mean([float(v) for v in losses])) if losses else float('nan')}
 

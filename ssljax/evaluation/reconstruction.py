@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssljax.data import augment
+from ssljax.evaluation.context import read_rows
 from ssljax.evaluation.evaluators import Evaluator, register_evaluator
 
 MASK_GREY = 0.5
@@ -62,8 +63,7 @@ class Reconstruction(Evaluator):
         count = len(ctx.test.labels)
         n = min(int(self.settings.num_images), count)
         rows = np.unique(np.linspace(0, count - 1, n).round().astype(np.int64))  # spread over the split
-        images = np.asarray(ctx.test.images[rows]) if isinstance(ctx.test.images, np.ndarray) else \
-            np.asarray(ctx.test.images.get(rows)['image'])
+        images = read_rows(ctx.test.images, rows)
         if not hasattr(self, '_fn'):
             size, objective = ctx.eval_size, ctx.objective
             mean, std = ctx.mean, ctx.std

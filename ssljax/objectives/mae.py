@@ -95,7 +95,7 @@ def check_vit(config, method: str, mask_mode: str) -> None:
                           f'{config.model.get("mask_mode", "drop")!r}')
 
 
-def decoder_from_config(config, method: str, view_size: int) -> MAEDecoder:
+def decoder_from_config(config, method: str, view_size: int, dtype) -> MAEDecoder:
     cfg = config.objective
     check_positive(cfg, method, 'decoder_dim', 'decoder_depth', 'decoder_heads')
     if cfg.decoder_dim % cfg.decoder_heads or cfg.decoder_dim % 4:
@@ -105,7 +105,6 @@ def decoder_from_config(config, method: str, view_size: int) -> MAEDecoder:
     if view_size % p:
         raise ConfigError(f'config key "model.patch_size" ({p}) must divide the view side {view_size}')
     g = view_size // p
-    dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
     return MAEDecoder(dim=int(cfg.decoder_dim), depth=int(cfg.decoder_depth), num_heads=int(cfg.decoder_heads),
                       patch_size=p, grid_h=g, grid_w=g, dtype=dtype)
 
@@ -159,7 +158,7 @@ class MAE(Objective):
         check_vit(config, cls.name, 'drop')
         num_patches, num_masked = drop_mask_spec(config, 0, cls.name)
         view_size = view_mask_spec(config, 0, cls.name)[1].size
-        return cls(ctx=ctx, decoder=decoder_from_config(config, cls.name, view_size),
+        return cls(ctx=ctx, decoder=decoder_from_config(config, cls.name, view_size, ctx.dtype),
                    norm_pix_loss=bool(config.objective.norm_pix_loss), num_patches=num_patches,
                    num_masked=num_masked, patch_size=int(config.model.patch_size),
                    probe_unmasked=bool(config.objective.get('probe_unmasked', False)))

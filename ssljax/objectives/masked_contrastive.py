@@ -86,7 +86,7 @@ class MaskedContrastive(MAE):
         view = view_mask_spec(config, 0, cls.name)[1]
         num_patches, num_masked = specs[0] if masked else ((view.size // int(config.model.patch_size)) ** 2, 0)
         predictor = mlp_from_config(cfg, 'predictor', ctx.dtype) if cfg.term == 'byol' else None
-        return cls(ctx=ctx, decoder=decoder_from_config(config, cls.name, view.size),
+        return cls(ctx=ctx, decoder=decoder_from_config(config, cls.name, view.size, ctx.dtype),
                    norm_pix_loss=bool(cfg.norm_pix_loss), num_patches=num_patches, num_masked=num_masked,
                    patch_size=int(config.model.patch_size), projector=mlp_from_config(cfg, 'projector', ctx.dtype),
                    predictor=predictor, term=cfg.term, weight=float(weight), temperature=float(cfg.temperature),

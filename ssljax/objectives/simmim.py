@@ -84,8 +84,7 @@ class SimMIM(Objective):
         key = f'augment.views.{name}'
         if spec is None:
             raise ConfigError(f'config key "{key}.mask_ratio" must be > 0 for simmim (0.6 in the reference)')
-        size, q = view.size, spec.patch_size
-        dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+        size, q, dtype = view.size, spec.patch_size, ctx.dtype
         if vit:
             p = int(config.model.patch_size)
             if q % p:
