@@ -170,16 +170,14 @@ def split_features(run, state, network: str = '', split: str = 'test') -> tuple[
 
 
 def diagnostics_rows(config, n: int) -> np.ndarray:
-    """The test rows the ``diagnostics`` evaluator scores: a seeded subset of ``max_examples`` (all if 0 or more)."""
-    max_examples = 2048
+    """The test rows the run's ``diagnostics`` evaluator scores (``evaluators.diagnostics_rows``)."""
+    from ssljax.evaluation import evaluators
+    max_examples = evaluators.Diagnostics.defaults['max_examples']
     for settings in config.get('evals', {}).values():
         if settings.get('type') == 'diagnostics':
             max_examples = settings.get('max_examples', max_examples)
             break
-    m = min(max_examples or n, n)
-    if m == n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(int(config.seed)).choice(n, m, replace=False))
+    return evaluators.diagnostics_rows(n, max_examples, int(config.seed))
 
 
 def rankme_of(z: np.ndarray) -> float:

@@ -146,10 +146,10 @@ def read_json(path: str):
         return None
 
 
-def finished(workdir: str) -> bool:
-    """True when ``workdir`` holds the summary.json of a run that finished (it is written last)."""
+def finished(workdir: str) -> dict | None:
+    """The summary.json of the run in ``workdir`` when it finished (it is written last), else None."""
     summary = read_json(os.path.join(workdir, 'summary.json'))
-    return isinstance(summary, dict) and 'steps' in summary
+    return summary if isinstance(summary, dict) and 'steps' in summary else None
 
 
 def last_error_line(text: str, returncode: int) -> str:
@@ -232,9 +232,9 @@ def collect_row(spec: str, workdir: str, planned: str | None = None) -> dict:
     record = read_json(os.path.join(workdir, RECORD)) or {}
     row = {'method': spec, 'workdir': display_path(workdir), 'record': record,
            'command': record.get('command') or planned}
-    if finished(workdir):
-        return dict(row, status='ok', grid=last_grid(workdir), summary=with_later_evaluations(workdir, read_json(
-            os.path.join(workdir, 'summary.json'))))
+    summary = finished(workdir)
+    if summary is not None:
+        return dict(row, status='ok', grid=last_grid(workdir), summary=with_later_evaluations(workdir, summary))
     if record.get('returncode') not in (None, 0):
         return dict(row, status='failed', error=record.get('error') or 'failed', summary={})
     return dict(row, status='missing', summary={})

@@ -201,6 +201,12 @@ class Clustering(Evaluator):
         return self._assign_fn
 
 
+def diagnostics_rows(n: int, max_examples: int, seed: int) -> np.ndarray:
+    """The test rows ``diagnostics`` scores: all n, or a seeded sorted subset of ``max_examples`` (0: all)."""
+    m = min(max_examples or n, n)
+    return np.arange(n) if m == n else np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+
+
 @register_evaluator
 class Diagnostics(Evaluator):
     """Representation diagnostics on (a seeded subset of up to ``max_examples`` of) the test features z:
@@ -223,9 +229,7 @@ class Diagnostics(Evaluator):
     def run(self, state, step):
         ctx = self.ctx
         test = self.features(state, 'test')
-        n = test.count
-        m = min(self.settings.max_examples or n, n)
-        rows = np.arange(n) if m == n else np.sort(np.random.default_rng(ctx.seed).choice(n, m, replace=False))
+        rows = diagnostics_rows(test.count, self.settings.max_examples, ctx.seed)
         z = test.host()[rows]
         za, zb = self._two_views(state, ctx.test.images[rows])
         sigma = np.linalg.svd(z.astype(np.float64), compute_uv=False)
