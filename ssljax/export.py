@@ -33,6 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ssljax.data import views as views_lib
+from ssljax.models import registry
+
 FORMAT = 'ssljax-encoder'
 FORMAT_VERSION = 1
 FILES = dict(safetensors='encoder.safetensors', npz='encoder.npz', json='encoder.json')
@@ -83,8 +86,8 @@ def restore_encoder(workdir: str, step: int | None = None, network: str = '',
     variables = cls.encoder_variables(stub, tree['params'], tree.get('batch_stats') or {},
                                       tree.get('objective_state') or {}, network)
     variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
-    module, feature_dim = train.create_encoder(config)
-    views, _ = train.views_from_config(config)
+    module, feature_dim = registry.encoder_from_config(config)
+    views, _ = views_lib.views_from_config(config)
     return RestoredEncoder(config, module, variables, int(step), network, int(feature_dim), int(config.augment.size),
                            tuple(float(v) for v in views[0].mean), tuple(float(v) for v in views[0].std))
 

@@ -27,7 +27,8 @@ import optax
 from ssljax import checkpoint as ckpt_lib
 from ssljax import config_lib, logging_lib, optim, parallel, preemption
 from ssljax import workdir as workdir_lib
-from ssljax.data import augment, pipeline, samplers, sources
+from ssljax.data import pipeline, samplers, sources
+from ssljax.data import views as views_lib
 from ssljax.evaluation import evaluators, linear_probe
 from ssljax.models import registry
 from ssljax.objectives import Context, Objective, create_objective
@@ -56,81 +57,6 @@ class TrainState:
 
 
 # =====================================================================================================================
-# Views and masks from the config
-# =====================================================================================================================
-@dataclasses.dataclass(frozen=True)
-class MaskSpec:
-    """A per-sample random patch mask for one view: ``num_masked`` of ``num_patches`` patches of ``patch_size`` px."""
-    num_patches: int
-    num_masked: int
-    patch_size: int
-
-
-_VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(augment.ViewConfig))
-_VIEW_EXTRA = ('count', 'mask_ratio', 'mask_patch_size')
-
-
-def views_from_config(config) -> tuple[tuple[augment.ViewConfig, ...], tuple[MaskSpec | None, ...]]:
-    """``augment.views`` in ``augment.order`` -> (one ViewConfig per view, one MaskSpec or None per view).
-
-    A view's ``size`` 0 means ``augment.size``; ``augment.blur_prob`` / ``augment.crop_min_scale`` >= 0 replace every
-    view's value; ``count`` repeats an entry; ``mask_ratio`` > 0 draws a patch mask of ``mask_patch_size`` px patches
-    (0: ``model.patch_size``) with round(ratio x patches) masked per sample.
-    """
-    a = config.augment
-    order, names = tuple(a.order), tuple(a.views.keys())
-    if sorted(order) != sorted(names):
-        raise config_lib.ConfigError(f'config key "augment.order" {order} must list each of augment.views '
-                                     f'{tuple(sorted(names))} exactly once')
-    views, masks = [], []
-    for name in order:
-        entry, key = a.views[name], f'augment.views.{name}'
-        unknown = sorted(set(entry.keys()) - set(_VIEW_FIELDS) - set(_VIEW_EXTRA))
-        if unknown:
-            raise config_lib.ConfigError(f'unknown config key "{key}.{unknown[0]}"; a view has: '
-                                         f'{", ".join(_VIEW_FIELDS + _VIEW_EXTRA)}')
-        fields = {f: entry[f] for f in _VIEW_FIELDS if f in entry}
-        fields['size'] = entry.get('size', 0) or a.size
-        if a.blur_prob >= 0:
-            fields['blur_prob'] = a.blur_prob
-        if a.crop_min_scale >= 0:
-            fields['crop_scale'] = (a.crop_min_scale, tuple(fields.get('crop_scale', (0.08, 1.0)))[1])
-        try:
-            view = augment.ViewConfig(**fields)
-        except (ValueError, TypeError) as e:
-            raise config_lib.ConfigError(f'{key}: {e}') from None
-        count = entry.get('count', 1)
-        if not isinstance(count, int) or count < 0:
-            raise config_lib.ConfigError(f'config key "{key}.count" must be an integer >= 0, got {count!r}')
-        mask = None
-        ratio = float(entry.get('mask_ratio', 0.0))
-        if not 0.0 <= ratio < 1.0:
-            raise config_lib.ConfigError(f'config key "{key}.mask_ratio" must be in [0, 1), got {ratio}')
-        if ratio > 0:
-            patch = int(entry.get('mask_patch_size', 0) or config.model.get('patch_size', 0))
-            if patch <= 0 or view.size % patch:
-                raise config_lib.ConfigError(f'config key "{key}.mask_patch_size": the view side {view.size} must be '
-                                             f'a multiple of a positive patch size, got {patch}')
-            n = (view.size // patch) ** 2
-            mask = MaskSpec(n, int(round(ratio * n)), patch)
-        views += [view] * count
-        masks += [mask] * count
-    if not views:
-        raise config_lib.ConfigError('config key "augment.views" gives no view (every count is 0)')
-    return tuple(views), tuple(masks)
-
-
-def make_views(images: jax.Array, key: jax.Array, views: tuple, masks: tuple) -> tuple[list, tuple]:
-    """Inside the step: the augmented views and their masks (bool [B, patches], True = masked; None: no mask)."""
-    aug_key, mask_key = jax.random.split(key)
-    out = augment.augment_views(images, aug_key, views)
-    drawn = tuple(None if m is None else augment.random_patch_masks(jax.random.fold_in(mask_key, i), images.shape[0],
-                                                                     m.num_patches, m.num_masked)
-                  for i, m in enumerate(masks))
-    return out, drawn
-
-
-# =====================================================================================================================
 # The static pieces of a run
 # =====================================================================================================================
 @dataclasses.dataclass
@@ -151,21 +77,14 @@ class Experiment:
     masks: tuple = ()
 
 
-def create_encoder(config):
-    """The backbone ``model.backbone`` built with every other key of ``config.model`` (mask token, drop-path, ...)."""
-    dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-    settings = {k: v for k, v in config.model.items() if k != 'backbone'}
-    return registry.create_encoder(config.model.backbone, dtype=dtype, image_size=config.augment.size, **settings)
-
-
 def build_experiment(config, mesh, num_examples: int, num_classes: int) -> Experiment:
     dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-    encoder, feature_dim = create_encoder(config)
+    encoder, feature_dim = registry.encoder_from_config(config)
     total_steps, steps_per_epoch = config_lib.total_steps(config, num_examples)
     ctx = Context(encoder=encoder, feature_dim=feature_dim, total_steps=total_steps, global_batch=config.batch_size,
                   num_examples=num_examples, dtype=dtype, mesh=mesh, steps_per_epoch=steps_per_epoch)
     objective = create_objective(config, ctx)
-    views, masks = views_from_config(config)
+    views, masks = views_lib.views_from_config(config)
     tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch, objective.frozen_heads,
                                           freeze_steps=objective.freeze_steps)
     probe_peak = config.eval.online_probe_lr * config.batch_size / 256
@@ -225,7 +144,7 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
         batch = pipeline.gather_batch(batch, device_data)
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         aug_key, loss_key = jax.random.split(step_key)
-        views, masks = make_views(batch['image'], aug_key, views_cfg, masks_cfg)
+        views, masks = views_lib.make_views(batch['image'], aug_key, views_cfg, masks_cfg)
         if any(m is not None for m in masks):
             batch = dict(batch, masks=masks)
 

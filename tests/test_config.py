@@ -7,6 +7,7 @@ from conftest import REPO
 
 from configs import common
 from ssljax import config_lib
+from ssljax.models import registry
 
 REQUIRED_KEYS = ('method', 'dataset', 'data_dir', 'model.backbone', 'batch_size', 'total_steps', 'epochs', 'dtype',
                  'seed', 'eval_every', 'checkpoint_every')
@@ -119,11 +120,10 @@ METHOD_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
 @pytest.mark.parametrize('name', METHOD_FILES)
 @pytest.mark.parametrize('variant', ['', ':dataset=cifar10'])
 def test_every_method_config_validates_and_builds_its_objective(name, variant):
-    from ssljax import train
     from ssljax.objectives import Context, create_objective
     config = config_lib.load_config(f'configs/{name}.py{variant}')
     config_lib.validate(config, num_devices=1, check_data=False)
-    encoder, dim = train.create_encoder(config)  # every config.model key, as the loop passes them
+    encoder, dim = registry.encoder_from_config(config)  # every config.model key, as the loop passes them
     objective = create_objective(config, Context(encoder=encoder, feature_dim=dim, total_steps=100,
                                                  global_batch=config.batch_size, num_examples=50000))
     assert objective.name == config.method

@@ -8,18 +8,19 @@ from conftest import tiny_config
 from configs import common
 from ssljax import config_lib, train
 from ssljax.data import augment
+from ssljax.data import views as views_lib
 
 
 def test_views_follow_the_config_order_counts_and_overrides():
     c = tiny_config('dino')
-    views, masks = train.views_from_config(c)
+    views, masks = views_lib.views_from_config(c)
     n_local = c.augment.views.local.count
     assert len(views) == 2 + n_local and masks == (None,) * len(views)
     assert (views[0].blur_prob, views[1].blur_prob) == (0.0, 0.0)  # tiny_config's augment.blur_prob=0 wins
     assert views[0].size == views[1].size == c.augment.size and views[2].size == c.augment.views.local.size
     config_lib.apply_overrides(c, ['augment.views.local.count=1', 'augment.views.global2.solarize_prob=0.5',
                                    'augment.blur_prob=-1'])
-    views, _ = train.views_from_config(c)
+    views, _ = views_lib.views_from_config(c)
     assert len(views) == 3 and views[1].solarize_prob == 0.5 and views[0].blur_prob == 1.0
 
 
@@ -38,24 +39,24 @@ def test_bad_view_settings_name_the_key(key, value, message):
     with node.unlocked():
         node[parts[-1]] = value
     with pytest.raises(config_lib.ConfigError, match=message.replace('.', r'\.')):
-        train.views_from_config(c)
+        views_lib.views_from_config(c)
 
 
 def test_patch_masks_keep_exactly_the_configured_count_and_depend_on_the_key_and_sample_only():
     c = tiny_config('simclr')
     c.augment.views.view.mask_ratio = 0.75
     c.augment.views.view.mask_patch_size = 2  # 8 px views -> 16 patches of 2 x 2, 12 masked
-    views, masks = train.views_from_config(c)
-    assert masks[0] == train.MaskSpec(num_patches=16, num_masked=12, patch_size=2)
+    views, masks = views_lib.views_from_config(c)
+    assert masks[0] == views_lib.MaskSpec(num_patches=16, num_masked=12, patch_size=2)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)), jnp.uint8)
-    out, drawn = train.make_views(images, jax.random.key(3), views, masks)
+    out, drawn = views_lib.make_views(images, jax.random.key(3), views, masks)
     assert len(out) == len(drawn) == 2
     for m in drawn:
         assert m.shape == (6, 16) and m.dtype == jnp.bool_
         np.testing.assert_array_equal(np.asarray(m.sum(1)), 12)
-    _, again = train.make_views(images, jax.random.key(3), views, masks)
+    _, again = views_lib.make_views(images, jax.random.key(3), views, masks)
     np.testing.assert_array_equal(np.asarray(drawn[0]), np.asarray(again[0]))  # reproducible from the key
-    _, half = train.make_views(images[:3], jax.random.key(3), views, masks)
+    _, half = views_lib.make_views(images[:3], jax.random.key(3), views, masks)
     np.testing.assert_array_equal(np.asarray(drawn[1][:3]), np.asarray(half[1]))  # a sample's mask: its own key
     assert not np.array_equal(np.asarray(drawn[0]), np.asarray(drawn[1]))  # each view draws its own
 
@@ -72,12 +73,12 @@ def test_model_settings_go_to_the_backbone_and_unknown_ones_name_the_key():
     with c.model.unlocked():
         c.model.mask_mode = 'token'
         c.model.pool = 'mean'
-    encoder, dim = train.create_encoder(c)
+    encoder, dim = registry.encoder_from_config(c)
     assert (encoder.mask_mode, encoder.pool, encoder.patch_size, encoder.image_size) == ('token', 'mean', 4, 8)
     with c.model.unlocked():
         c.model.drop_pat = 0.1
     with pytest.raises(ValueError, match=r'model\.drop_pat'):
-        train.create_encoder(c)
+        registry.encoder_from_config(c)
 
 
 def test_set_views_stores_presets_as_data():
@@ -85,7 +86,7 @@ def test_set_views_stores_presets_as_data():
     common.set_views(c, 'multicrop', n_local=3)
     assert c.augment.order == ('global1', 'global2', 'local') and c.augment.views.local.count == 3
     assert c.augment.views.global1.size == 0  # follows augment.size
-    built, _ = train.views_from_config(c)
+    built, _ = views_lib.views_from_config(c)
     assert built == augment.recipe('multicrop', c.augment.size, n_local=3)
 
 

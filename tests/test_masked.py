@@ -9,6 +9,8 @@ import pytest
 from conftest import tiny_config
 from ssljax import config_lib, train
 from ssljax.data import augment
+from ssljax.data import views as views_lib
+from ssljax.models import registry
 from ssljax.models import vit
 from ssljax.models.mae_decoder import MAEDecoder, PixelShuffleHead, scatter_visible, unpatchify
 from ssljax.objectives import Context, create_objective, losses
@@ -133,7 +135,7 @@ def test_masks_keep_exactly_the_configured_tokens_and_are_reproducible_from_the_
 def test_mae_mask_count_comes_from_the_view_config():
     c = _config('mae', ratio=0.75, size=16)
     objective = _objective(c)
-    _, masks = train.views_from_config(c)
+    _, masks = views_lib.views_from_config(c)
     assert (objective.num_patches, objective.num_masked, objective.num_visible) == (16, 12, 4)
     assert masks[0].num_masked == objective.num_masked
 
@@ -207,14 +209,14 @@ def _config(name, ratio=None, size=8, **overrides):
 
 
 def _objective(c):
-    encoder, dim = train.create_encoder(c)
+    encoder, dim = registry.encoder_from_config(c)
     return create_objective(c, Context(encoder=encoder, feature_dim=dim, total_steps=10, global_batch=c.batch_size,
                                        num_examples=100))
 
 
 def _inputs(objective, c, seed=0, b=4):
     """Random normalised views (no augmentation: it is not under test) and the config's masks drawn as the loop does."""
-    _, specs = train.views_from_config(c)
+    _, specs = views_lib.views_from_config(c)
     size = c.augment.size
     rng = np.random.default_rng(seed)
     xs = [jnp.asarray(rng.normal(size=(b, size, size, 3)), jnp.float32) for _ in specs]

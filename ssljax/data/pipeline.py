@@ -38,6 +38,7 @@ import numpy as np
 
 from ssljax import parallel
 from ssljax.data import loader, samplers, sources, streaming
+from ssljax.data import views as views_lib
 
 MODES = ('device', 'host', 'stream')
 STREAM_CHOICES = ('auto', 'always', 'never')
@@ -56,7 +57,7 @@ class TrainData:
     sampler: samplers.Sampler = None
     sampler_state: dict = dataclasses.field(default_factory=dict)  # host copy; the loop keeps it in the train state
     mode: str = ''                 # 'device' | 'host' | 'stream' ('' = 'device' if on_device else 'host')
-    views: tuple = ()              # stream: the views the host crops, in the step's order (train.views_from_config)
+    views: tuple = ()              # stream: the views the host crops, in the step's order (views.views_from_config)
     workers: int = 0               # stream: grain worker processes (0: threads of this process)
     bad_images: str = 'error'      # stream: 'error' stops at an unreadable file, 'skip' reads the next one instead
 
@@ -309,11 +310,9 @@ def load_train_data(config, mesh, workdir: str = '') -> TrainData:
     _check_config(config)
     source = _open(config, config.train_split) if _sized(config) else None
     if streams(config, source):
-        from ssljax import train  # pylint: disable=import-outside-toplevel  (train imports this module)
-
         sources.report_problems(source, bad_images_report(workdir, config.train_split))
         sampler = samplers.create_sampler(config, len(source))
-        views, _ = train.views_from_config(config)
+        views, _ = views_lib.views_from_config(config)
         return TrainData(source, config.batch_size, config.seed, mesh, False, {}, sampler, sampler.init_state(),
                          mode='stream', views=tuple(views), workers=data_workers(config),
                          bad_images=config.bad_images)

@@ -60,3 +60,10 @@ def create_encoder(name: str, *, dtype=jnp.float32, cifar_stem: bool = False, pa
         if module.image_size % module.patch_size:
             raise ValueError(f"image_size {module.image_size} is not divisible by patch_size {module.patch_size}")
     return module, module.feature_dim
+
+
+def encoder_from_config(config) -> tuple[nn.Module, int]:
+    """The backbone ``model.backbone`` built with every other key of ``config.model`` (mask token, drop-path, ...)."""
+    dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+    settings = {k: v for k, v in config.model.items() if k != 'backbone'}
+    return create_encoder(config.model.backbone, dtype=dtype, image_size=config.augment.size, **settings)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.config_lib import ConfigError
+from ssljax.data import views as views_lib
 from ssljax.models.mae_decoder import MAEDecoder, unpatchify
 from ssljax.models.vit import patchify
 from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
@@ -69,9 +70,8 @@ def mae_loss(pred: jax.Array, patches: jax.Array, mask: jax.Array, norm_pix_loss
 # ==================================================================================================== config helpers
 
 def view_mask_spec(config, index: int = 0, method: str = ''):
-    """(view name, MaskSpec or None) of the ``index``-th view of ``config.augment`` (``train.views_from_config``)."""
-    from ssljax import train  # the loop's reading of views and masks; imported here, train imports the objectives
-    views, masks = train.views_from_config(config)
+    """(view name, MaskSpec or None) of the ``index``-th view of ``config.augment`` (``data.views.views_from_config``)."""
+    views, masks = views_lib.views_from_config(config)
     order = [name for name in config.augment.order for _ in range(int(config.augment.views[name].get('count', 1)))]
     if index >= len(views):
         raise ConfigError(f'config key "augment.views": {method} needs at least {index + 1} views, got {len(views)}')
