@@ -72,7 +72,7 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     """The keys every run has. Method files fill in ``objective``, ``augment`` and optimizer settings.
 
     ``image_size`` > 0 replaces the dataset's (an image folder's size is found in its images by
-    ``config_lib.load_config_with_overrides``, which rebuilds the config with it).
+    ``configure.load_config_with_overrides``, which rebuilds the config with it).
     """
     if dataset not in DATASET_DEFAULTS:
         raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(sorted(DATASET_DEFAULTS))}')

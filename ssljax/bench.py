@@ -30,13 +30,15 @@ import time
 import jax
 import numpy as np
 
+from ssljax import cli
+
 
 def bench(config, steps: int, warmup: int = 2) -> dict:
-    from ssljax import config_lib, parallel, train
+    from ssljax import configure, parallel, train
     from ssljax.data import loader
 
     mesh = parallel.make_mesh()
-    config_lib.validate(config, mesh.devices.size, check_data=False)  # synthetic images
+    configure.validate(config, mesh.devices.size, check_data=False)  # synthetic images
     n = config.batch_size * 4
     size = config.image_size
     rng = np.random.default_rng(0)
@@ -88,14 +90,14 @@ def _cpu_seconds() -> np.ndarray:
 def bench_data(config, steps: int, workers: int) -> dict:
     """images/s of this host's input pipeline for ``config`` (see the module doc)."""
     import os
-    from ssljax import config_lib, parallel
+    from ssljax import configure, parallel
     from ssljax.data import pipeline
 
     load_start = os.getloadavg()
     with config.unlocked():
         config.data_workers = workers
     mesh = parallel.make_mesh()
-    config_lib.validate(config, mesh.devices.size)
+    configure.validate(config, mesh.devices.size)
     t0 = time.perf_counter()
     data = pipeline.load_train_data(config, mesh)
     setup_s = time.perf_counter() - t0
@@ -145,22 +147,25 @@ def main(argv=None) -> None:
     parser.add_argument('--data-only', action='store_true', help='time the host input pipeline alone')
     parser.add_argument('--workers', type=int, default=-1,
                         help='--data-only: grain worker processes (-1: one per core, 0: threads of this process)')
-    args, rest = parser.parse_known_args(argv)
-    from ssljax import config_lib
-    overrides = [r[len('--config.'):] for r in rest if r.startswith('--config.')]
-    if len(overrides) != len(rest):
-        parser.error(f'unrecognised arguments: {[r for r in rest if not r.startswith("--config.")]}')
-    config = config_lib.load_config_with_overrides(args.config, overrides,
-                                                  log=lambda m: print(m, file=sys.stderr))
-    if args.data_only:
-        print(json.dumps(bench_data(config, args.steps, args.workers)), flush=True)
-        return
-    result = bench(config, args.steps)
-    if args.reference:
-        ref = reference(args.reference, config, args.steps)
-        result['reference_step_ms'] = ref['step_ms']
-        result['ratio_to_reference'] = round(result['step_ms'] / ref['step_ms'], 3)
-    print(json.dumps(result), flush=True)
+    args, overrides = cli.parse_known(parser, argv)
+
+    def run():
+        from ssljax import configure
+        config = configure.load_config_with_overrides(args.config, overrides,
+                                                      log=lambda m: print(m, file=sys.stderr))
+        if args.data_only:
+            print(json.dumps(bench_data(config, args.steps, args.workers)), flush=True)
+            return
+        result = bench(config, args.steps)
+        if args.reference:
+            ref = reference(args.reference, config, args.steps)
+            result['reference_step_ms'] = ref['step_ms']
+            result['ratio_to_reference'] = round(result['step_ms'] / ref['step_ms'], 3)
+        print(json.dumps(result), flush=True)
+
+    code = cli.run_reporting_errors(run)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == '__main__':

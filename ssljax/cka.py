@@ -204,7 +204,7 @@ def run(argv: list[str]) -> int:
         print(f"cka {len(result['layers_a'])} x {len(result['layers_b'])} on {result['num_examples']} images -> "
               f"{os.path.join(args.out, 'cka.json')}, cka.png")
 
-    from ssljax.main import run_reporting_errors
+    from ssljax.cli import run_reporting_errors
     return run_reporting_errors(compare_from_args)
 
 

@@ -1,8 +1,9 @@
-"""Loading configs, applying ``--config.KEY=VALUE`` overrides, and validating before anything compiles.
+"""Configs as data: loading a config file, ``--config.KEY=VALUE`` overrides, numeric ranges, ``ConfigError``.
 
-Every error names the offending key (or file) in one line: an unknown key (with the closest known ones), a value
-that does not parse as the key's type, an unknown method / backbone / dataset / dtype, a batch that does not split
-over the devices.
+A leaf of the package: it imports nothing from ssljax, so every layer can raise :class:`ConfigError`. Validation
+against the registries (methods, backbones, datasets, samplers, evaluators) lives one layer up, in
+``ssljax.configure``. Every error names the offending key (or file) in one line: an unknown key (with the closest
+known ones), a value that does not parse as the key's type, a number outside its range (``RANGES``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import fnmatch
 import importlib.util
 import os
 import sys
-from typing import Callable
 
 import ml_collections
 
@@ -37,12 +37,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg or None)
 
 
-def _all_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+def all_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
     keys = []
     for k, v in config.items():
         keys.append(prefix + k)
         if isinstance(v, ml_collections.ConfigDict):
-            keys.extend(_all_keys(v, prefix + k + '.'))
+            keys.extend(all_keys(v, prefix + k + '.'))
     return keys
 
 
@@ -115,7 +115,7 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     node = config
     for i, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            close = suggest_keys(key, _all_keys(config))
+            close = suggest_keys(key, all_keys(config))
             hint = f'; did you mean {", ".join(close)}?' if close else ''
             raise ConfigError(f'unknown config key {key!r}{hint}')
         if i < len(parts) - 1:
@@ -127,141 +127,17 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
         node[parts[-1]] = parse_value(key, text, current)
 
 
-def add_evaluators(config: ml_collections.ConfigDict, overrides: list[str]) -> list[str]:
-    """Adds ``evals.NAME`` (common and type defaults) for every override ``evals.NAME.type=TYPE`` whose NAME is not
-    in ``config.evals`` -> the names added. An unknown TYPE is a ConfigError naming the key."""
-    from ssljax.evaluation import evaluators
-    added = []
-    for item in overrides:
-        key, sep, kind = item.partition('=')
-        parts = key.split('.')
-        if not sep or len(parts) != 3 or parts[0] != 'evals' or parts[2] != 'type' or 'evals' not in config:
-            continue
-        name = parts[1]
-        if name in config.evals:
-            continue
-        if kind not in evaluators.EVALUATORS:
-            raise ConfigError(f'config key "{key}": unknown evaluator type {kind!r}; known: '
-                              f'{", ".join(sorted(evaluators.EVALUATORS))}')
-        settings = {**evaluators.COMMON_SETTINGS, **evaluators.EVALUATORS[kind].defaults, 'type': kind}
-        with config.evals.unlocked():
-            config.evals[name] = ml_collections.ConfigDict(settings)
-        added.append(name)
-    return added
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Applies ``KEY=VALUE`` overrides in order; ``evals.NAME.type=TYPE`` for a new NAME first adds that evaluator
-    with its type's defaults (``add_evaluators``)."""
-    add_evaluators(config, overrides)
+    """Applies ``KEY=VALUE`` overrides in order, each to a key the config already has (``apply_override``).
+
+    ``ssljax.configure.apply_overrides`` first adds the evaluators that ``evals.NAME.type=TYPE`` overrides name.
+    """
     for item in overrides:
         key, sep, text = item.partition('=')
         if not sep:
             raise ConfigError(f'override {item!r} is not of the form --config.KEY=VALUE')
         apply_override(config, key, text)
     return config
-
-
-def load_config_with_overrides(spec: str, overrides: list[str],
-                               log: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
-    """``load_config(spec)`` with ``overrides`` applied, its shape keys following the dataset it ends up with.
-
-    Image folders take their image size from the data: with ``dataset=image_folder`` and no ``image_size`` given
-    (override or config argument), the size is the median shorter side of up to 256 of the training images
-    (headers only), at most ``sources.FOLDER_MAX_SIDE``; the config is then rebuilt with the config argument
-    ``image_size=S`` so that every size derived from it (views, multi-crop local views) follows, and the overrides
-    applied again. A ``dataset`` override to a dataset of known shape rebuilds at that dataset's size the same way.
-    When the dataset changes, ``num_classes`` (unless given) becomes the new dataset's (0 = from the data).
-    ``log`` receives one line saying where a size came from. Config files without an ``image_size`` argument get
-    ``image_size`` and ``augment.size`` set directly.
-    """
-    from ssljax.data import sources
-
-    given = {item.partition('=')[0] for item in overrides}
-    path, _, arg = spec.partition(':')
-    arg_keys = {item.partition('=')[0] for item in filter(None, arg.split(','))}
-
-    def build(config_arg: str) -> ml_collections.ConfigDict:
-        config = load_config(f'{path}:{config_arg}' if config_arg else path)
-        built_for = config.get('dataset')
-        apply_overrides(config, overrides)
-        dataset = config.get('dataset')
-        if 'num_classes' not in given and dataset != built_for and dataset in sources.DATASET_SHAPES:
-            with config.unlocked():
-                config.num_classes = sources.DATASET_SHAPES[dataset]['num_classes']
-        return config
-
-    config = build(arg)
-    dataset = config.get('dataset')
-    if dataset not in sources.DATASET_SHAPES or 'image_size' in given or 'image_size' in arg_keys:
-        return config  # validate() names an unknown dataset
-    size, why = sources.DATASET_SHAPES[dataset]['image_size'], f'dataset {dataset}'
-    if dataset == 'image_folder':
-        if not config.get('data_dir') or not os.path.isdir(config.data_dir):
-            return config  # validate() names the missing data_dir
-        source = sources.FolderSource(config.data_dir, 'train', bad_images=config.get('bad_images', 'error'))
-        side = source.typical_side()
-        size = min(side, sources.FOLDER_MAX_SIDE)
-        why = (f'the median shorter side of the images in {source.split_dir} ({side} px'
-               f'{f", capped at {sources.FOLDER_MAX_SIDE}" if side > size else ""})')
-    if size == config.get('image_size') or size <= 0:
-        return config
-    try:
-        config = build(','.join(filter(None, [arg, f'image_size={size}'])))
-    except (ValueError, ConfigError):  # a config file without the image_size argument: set the two keys directly
-        with config.unlocked():
-            config.image_size = size
-            if 'augment.size' not in given:
-                config.augment.size = size
-    if log is not None:
-        log(f'image_size {size} from {why} (set --config.image_size to choose another)')
-    return config
-
-
-EMBEDDED = ('mnist', 'digits')
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bool = True) -> None:
-    """Checks that a config can run, naming the first offending key (``check_data``: also its data_dir)."""
-    from ssljax.data import sources
-    from ssljax.models import registry
-    from ssljax.objectives import OBJECTIVES
-
-    def need(ok: bool, message: str):
-        if not ok:
-            raise ConfigError(message)
-
-    need(config.method in OBJECTIVES, f'unknown method {config.method!r} (config key "method"); '
-         f'known: {", ".join(sorted(OBJECTIVES))}')
-    need(config.model.backbone in registry.BACKBONES, f'unknown backbone {config.model.backbone!r} '
-         f'(config key "model.backbone"); known: {", ".join(sorted(registry.BACKBONES))}')
-    need(config.dataset in sources.DATASETS, f'unknown dataset {config.dataset!r} (config key "dataset"); '
-         f'known: {", ".join(sorted(sources.DATASETS))}')
-    need(config.dtype in ('float32', 'bfloat16'), f'config key "dtype" must be float32 or bfloat16, got {config.dtype!r}')
-    need(config.batch_size > 0, f'config key "batch_size" must be positive, got {config.batch_size}')
-    need(config.batch_size % num_devices == 0, f'batch_size {config.batch_size} is not divisible by the number of '
-         f'devices ({num_devices}); use a multiple of {num_devices}')
-    need(config.total_steps > 0 or config.epochs > 0, 'set config key "total_steps" or "epochs" to a positive value')
-    need(config.checkpoint_every >= 0 and config.eval_every >= 0 and config.log_every > 0,
-         'checkpoint_every and eval_every must be >= 0 and log_every > 0')
-    if check_data and config.dataset not in EMBEDDED:
-        need(bool(config.data_dir), f'dataset {config.dataset!r} needs config key "data_dir" (the tfds data_dir or '
-             f'the image-folder root)')
-        need(os.path.isdir(config.data_dir), f'data_dir {config.data_dir!r} does not exist (config key "data_dir")')
-    if 'bad_images' in config:
-        need(config.bad_images in ('error', 'skip'), f'config key "bad_images" must be error or skip, '
-             f'got {config.bad_images!r}')
-    from ssljax.data import samplers
-    if 'sampler' in config:
-        need(config.sampler.name in samplers.SAMPLERS, f'unknown sampler {config.sampler.name!r} (config key '
-             f'"sampler.name"); known: {", ".join(sorted(samplers.SAMPLERS))}')
-    if 'evals' in config:
-        from ssljax.evaluation import evaluators
-        evaluators.validate_evals(config)
-    if config.dataset == 'image_folder':
-        need(config.image_size > 0, 'config key "image_size" is 0 (from the data), but the config was not loaded '
-             'with config_lib.load_config_with_overrides, which looks at the images: set it to the stored side')
-    check_ranges(config)
 
 
 # Valid ranges of numeric config keys: (pattern over the dotted key, range, negative = "unset"). The first pattern
@@ -354,7 +230,7 @@ def _numbers(value) -> list | None:
 def check_ranges(config: ml_collections.ConfigDict) -> None:
     """Checks every numeric key of ``config`` that has a rule in ``RANGES``; one line naming each bad key."""
     problems = []
-    for key in _all_keys(config):
+    for key in all_keys(config):
         rule = next((r for r in RANGES if fnmatch.fnmatchcase(key, r[0])), None)
         if rule is None or rule[1] is None:
             continue

@@ -5,8 +5,8 @@ Reads DIR/config.json (the run's config, overrides applied on top), restores the
 every evaluator of ``config.evals`` once (or only those named by ``--only``), prints the results as one JSON line and
 writes them into DIR/eval_<STEP>.json (strict JSON: NaN -> null; the values of evaluators that did not run this time
 are kept from an earlier eval_<STEP>.json). The data, subsample and seeds are the run's, so knn_top1 and linear_top1
-reproduce the values of its summary.json. Errors end with one line ``ssljax: error: ...`` and a non-zero exit, as
-ssljax.main. Figures (e.g. the diagnostics' embedding spectrum) go to DIR/figures.
+reproduce the values of its summary.json. Errors end with one line ``ssljax: error: ...`` and a non-zero exit
+(``ssljax.cli``). Figures (e.g. the diagnostics' embedding spectrum) go to DIR/figures.
 
 Evaluators the run did not have are added by naming their type: ``--config.evals.NAME.type=TYPE`` with a NAME that
 is not in the run's config adds ``evals.NAME`` with TYPE's default settings, which further
@@ -26,13 +26,13 @@ def load_run_config(workdir: str, overrides: list[str]):
     """DIR/config.json as a ConfigDict, with ``KEY=VALUE`` overrides applied (typed, checked)."""
     import ml_collections
 
-    from ssljax import config_lib
+    from ssljax import configure
     path = os.path.join(workdir, 'config.json')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no config.json in {workdir} (is it the --workdir of a run?)')
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    return config_lib.apply_overrides(config, overrides)
+    return configure.apply_overrides(config, overrides)
 
 
 def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple[int, dict]:
@@ -81,7 +81,7 @@ def _earlier_values(path: str, ran: tuple, defined: tuple) -> dict:
 
 
 def parse_args(argv: list[str]):
-    from ssljax.main import parse_known
+    from ssljax.cli import parse_known
     parser = argparse.ArgumentParser(prog='python -m ssljax.evaluate', description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (config.json, checkpoints/)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
@@ -98,7 +98,7 @@ def run(argv: list[str]) -> int:
         step, results = evaluate(load_run_config(args.workdir, overrides), args.workdir, args.step, names)
         print(logging_lib.dumps({'step': step, **results}, sort_keys=True))
 
-    from ssljax.main import run_reporting_errors
+    from ssljax.cli import run_reporting_errors
     return run_reporting_errors(evaluate_from_args)
 
 

@@ -64,7 +64,7 @@ def restore_encoder(workdir: str, step: int | None = None, network: str = '',
     the checkpoint is restored whole onto this process's first device (`checkpoint.load_tree`) and the encoder's
     variables are picked from it as the objective's ``encoder_variables`` picks them for evaluation."""
     from ssljax import checkpoint as ckpt_lib
-    from ssljax import evaluate, train
+    from ssljax import evaluate
     from ssljax.objectives import OBJECTIVES
 
     config = evaluate.load_run_config(workdir, list(overrides))
@@ -285,7 +285,7 @@ def run(argv: list[str]) -> int:
         from ssljax import logging_lib
         print(logging_lib.dumps(export_encoder(args.workdir, args.out, args.step, args.network), sort_keys=True))
 
-    from ssljax.main import run_reporting_errors
+    from ssljax.cli import run_reporting_errors
     return run_reporting_errors(export_from_args)
 
 

@@ -364,7 +364,7 @@ def make_plots(workdir: str, out: str | None = None, step: int | None = None, ov
 
 
 def parse_args(argv: list[str]):
-    from ssljax.main import parse_known
+    from ssljax.cli import parse_known
     parser = argparse.ArgumentParser(prog='python -m ssljax.plot', description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (metrics.jsonl, config.json, checkpoints/)')
     parser.add_argument('--out', default=None, help='where the PNGs go (default: WORKDIR/figures)')
@@ -379,7 +379,7 @@ def parse_args(argv: list[str]):
 
 def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
-    from ssljax.main import run_reporting_errors
+    from ssljax.cli import run_reporting_errors
     return run_reporting_errors(lambda: make_plots(
         args.workdir, args.out, args.step, overrides, args.network, args.rankme, not args.no_umap, args.umap_max))
 

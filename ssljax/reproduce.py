@@ -504,7 +504,7 @@ def reproduce(methods: list[str], out: str, config_arg: str = '', overrides=(), 
 
 
 def parse_args(argv: list[str]):
-    from ssljax.main import parse_known
+    from ssljax.cli import parse_known
     parser = argparse.ArgumentParser(prog='python -m ssljax.reproduce', description=__doc__.splitlines()[0])
     parser.add_argument('--methods', default='',
                         help="space-separated specs: a config name under configs/ (or a config file path), "
@@ -532,7 +532,7 @@ def parse_args(argv: list[str]):
 
 def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
-    from ssljax.main import run_reporting_errors
+    from ssljax.cli import run_reporting_errors
     return run_reporting_errors(lambda: reproduce(
         args.methods.split(), args.out, args.config_arg, overrides, args.title, rerun=args.rerun,
         table_only=args.table_only, echo=not args.quiet, extra=tuple(filter(None, args.columns.split(','))),

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from ssljax import checkpoint as ckpt_lib
-from ssljax import config_lib, logging_lib, optim, parallel, preemption
+from ssljax import config_lib, configure, logging_lib, optim, parallel, preemption
 from ssljax import workdir as workdir_lib
 from ssljax.data import pipeline, samplers, sources
 from ssljax.data import views as views_lib
@@ -278,7 +278,7 @@ def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -
     """
     parallel.initialize_distributed(config)
     mesh = parallel.make_mesh()
-    config_lib.validate(config, mesh.devices.size)
+    configure.validate(config, mesh.devices.size)
     if before_data is not None:
         before_data()
     train_data = pipeline.load_train_data(config, mesh, workdir)

@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO
 
 from configs import common
-from ssljax import config_lib
+from ssljax import config_lib, configure
 from ssljax.models import registry
 
 REQUIRED_KEYS = ('method', 'dataset', 'data_dir', 'model.backbone', 'batch_size', 'total_steps', 'epochs', 'dtype',
@@ -36,14 +36,14 @@ def test_cifar_variant_is_solo_learn_recipe():
 
 def test_overrides_parse_types():
     c = config_lib.load_config('configs/simclr.py')
-    config_lib.apply_overrides(c, ['batch_size=32', 'optimizer.lr=0.5', 'model.cifar_stem=false',
+    configure.apply_overrides(c, ['batch_size=32', 'optimizer.lr=0.5', 'model.cifar_stem=false',
                                    'objective.projector_hidden=(64, 64)', 'dataset=digits'])
     assert c.batch_size == 32 and c.optimizer.lr == 0.5 and c.model.cifar_stem is False
     assert tuple(c.objective.projector_hidden) == (64, 64) and c.dataset == 'digits'
     # a tuple of names also reads as plain comma-separated words (no quotes to escape in a shell)
-    config_lib.apply_overrides(c, ['eval.baseline_evals=knn, linear,part'])
+    configure.apply_overrides(c, ['eval.baseline_evals=knn, linear,part'])
     assert c.eval.baseline_evals == ('knn', 'linear', 'part')
-    config_lib.apply_overrides(c, ["eval.baseline_evals=('knn',)"])
+    configure.apply_overrides(c, ["eval.baseline_evals=('knn',)"])
     assert c.eval.baseline_evals == ('knn',)
 
 
@@ -58,7 +58,7 @@ def test_overrides_parse_types():
 def test_bad_overrides_name_the_key(override, message):
     c = config_lib.load_config('configs/simclr.py')
     with pytest.raises(config_lib.ConfigError, match=message.replace('(', r'\(')):
-        config_lib.apply_overrides(c, [override])
+        configure.apply_overrides(c, [override])
 
 
 @pytest.mark.parametrize('key, value, message', [
@@ -76,21 +76,21 @@ def test_validation_names_the_problem(key, value, message):
         node = node[p]
     node[parts[-1]] = value
     with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.validate(c, num_devices=1)
+        configure.validate(c, num_devices=1)
 
 
 def test_batch_must_split_over_devices_and_data_dir_must_exist(tmp_path):
     c = config_lib.load_config('configs/simclr.py')
     c.batch_size = 100
     with pytest.raises(config_lib.ConfigError, match='not divisible by the number of devices \\(8\\)'):
-        config_lib.validate(c, num_devices=8)
+        configure.validate(c, num_devices=8)
     c.batch_size = 64
     c.dataset = 'image_folder'
     with pytest.raises(config_lib.ConfigError, match='needs config key "data_dir"'):
-        config_lib.validate(c, num_devices=1)
+        configure.validate(c, num_devices=1)
     c.data_dir = str(tmp_path / 'missing')
     with pytest.raises(config_lib.ConfigError, match='does not exist'):
-        config_lib.validate(c, num_devices=1)
+        configure.validate(c, num_devices=1)
 
 
 def test_variant_arguments():
@@ -122,7 +122,7 @@ METHOD_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
 def test_every_method_config_validates_and_builds_its_objective(name, variant):
     from ssljax.objectives import Context, create_objective
     config = config_lib.load_config(f'configs/{name}.py{variant}')
-    config_lib.validate(config, num_devices=1, check_data=False)
+    configure.validate(config, num_devices=1, check_data=False)
     encoder, dim = registry.encoder_from_config(config)  # every config.model key, as the loop passes them
     objective = create_objective(config, Context(encoder=encoder, feature_dim=dim, total_steps=100,
                                                  global_batch=config.batch_size, num_examples=50000))
@@ -134,11 +134,11 @@ def test_a_new_evaluator_is_added_by_naming_its_type():
     ssljax.evaluate alike); later overrides of evals.NAME change it; an unknown type names the key."""
     from ssljax.evaluation import evaluators
     c = config_lib.load_config(os.path.join(REPO, 'configs', 'simclr.py'))
-    config_lib.apply_overrides(c, ['evals.part.type=part_probe', 'evals.part.epochs=7'])
+    configure.apply_overrides(c, ['evals.part.type=part_probe', 'evals.part.epochs=7'])
     assert c.evals.part.type == 'part_probe' and c.evals.part.epochs == 7 and c.evals.part.every == -1
     assert tuple(c.evals.part.area) == tuple(evaluators.EVALUATORS['part_probe'].defaults['area'])
-    config_lib.validate(c, 1, check_data=False)
+    configure.validate(c, 1, check_data=False)
     with pytest.raises(config_lib.ConfigError, match='"evals.x.type": unknown evaluator type \'nope\''):
-        config_lib.apply_overrides(c, ['evals.x.type=nope'])
+        configure.apply_overrides(c, ['evals.x.type=nope'])
     with pytest.raises(config_lib.ConfigError, match="unknown config key 'evals.y.every'"):
-        config_lib.apply_overrides(c, ['evals.y.every=3'])  # only a type creates an evaluator
+        configure.apply_overrides(c, ['evals.y.every=3'])  # only a type creates an evaluator

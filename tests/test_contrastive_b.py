@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from ssljax import config_lib
+from ssljax import config_lib, configure
 from ssljax.objectives import Context, create_objective, losses
 from ssljax.objectives.moco import grouped_forward
 from ssljax.objectives.gsimclr import PseudoLabelSampler
@@ -496,7 +496,7 @@ def base_config(method, **objective):
 
 def build(config, num_examples=1442):
     from ssljax.models import registry
-    config_lib.validate(config, num_devices=1, check_data=False)
+    configure.validate(config, num_devices=1, check_data=False)
     encoder, dim = registry.create_encoder(config.model.backbone, image_size=config.augment.size,
                                            **({} if config.model.backbone.startswith('vit') else
                                               {'cifar_stem': config.model.cifar_stem}))

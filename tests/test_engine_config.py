@@ -6,9 +6,10 @@ import pytest
 
 from conftest import tiny_config
 from configs import common
-from ssljax import config_lib, train
+from ssljax import config_lib, configure, train
 from ssljax.data import augment
 from ssljax.data import views as views_lib
+from ssljax.models import registry
 
 
 def test_views_follow_the_config_order_counts_and_overrides():
@@ -18,7 +19,7 @@ def test_views_follow_the_config_order_counts_and_overrides():
     assert len(views) == 2 + n_local and masks == (None,) * len(views)
     assert (views[0].blur_prob, views[1].blur_prob) == (0.0, 0.0)  # tiny_config's augment.blur_prob=0 wins
     assert views[0].size == views[1].size == c.augment.size and views[2].size == c.augment.views.local.size
-    config_lib.apply_overrides(c, ['augment.views.local.count=1', 'augment.views.global2.solarize_prob=0.5',
+    configure.apply_overrides(c, ['augment.views.local.count=1', 'augment.views.global2.solarize_prob=0.5',
                                    'augment.blur_prob=-1'])
     views, _ = views_lib.views_from_config(c)
     assert len(views) == 3 and views[1].solarize_prob == 0.5 and views[0].blur_prob == 1.0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from ssljax import config_lib, train
+from ssljax import config_lib
 from ssljax.data import augment
 from ssljax.data import views as views_lib
 from ssljax.models import registry

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import REPO
 
-from ssljax import config_lib, logging_lib, workdir as workdir_lib
+from ssljax import config_lib, configure, logging_lib, workdir as workdir_lib
 from ssljax.data import sources as S
 
 
@@ -208,7 +208,7 @@ def _set(c, key, value):
 
 
 def _has(c, key) -> bool:
-    return key in config_lib._all_keys(c)
+    return key in config_lib.all_keys(c)
 
 
 @pytest.mark.parametrize('name, key, value', [
@@ -243,7 +243,7 @@ def test_validate_ends_with_the_range_check():
     c = _config()
     c.keep_checkpoints = 0
     with pytest.raises(config_lib.ConfigError, match='config key "keep_checkpoints" must be >= 1, got 0'):
-        config_lib.validate(c, num_devices=1)
+        configure.validate(c, num_devices=1)
 
 
 @pytest.mark.parametrize('name', ['simclr', 'byol', 'simsiam', 'directpred', 'barlow_twins', 'vicreg', 'dino'])
@@ -263,7 +263,7 @@ def test_every_shipped_config_is_in_range(name):
 ])
 def test_unknown_key_suggestions_match_the_last_part(key, first):
     with pytest.raises(config_lib.ConfigError) as info:
-        config_lib.apply_overrides(_config(), [f'{key}=0.1'])
+        configure.apply_overrides(_config(), [f'{key}=0.1'])
     assert f"unknown config key '{key}'; did you mean {first}" in str(info.value), str(info.value)
 
 
@@ -693,15 +693,15 @@ def test_image_folder_takes_size_and_classes_from_the_data(tmp_path):
             _png(tmp_path / 'data' / 'test' / cls / f'{j}.png', 40 * i + j, size=(12, 16))
     data = f'data_dir={tmp_path / "data"}'
     lines = []
-    c = config_lib.load_config_with_overrides(f'{REPO}/configs/dino.py', ['dataset=image_folder', data], lines.append)
+    c = configure.load_config_with_overrides(f'{REPO}/configs/dino.py', ['dataset=image_folder', data], lines.append)
     assert (c.image_size, c.augment.size, c.num_classes) == (12, 12, 0)
     assert c.augment.views.local.size == 8  # DINO's local views: max(8, round(12 * 96 / 224)), from the new size
     assert lines == [f'image_size 12 from the median shorter side of the images in {tmp_path / "data" / "train"} '
                      f'(12 px) (set --config.image_size to choose another)']
-    c = config_lib.load_config_with_overrides(f'{REPO}/configs/simclr.py',
+    c = configure.load_config_with_overrides(f'{REPO}/configs/simclr.py',
                                               ['dataset=image_folder', data, 'image_size=10', 'num_classes=5'])
     assert (c.image_size, c.augment.size, c.num_classes) == (10, 28, 5)  # given keys are kept as given
-    c = config_lib.load_config_with_overrides(f'{REPO}/configs/simclr.py', [
+    c = configure.load_config_with_overrides(f'{REPO}/configs/simclr.py', [
         'dataset=image_folder', data, 'model.backbone=resnet_tiny', 'batch_size=12', 'eval.max_train_examples=12'])
     run = train.setup(c, str(tmp_path / 'w'))
     assert run.exp.num_classes == 3 and run.eval_test.images.shape[1:] == (12, 12, 3)

@@ -56,7 +56,7 @@ TINY_ARGS = ['--config.dataset=digits', '--config.image_size=8', '--config.augme
 
 KILL_AFTER_CHECKPOINT = r"""
 import os, signal, sys
-from ssljax import config_lib, main, train
+from ssljax import config_lib, configure, main, train
 
 
 class Kill(train.Hook):  # test-only fault injection, from outside the loop
@@ -66,7 +66,7 @@ class Kill(train.Hook):  # test-only fault injection, from outside the loop
 
 
 args, overrides = main.parse_args(sys.argv[1:])
-config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+config = configure.apply_overrides(config_lib.load_config(args.config), overrides)
 train.train_and_evaluate(config, args.workdir, hooks=[Kill()])
 """
 

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import ssljax
-from ssljax import config_lib, train
+from ssljax import configure, train
 from ssljax.plot import read_metrics   # metrics.jsonl as {{key: (steps, values)}}
 
 
@@ -70,7 +70,7 @@ SIZE = TINY_SIZE if TINY else [f'epochs={{EPOCHS}}', 'log_every=5', 'eval_every=
 def make_config(spec, *overrides, evals={evals!r}):
     """configs/<spec> with the size above and ``overrides`` ('KEY=VALUE', as --config.KEY=VALUE on the command
     line), checked like the command line checks them; only the evaluators ``evals`` (those this notebook reads)."""
-    config = config_lib.load_config_with_overrides(os.path.join(REPO, 'configs', spec), [*SIZE, *overrides])
+    config = configure.load_config_with_overrides(os.path.join(REPO, 'configs', spec), [*SIZE, *overrides])
     for name in set(config.evals) - set(evals):
         del config.evals[name]
     return config

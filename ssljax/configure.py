@@ -1,0 +1,148 @@
+"""Validating a config against the registries, before any data is read or anything compiles.
+
+One layer above the objectives, evaluators, data sources and models it checks: ``validate(config, num_devices)``
+names the first bad key in one line (a ``ConfigError``, exit 2 at the command line) and calls the method's own
+``Objective.check_config``; ``load_config_with_overrides`` loads a config file with command-line overrides (adding
+the evaluators ``evals.NAME.type=TYPE`` names, sizing image folders from their images). The parsing itself
+(files, overrides, ranges) is ``ssljax.config_lib``, a leaf.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import ml_collections
+
+from ssljax import config_lib
+from ssljax.config_lib import ConfigError, load_config
+from ssljax.data import samplers, sources
+from ssljax.evaluation import evaluators
+from ssljax.models import registry
+from ssljax.objectives import OBJECTIVES
+
+
+def add_evaluators(config: ml_collections.ConfigDict, overrides: list[str]) -> list[str]:
+    """Adds ``evals.NAME`` (common and type defaults) for every override ``evals.NAME.type=TYPE`` whose NAME is not
+    in ``config.evals`` -> the names added. An unknown TYPE is a ConfigError naming the key."""
+    added = []
+    for item in overrides:
+        key, sep, kind = item.partition('=')
+        parts = key.split('.')
+        if not sep or len(parts) != 3 or parts[0] != 'evals' or parts[2] != 'type' or 'evals' not in config:
+            continue
+        name = parts[1]
+        if name in config.evals:
+            continue
+        if kind not in evaluators.EVALUATORS:
+            raise ConfigError(f'config key "{key}": unknown evaluator type {kind!r}; known: '
+                              f'{", ".join(sorted(evaluators.EVALUATORS))}')
+        settings = {**evaluators.COMMON_SETTINGS, **evaluators.EVALUATORS[kind].defaults, 'type': kind}
+        with config.evals.unlocked():
+            config.evals[name] = ml_collections.ConfigDict(settings)
+        added.append(name)
+    return added
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """``config_lib.apply_overrides`` after adding the evaluators that ``evals.NAME.type=TYPE`` overrides name."""
+    add_evaluators(config, overrides)
+    return config_lib.apply_overrides(config, overrides)
+
+
+def load_config_with_overrides(spec: str, overrides: list[str],
+                               log: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
+    """``load_config(spec)`` with ``overrides`` applied, its shape keys following the dataset it ends up with.
+
+    Image folders take their image size from the data: with ``dataset=image_folder`` and no ``image_size`` given
+    (override or config argument), the size is the median shorter side of up to 256 of the training images
+    (headers only), at most ``sources.FOLDER_MAX_SIDE``; the config is then rebuilt with the config argument
+    ``image_size=S`` so that every size derived from it (views, multi-crop local views) follows, and the overrides
+    applied again. A ``dataset`` override to a dataset of known shape rebuilds at that dataset's size the same way.
+    When the dataset changes, ``num_classes`` (unless given) becomes the new dataset's (0 = from the data).
+    ``log`` receives one line saying where a size came from. Config files without an ``image_size`` argument get
+    ``image_size`` and ``augment.size`` set directly.
+    """
+
+    given = {item.partition('=')[0] for item in overrides}
+    path, _, arg = spec.partition(':')
+    arg_keys = {item.partition('=')[0] for item in filter(None, arg.split(','))}
+
+    def build(config_arg: str) -> ml_collections.ConfigDict:
+        config = load_config(f'{path}:{config_arg}' if config_arg else path)
+        built_for = config.get('dataset')
+        apply_overrides(config, overrides)
+        dataset = config.get('dataset')
+        if 'num_classes' not in given and dataset != built_for and dataset in sources.DATASET_SHAPES:
+            with config.unlocked():
+                config.num_classes = sources.DATASET_SHAPES[dataset]['num_classes']
+        return config
+
+    config = build(arg)
+    dataset = config.get('dataset')
+    if dataset not in sources.DATASET_SHAPES or 'image_size' in given or 'image_size' in arg_keys:
+        return config  # validate() names an unknown dataset
+    size, why = sources.DATASET_SHAPES[dataset]['image_size'], f'dataset {dataset}'
+    if dataset == 'image_folder':
+        if not config.get('data_dir') or not os.path.isdir(config.data_dir):
+            return config  # validate() names the missing data_dir
+        source = sources.FolderSource(config.data_dir, 'train', bad_images=config.get('bad_images', 'error'))
+        side = source.typical_side()
+        size = min(side, sources.FOLDER_MAX_SIDE)
+        why = (f'the median shorter side of the images in {source.split_dir} ({side} px'
+               f'{f", capped at {sources.FOLDER_MAX_SIDE}" if side > size else ""})')
+    if size == config.get('image_size') or size <= 0:
+        return config
+    try:
+        config = build(','.join(filter(None, [arg, f'image_size={size}'])))
+    except (ValueError, ConfigError):  # a config file without the image_size argument: set the two keys directly
+        with config.unlocked():
+            config.image_size = size
+            if 'augment.size' not in given:
+                config.augment.size = size
+    if log is not None:
+        log(f'image_size {size} from {why} (set --config.image_size to choose another)')
+    return config
+
+
+EMBEDDED = ('mnist', 'digits')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bool = True) -> None:
+    """Checks that a config can run, naming the first offending key (``check_data``: also its data_dir)."""
+
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    need(config.method in OBJECTIVES, f'unknown method {config.method!r} (config key "method"); '
+         f'known: {", ".join(sorted(OBJECTIVES))}')
+    need(config.model.backbone in registry.BACKBONES, f'unknown backbone {config.model.backbone!r} '
+         f'(config key "model.backbone"); known: {", ".join(sorted(registry.BACKBONES))}')
+    need(config.dataset in sources.DATASETS, f'unknown dataset {config.dataset!r} (config key "dataset"); '
+         f'known: {", ".join(sorted(sources.DATASETS))}')
+    need(config.dtype in ('float32', 'bfloat16'), f'config key "dtype" must be float32 or bfloat16, got {config.dtype!r}')
+    need(config.batch_size > 0, f'config key "batch_size" must be positive, got {config.batch_size}')
+    need(config.batch_size % num_devices == 0, f'batch_size {config.batch_size} is not divisible by the number of '
+         f'devices ({num_devices}); use a multiple of {num_devices}')
+    need(config.total_steps > 0 or config.epochs > 0, 'set config key "total_steps" or "epochs" to a positive value')
+    need(config.checkpoint_every >= 0 and config.eval_every >= 0 and config.log_every > 0,
+         'checkpoint_every and eval_every must be >= 0 and log_every > 0')
+    if check_data and config.dataset not in EMBEDDED:
+        need(bool(config.data_dir), f'dataset {config.dataset!r} needs config key "data_dir" (the tfds data_dir or '
+             f'the image-folder root)')
+        need(os.path.isdir(config.data_dir), f'data_dir {config.data_dir!r} does not exist (config key "data_dir")')
+    if 'bad_images' in config:
+        need(config.bad_images in ('error', 'skip'), f'config key "bad_images" must be error or skip, '
+             f'got {config.bad_images!r}')
+    if 'sampler' in config:
+        need(config.sampler.name in samplers.SAMPLERS, f'unknown sampler {config.sampler.name!r} (config key '
+             f'"sampler.name"); known: {", ".join(sorted(samplers.SAMPLERS))}')
+    if 'evals' in config:
+        evaluators.validate_evals(config)
+    if config.dataset == 'image_folder':
+        need(config.image_size > 0, 'config key "image_size" is 0 (from the data), but the config was not loaded '
+             'with configure.load_config_with_overrides, which looks at the images: set it to the stored side')
+    config_lib.check_ranges(config)
+    check_objective = getattr(OBJECTIVES[config.method], 'check_config', None)
+    if check_objective is not None:  # the method's own keys, before any data is read
+        check_objective(config, num_devices)
