@@ -230,7 +230,7 @@ def test_image_folder_cache_round_trip(tmp_path, monkeypatch):
     def fail(*a, **k):
         raise AssertionError('decoded although cached')
 
-    monkeypatch.setattr(S, 'decode_image', fail)
+    monkeypatch.setattr(S.folders, 'decode_image', fail)  # where FolderSource looks it up
     second = S.load_split('image_folder', 'train', str(root), cache_dir=str(cache))
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.labels, second.labels)
@@ -297,7 +297,7 @@ def test_tfds_imagenet_stream(tfds_mock, tmp_path, monkeypatch):
     assert out['image'].shape == (3, 8, 8, 3) and out['image'].dtype == np.uint8 and out['label'].dtype == np.int32
     np.testing.assert_array_equal(out['image'][0], out['image'][2])
     raw = real('imagenet2012', split='validation', data_dir=str(tmp_path))[0]['image']
-    np.testing.assert_array_equal(out['image'][1], S._resize_array(raw, 8))
+    np.testing.assert_array_equal(out['image'][1], S.resize_array(raw, 8))
     # Mock imagenet images differ in size: without image_size the error names the record.
     with pytest.raises(ValueError, match=r'imagenet2012:test\[1\] is'):
         S.open_source('imagenet2012', 'test', str(tmp_path)).get([0, 1])

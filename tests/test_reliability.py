@@ -588,7 +588,7 @@ def test_cached_skip_still_reports_and_error_still_stops(tmp_path, monkeypatch, 
     def no_decoding(*a, **k):
         raise AssertionError('decoded although cached')
 
-    monkeypatch.setattr(S, 'decode_image', no_decoding)
+    monkeypatch.setattr(S.folders, 'decode_image', no_decoding)  # where FolderSource looks it up
     second = S.load_split('image_folder', 'train', str(root), cache_dir=str(cache), bad_images='skip')
     assert second.bad_files == first.bad_files and len(second) == len(first) == 5
     assert 'leaving out 2 unreadable files in' in capsys.readouterr().err

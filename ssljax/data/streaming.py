@@ -99,7 +99,7 @@ class BatchMaker:
                 try:
                     decode.decode_views(data, uniforms, self.views, out)
                 except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
-                    raise sources.UnreadableImageError(self.source.describe(k), sources._short_reason(e)) from e
+                    raise sources.UnreadableImageError(self.source.describe(k), sources.short_reason(e)) from e
                 return lab
 
             index[j], label[j] = sources.substitute_unreadable(int(i), n, read, self.source.describe, self.bad_images,
