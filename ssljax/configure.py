@@ -16,7 +16,7 @@ import ml_collections
 from ssljax import config_lib
 from ssljax.config_lib import ConfigError, load_config
 from ssljax.data import samplers, sources
-from ssljax.evaluation import evaluators
+from ssljax import evaluation
 from ssljax.models import registry
 from ssljax.objectives import OBJECTIVES
 
@@ -33,10 +33,10 @@ def add_evaluators(config: ml_collections.ConfigDict, overrides: list[str]) -> l
         name = parts[1]
         if name in config.evals:
             continue
-        if kind not in evaluators.EVALUATORS:
+        if kind not in evaluation.EVALUATORS:
             raise ConfigError(f'config key "{key}": unknown evaluator type {kind!r}; known: '
-                              f'{", ".join(sorted(evaluators.EVALUATORS))}')
-        settings = {**evaluators.COMMON_SETTINGS, **evaluators.EVALUATORS[kind].defaults, 'type': kind}
+                              f'{", ".join(sorted(evaluation.EVALUATORS))}')
+        settings = {**evaluation.COMMON_SETTINGS, **evaluation.EVALUATORS[kind].defaults, 'type': kind}
         with config.evals.unlocked():
             config.evals[name] = ml_collections.ConfigDict(settings)
         added.append(name)
@@ -138,7 +138,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
         need(config.sampler.name in samplers.SAMPLERS, f'unknown sampler {config.sampler.name!r} (config key '
              f'"sampler.name"); known: {", ".join(sorted(samplers.SAMPLERS))}')
     if 'evals' in config:
-        evaluators.validate_evals(config)
+        evaluation.validate_evals(config)  # the one check of config.evals in a run
     if config.dataset == 'image_folder':
         need(config.image_size > 0, 'config key "image_size" is 0 (from the data), but the config was not loaded '
              'with configure.load_config_with_overrides, which looks at the images: set it to the stored side')

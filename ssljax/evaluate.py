@@ -41,9 +41,8 @@ def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple
     experiment and state structure, so the checkpoint restores into it and the features are the run's."""
     from ssljax import checkpoint as ckpt_lib
     from ssljax import config_lib, logging_lib, train
-    from ssljax.evaluation import evaluators
 
-    evaluators.validate_evals(config)
+    # config.evals is checked once, by configure.validate in train.setup below (before any data is read)
     unknown = [n for n in (names or ()) if n not in config.evals]
     if unknown:
         raise config_lib.ConfigError(f'--only names {", ".join(map(repr, unknown))}, which config.evals does not '

@@ -170,14 +170,14 @@ def split_features(run, state, network: str = '', split: str = 'test') -> tuple[
 
 
 def diagnostics_rows(config, n: int) -> np.ndarray:
-    """The test rows the run's ``diagnostics`` evaluator scores (``evaluators.diagnostics_rows``)."""
-    from ssljax.evaluation import evaluators
-    max_examples = evaluators.Diagnostics.defaults['max_examples']
+    """The test rows the run's ``diagnostics`` evaluator scores (``evaluation.builtin.diagnostics_rows``)."""
+    from ssljax.evaluation import builtin
+    max_examples = builtin.Diagnostics.defaults['max_examples']
     for settings in config.get('evals', {}).values():
         if settings.get('type') == 'diagnostics':
             max_examples = settings.get('max_examples', max_examples)
             break
-    return evaluators.diagnostics_rows(n, max_examples, int(config.seed))
+    return builtin.diagnostics_rows(n, max_examples, int(config.seed))
 
 
 def rankme_of(z: np.ndarray) -> float:

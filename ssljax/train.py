@@ -29,7 +29,7 @@ from ssljax import config_lib, configure, logging_lib, optim, parallel, preempti
 from ssljax import workdir as workdir_lib
 from ssljax.data import pipeline, samplers, sources
 from ssljax.data import views as views_lib
-from ssljax.evaluation import evaluators, linear_probe
+from ssljax.evaluation import EvalRunner, linear_probe, make_context
 from ssljax.models import registry
 from ssljax.objectives import Context, Objective, create_objective
 
@@ -268,7 +268,7 @@ class Run:
     train_data: pipeline.TrainData
     eval_train: sources.Split
     eval_test: sources.Split
-    runner: evaluators.EvalRunner
+    runner: EvalRunner
 
 
 def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -> Run:
@@ -290,7 +290,8 @@ def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -
     num_classes = config.num_classes or eval_train.num_classes
     exp = build_experiment(config, mesh, train_data.num_examples, num_classes)
     state = init_state(exp, train_data.sampler_state)
-    runner = evaluators.EvalRunner(evaluators.make_context(config, exp, eval_train, eval_test, workdir))
+    # config.evals passed configure.validate above: the runner only fills in the defaults, checking nothing again
+    runner = EvalRunner(make_context(config, exp, eval_train, eval_test, workdir), validated=True)
     return Run(exp, state, train_data, eval_train, eval_test, runner)
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssljax.data import samplers
-from ssljax.evaluation import evaluators
+from ssljax.evaluation import Evaluator, register_evaluator
 from ssljax.objectives import base, losses
 from ssljax.objectives.base import AXIS, BATCH, REPLICATED, Forward, LossOutput, Objective
 
@@ -79,8 +79,8 @@ class BalancedByPseudoLabel(samplers.Sampler):
         return np.concatenate([rng.choice(g, half, replace=False) for g in groups]).astype(np.int64)
 
 
-@evaluators.register_evaluator
-class FeatureNorm(evaluators.Evaluator):
+@register_evaluator
+class FeatureNorm(Evaluator):
     type = 'toy_feature_norm'
 
     def run(self, state, step):

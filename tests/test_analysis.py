@@ -261,7 +261,7 @@ def test_part_probe_protocol(setup):
 
 
 def _settings(ctx, name):
-    from ssljax.evaluation.evaluators import settings_of
+    from ssljax.evaluation import settings_of
     return settings_of(name, ctx.config.evals[name])
 
 

@@ -132,11 +132,11 @@ def test_every_method_config_validates_and_builds_its_objective(name, variant):
 def test_a_new_evaluator_is_added_by_naming_its_type():
     """--config.evals.NAME.type=TYPE with a new NAME adds that evaluator with its type's defaults (ssljax.main and
     ssljax.evaluate alike); later overrides of evals.NAME change it; an unknown type names the key."""
-    from ssljax.evaluation import evaluators
+    from ssljax.evaluation import EVALUATORS
     c = config_lib.load_config(os.path.join(REPO, 'configs', 'simclr.py'))
     configure.apply_overrides(c, ['evals.part.type=part_probe', 'evals.part.epochs=7'])
     assert c.evals.part.type == 'part_probe' and c.evals.part.epochs == 7 and c.evals.part.every == -1
-    assert tuple(c.evals.part.area) == tuple(evaluators.EVALUATORS['part_probe'].defaults['area'])
+    assert tuple(c.evals.part.area) == tuple(EVALUATORS['part_probe'].defaults['area'])
     configure.validate(c, 1, check_data=False)
     with pytest.raises(config_lib.ConfigError, match='"evals.x.type": unknown evaluator type \'nope\''):
         configure.apply_overrides(c, ['evals.x.type=nope'])

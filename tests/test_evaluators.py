@@ -1,5 +1,5 @@
-"""The evaluators chosen by name (ssljax/evaluation/evaluators.py), their runner, the device-resident encoding, the
-sharded kNN (1 vs 8 devices) and the `python -m ssljax.evaluate` command line."""
+"""The evaluators chosen by name (ssljax/evaluation/framework.py and builtin.py), their runner, the device-resident
+encoding, the sharded kNN (1 vs 8 devices) and the `python -m ssljax.evaluate` command line."""
 import dataclasses
 import json
 import os

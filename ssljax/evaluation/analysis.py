@@ -26,7 +26,7 @@ import numpy as np
 
 from ssljax.evaluation import linear_probe
 from ssljax.evaluation.context import SPLITS
-from ssljax.evaluation.evaluators import Evaluator, register_evaluator
+from ssljax.evaluation.framework import Evaluator, register_evaluator
 
 # ---------------------------------------------------------------------------------------------------- random parts
 

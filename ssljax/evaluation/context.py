@@ -158,8 +158,9 @@ class EvalContext:
         """Images as blocks of ``batch_size`` on the mesh, sharded along 'data' (the last one zero-padded).
 
         ``data``: uint8 [N, H, W, 3] numpy, a Split, or any random-access source (``len`` and ``get(indices)``, read
-        block by block, each process reading only the rows of its own devices). With ``key`` the blocks stay on the device for later calls with the same ``data`` when the
-        images fit in ``config.device_data_max_mb``; otherwise they are put anew each time.
+        block by block, each process reading only the rows of its own devices). With ``key`` the blocks stay on the
+        device for later calls with the same ``data`` when the images fit in ``config.device_data_max_mb``;
+        otherwise they are put anew each time.
         """
         if key is not None and key in self._resident and self._resident[key][0] is data:
             return self._resident[key][1]

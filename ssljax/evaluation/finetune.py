@@ -29,9 +29,10 @@ import numpy as np
 import optax
 
 from ssljax import parallel
+from ssljax.config_lib import ConfigError
 from ssljax.data import augment
-from ssljax.evaluation.context import read_rows
-from ssljax.evaluation.evaluators import Evaluator, register_evaluator, to_host
+from ssljax.evaluation.context import read_rows, to_host
+from ssljax.evaluation.framework import Evaluator, register_evaluator
 
 NO_DECAY = ('cls_token', 'pos_embed', 'mask_token')
 
@@ -121,8 +122,8 @@ class Finetune(Evaluator):
         encoder, rate = self.ctx.encoder, float(self.settings.drop_path)
         if rate > 0:
             if not hasattr(encoder, 'drop_path_rate'):
-                raise ValueError(f'config key "evals.{self.name}.drop_path": backbone {type(encoder).__name__} has no '
-                                 f'drop-path; set it to 0')
+                raise ConfigError(f'config key "evals.{self.name}.drop_path": backbone {type(encoder).__name__} has '
+                                  f'no drop-path; set it to 0')
             encoder = encoder.clone(drop_path_rate=rate)
         return encoder
 

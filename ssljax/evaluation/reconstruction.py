@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssljax.config_lib import ConfigError
 from ssljax.data import augment
 from ssljax.evaluation.context import read_rows
-from ssljax.evaluation.evaluators import Evaluator, register_evaluator
+from ssljax.evaluation.framework import Evaluator, register_evaluator
 
 MASK_GREY = 0.5
 MIN_CELL = 64  # pixels per grid cell side (small images are scaled up, nearest neighbour)
@@ -58,8 +59,8 @@ class Reconstruction(Evaluator):
     def run(self, state, step):
         ctx = self.ctx
         if not hasattr(ctx.objective, 'reconstruct'):
-            raise ValueError(f'config key "evals.{self.name}.type": method {ctx.objective.name!r} does not '
-                             f'reconstruct images (MAE, SimMIM and masked_contrastive do)')
+            raise ConfigError(f'config key "evals.{self.name}.type": method {ctx.objective.name!r} does not '
+                              f'reconstruct images (MAE, SimMIM and masked_contrastive do)')
         count = len(ctx.test.labels)
         n = min(int(self.settings.num_images), count)
         rows = np.unique(np.linspace(0, count - 1, n).round().astype(np.int64))  # spread over the split

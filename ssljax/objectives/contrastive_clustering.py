@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.config_lib import ConfigError
-from ssljax.evaluation import diagnostics, evaluators
+from ssljax.evaluation import Evaluator, builtin, diagnostics, register_evaluator
 from ssljax.models.heads import MLP
 from ssljax.objectives import losses
 from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
@@ -85,8 +85,8 @@ class ContrastiveClustering(Objective):
         return jnp.argmax(fw.apply('cluster_projector', self.cluster_projector, feats), axis=-1).astype(jnp.int32)
 
 
-@evaluators.register_evaluator
-class FeatureKMeans(evaluators.Evaluator):
+@register_evaluator
+class FeatureKMeans(Evaluator):
     """k-means on the L2-normalised test features (as ``clustering`` does without an objective hook), scored with
     NMI, ACC and ARI against the labels; ``num_clusters`` 0 means the number of classes."""
     type = 'feature_kmeans'
@@ -94,7 +94,7 @@ class FeatureKMeans(evaluators.Evaluator):
 
     @classmethod
     def check(cls, settings):
-        return evaluators.Clustering.check(settings)
+        return builtin.Clustering.check(settings)
 
     def run(self, state, step):
         test = self.features(state, 'test')

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssljax.config_lib import ConfigError
-from ssljax.evaluation import evaluators
+from ssljax.evaluation import Evaluator, register_evaluator
 from ssljax.evaluation.context import to_host
 from ssljax.models.heads import MLP
 from ssljax.objectives import losses
@@ -104,8 +104,8 @@ class ISogCLR(Objective):
         return loss, LossOutput(metrics, fw.batch_stats, state, feats[0])
 
 
-@evaluators.register_evaluator
-class TemperatureHistogram(evaluators.Evaluator):
+@register_evaluator
+class TemperatureHistogram(Evaluator):
     """iSogCLR's learned temperatures tau_i of every training image: mean, std, min, max, the fraction of images
     visited so far (s_i > 0), and their histogram drawn to ``workdir/figures/<name>_tau_<step>.png``."""
     type = 'isogclr_tau'
