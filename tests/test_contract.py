@@ -82,6 +82,7 @@ def test_per_device_helper_normalises_each_shard_alone():
     assert r.returncode == 0 and 'PER_DEVICE_OK' in r.stdout, r.stderr[-3000:]
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_plugin_method_trains_on_8_devices_and_resumes_exactly(tmp_path):
     from ssljax import checkpoint as ckpt_lib
     straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')

@@ -66,6 +66,7 @@ def results():
     return run_on_eight_devices(SCRIPT, [json.dumps(CASES)], timeout=1500)
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_one_device_equals_eight(results, case):
     one, eight = results[case]['1'], results[case]['8']

@@ -588,6 +588,7 @@ def test_config_reference_defaults():
 RESUME = dict(total_steps=5, checkpoint_every=2, log_every=1)
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_isogclr_tables_and_gsimclr_sampler_resume_exactly(tmp_path):
     """iSogCLR with the G-SimCLR sampler (re-clustered every 2 steps): 5 steps straight, and stopped right after the
     checkpoint of step 2 then resumed; the final checkpoints (tables, pseudo-labels, everything) are identical."""

@@ -351,6 +351,7 @@ def test_sharded_knn_and_runner_on_eight_devices(setup):
 
 # ---------------------------------------------------------------------------------------- python -m ssljax.evaluate
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_evaluate_command_reproduces_the_runner(tmp_path, capsys):
     """Checkpoints of two states written as the train loop writes them (no training: compiling the train step
     would double this test's time); `python -m ssljax.evaluate` must give the runner's values exactly."""

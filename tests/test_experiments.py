@@ -4,10 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, tiny_config
 from ssljax import train
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_directpred_analysis_writes_plots_and_numbers(tmp_path):
     run = tmp_path / 'linear'
     config = tiny_config('directpred', total_steps=3, checkpoint_every=1, keep_checkpoints=10)

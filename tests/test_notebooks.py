@@ -55,6 +55,7 @@ def summary(path) -> dict:
         return json.load(f)
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_new_objective_notebook_trains_the_new_loss_against_simclr(tmp_path, monkeypatch, compile_cache):
     nb = execute('new_objective.ipynb', tmp_path, monkeypatch, compile_cache)
     text, images = outputs(nb)
@@ -67,6 +68,7 @@ def test_new_objective_notebook_trains_the_new_loss_against_simclr(tmp_path, mon
     assert abs(float(loss) - float(diagnostics.split(')')[0])) < 1e-3
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_directpred_notebook_measures_alignment_at_every_checkpoint(tmp_path, monkeypatch, compile_cache):
     nb = execute('directpred_spectrum.ipynb', tmp_path, monkeypatch, compile_cache)
     text, images = outputs(nb)
@@ -77,6 +79,7 @@ def test_directpred_notebook_measures_alignment_at_every_checkpoint(tmp_path, mo
         assert -1.0 <= float(line.split('of all: ')[1]) <= 1.0
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_ablation_notebook_sweeps_the_temperature(tmp_path, monkeypatch, compile_cache):
     nb = execute('ablation_sweep.ipynb', tmp_path, monkeypatch, compile_cache)
     _, images = outputs(nb)

@@ -50,6 +50,7 @@ def run_script(code, args, env_extra):
     return json.loads(r.stdout.split('RESULT')[-1])
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 @pytest.mark.parametrize('method', ['simclr', 'byol'])
 def test_one_device_equals_eight(method):
     out = run_script(ONE_VS_EIGHT, [method], EIGHT)
@@ -66,6 +67,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_two_processes_match_one(tmp_path):
     from test_train import TINY_ARGS, restore_params
     common = ['-m', 'ssljax.main', '--config=configs/simclr.py', *TINY_ARGS]

@@ -44,6 +44,7 @@ def test_logged_rankme_is_preferred_and_ends_with_the_final_value():
     assert plot.logged_rankme({'final/diagnostics_rankme': metrics['final/diagnostics_rankme']}) is None
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_plot_command_writes_every_figure_of_a_finished_run(tmp_path):
     """A tiny SimCLR run (a checkpoint every 2 steps, RankMe logged at step 2 and at the end): every figure is a
     non-empty PNG, and RankMe recomputed from the checkpoints equals the RankMe the run logged at those steps."""

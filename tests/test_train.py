@@ -71,6 +71,7 @@ train.train_and_evaluate(config, args.workdir, hooks=[Kill()])
 """
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 @pytest.mark.parametrize('method', ['byol'])
 def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
     straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
@@ -156,6 +157,7 @@ def _tiny_run(workdir, *extra):
     return run_main(['--config=configs/simclr.py', f'--workdir={workdir}', *TINY_ARGS, *extra])
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_resume_with_a_changed_batch_is_refused_and_nothing_is_lost(tmp_path):
     workdir = tmp_path / 'w'
     r = _tiny_run(workdir)
@@ -193,6 +195,7 @@ def test_second_run_on_a_locked_workdir_is_refused(tmp_path):
     assert not (workdir / 'checkpoints').exists()
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
     workdir = tmp_path / 'w'
     args = [a for a in TINY_ARGS if not a.startswith('--config.total_steps')]
