@@ -2,8 +2,17 @@
 
 Every key a run reads is defined here or in the method's file, so ``--config.KEY=VALUE`` overrides are checked
 against a complete tree (an unknown key or a value of the wrong type is an error before anything compiles).
+
+The objective block has one source of truth: ``config.objective`` starts as every config key of the method's
+objective class at its published default (:func:`objective_defaults`, from the class's dataclass fields), and a method
+file changes a key only through :func:`recipe`, which names the recipe the value comes from and records the override
+(:func:`recipe_overrides`; tests/test_config_defaults.py fails on an objective value that differs from the class's
+default without such a declaration, and on a declaration that equals the default).
 """
 from __future__ import annotations
+
+import weakref
+from typing import Any
 
 import ml_collections
 
@@ -168,8 +177,48 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
 
-    c.objective = ml_collections.ConfigDict()
+    c.objective = objective_defaults(method)
     return c
+
+
+# ----- the objective block: the class's published defaults, and each config's declared recipe overrides -------------
+
+def objective_defaults(method: str) -> ml_collections.ConfigDict:
+    """``config.objective`` of ``method``: every key its objective class reads, at the class's (published) default."""
+    from ssljax.objectives import OBJECTIVES
+    if method not in OBJECTIVES:
+        raise ValueError(f'unknown method {method!r}; known: {", ".join(sorted(OBJECTIVES))}')
+    return ml_collections.ConfigDict(OBJECTIVES[method].config_defaults())
+
+
+# id(config) -> (weak reference to the config, {key: (value, recipe)}); an entry goes when its config does.
+_RECIPES: dict[int, tuple[weakref.ref, dict[str, tuple[Any, str]]]] = {}
+
+
+def recipe(c: ml_collections.ConfigDict, reason: str, **values) -> None:
+    """Sets ``c.objective.KEY = VALUE`` where this config's recipe differs from the method's published default, and
+    records each as a recipe override named by ``reason`` (the recipe, e.g. "solo-learn's CIFAR BYOL").
+
+    Only keys the method's objective declares can be set (every key stays overridable as
+    ``--config.objective.KEY=...``); the record lives here, not in the config, so config.json gains no key.
+    """
+    key_of = id(c)
+    entry = _RECIPES.get(key_of)
+    if entry is None or entry[0]() is not c:
+        entry = (weakref.ref(c), {})
+        _RECIPES[key_of] = entry
+        weakref.finalize(c, _RECIPES.pop, key_of, None)
+    for key, value in values.items():
+        if key not in c.objective:
+            raise KeyError(f'recipe({reason!r}): method {c.method!r} has no config key objective.{key}')
+        c.objective[key] = value
+        entry[1][key] = (c.objective[key], reason)
+
+
+def recipe_overrides(c: ml_collections.ConfigDict) -> dict[str, tuple[Any, str]]:
+    """{objective key: (value, recipe)} of every :func:`recipe` override of the config ``c``."""
+    entry = _RECIPES.get(id(c))
+    return dict(entry[1]) if entry is not None and entry[0]() is c else {}
 
 
 def solo_cifar_optimizer(c: ml_collections.ConfigDict, lr: float, weight_decay: float) -> None:
@@ -186,16 +235,24 @@ def solo_cifar_optimizer(c: ml_collections.ConfigDict, lr: float, weight_decay: 
 EMBEDDED_EPOCHS = 30.0  # the embedded default's budget: about 5 minutes of training on 2 CPU cores
 
 
-def method_config(method: str, arg: str | None, **extra_args):
+def method_config(method: str, arg: str | None, objective_args: tuple[str, ...] = (), **extra_args):
     """Shared start of every method file: -> (config, parsed variant args).
 
     Variant args: dataset (mnist | cifar10 | cifar100 | stl10 | imagenet2012), backbone, epochs, batch_size,
-    image_size (0: the dataset's; every view size follows it), plus ``extra_args`` of the method. The embedded MNIST default gets settings that finish in minutes on a CPU; the
-    others start from solo-learn's CIFAR setup (ResNet-18 CIFAR stem, batch 256, 40 epochs, bf16).
+    image_size (0: the dataset's; every view size follows it), plus ``extra_args`` of the method. The embedded MNIST
+    default gets settings that finish in minutes on a CPU; the others start from solo-learn's CIFAR setup (ResNet-18
+    CIFAR stem, batch 256, 40 epochs, bf16).
+    ``objective_args`` are objective keys that are also variant args (``:predictor=linear``): their default is the
+    class's, and a value that differs is a recipe override named after the argument.
     """
-    a = parse_arg(arg, dataset='mnist', backbone='', epochs=-1.0, batch_size=0, image_size=0, **extra_args)
+    defaults = objective_defaults(method)
+    a = parse_arg(arg, dataset='mnist', backbone='', epochs=-1.0, batch_size=0, image_size=0,
+                  **{key: defaults[key] for key in objective_args}, **extra_args)
     embedded = a.dataset == 'mnist'
     c = base_config(method, a.dataset, a.backbone or ('resnet_mini' if embedded else 'resnet18'), a.image_size)
+    for key in objective_args:
+        if a[key] != defaults[key]:
+            recipe(c, f'the variant argument {key}={a[key]}', **{key: a[key]})
     c.batch_size = 256
     if embedded:
         c.model.cifar_stem = False        # resnet_mini: stride-2 stem + max-pool, 28 -> 7 px, fast on CPUs
@@ -221,15 +278,14 @@ def finish(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_col
 
 
 def redundancy_reduction_setup(c: ml_collections.ConfigDict, embedded: bool) -> None:
-    """Shared by Barlow Twins and VICReg: 3-layer projector (1024 wide on MNIST, 2048 as solo-learn's CIFAR),
-    BYOL's views, LARS lr 0.3, wd 1e-4."""
-    width = 1024 if embedded else 2048
+    """Shared by Barlow Twins and VICReg (both publish a 3 x 8192 projector): 3 layers 1024 wide on MNIST, 2048 as
+    solo-learn's CIFAR recipe, BYOL's views, LARS lr 0.3, wd 1e-4."""
     set_views(c, 'byol' if embedded else 'solo_byol_cifar')
-    c.objective.projector_hidden = (width, width)
-    c.objective.projector_dim = width
-    c.objective.projector_bn = True
     if embedded:
+        recipe(c, 'the embedded MNIST budget: a 3 x 1024 projector', projector_hidden=(1024, 1024), projector_dim=1024)
         c.optimizer.lr = 0.3
         c.optimizer.weight_decay = 1e-4
     else:
+        recipe(c, "solo-learn's CIFAR recipe (scripts/pretrain/cifar): a 3 x 2048 projector",
+               projector_hidden=(2048, 2048), projector_dim=2048)
         solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-4)

@@ -6,16 +6,16 @@ CIFAR-10 image folders (solo-learn has no DCL: its SimCLR CIFAR recipe, ResNet-1
 projector 2048-256, with DCL's temperature):
     python -m ssljax.main --config configs/dcl.py:dataset=cifar10 \
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/dcl_c10
-Temperature 0.1 (the DCL paper's ImageNet setting and lightly's DCLLoss default). Everything else is configs/simclr.py.
+Temperature 0.1 (the DCL paper's ImageNet setting and lightly's DCLLoss default: the objective's default).
+Everything else is configs/simclr.py's recipe.
 """
-from configs import simclr
+from configs import common, simclr
 
 
 def dcl_setup(method: str, arg):
-    c = simclr.get_config(arg)
-    c.method = method
-    c.objective.temperature = 0.1
-    return c
+    c, a = common.method_config(method, arg)
+    simclr.simclr_recipe(c, a.dataset == 'mnist')
+    return common.finish(c, a)
 
 
 def get_config(arg=None):

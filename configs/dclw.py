@@ -4,13 +4,11 @@
     python -m ssljax.main --config configs/dclw.py:dataset=cifar10 \
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/dclw_c10
 sigma 0.5 (the paper), temperature 0.1; objective.weight_norm 'mean' (the paper's, = 2 - B softmax) or 'sum'
-(2 - softmax, the raminnakhli/Decoupled-Contrastive-Learning code). Otherwise as configs/dcl.py.
+(2 - softmax, the raminnakhli/Decoupled-Contrastive-Learning code): all the objective's defaults. Otherwise as
+configs/dcl.py.
 """
 from configs import dcl
 
 
 def get_config(arg=None):
-    c = dcl.dcl_setup('dclw', arg)
-    c.objective.sigma = 0.5
-    c.objective.weight_norm = 'mean'
-    return c
+    return dcl.dcl_setup('dclw', arg)

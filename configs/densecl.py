@@ -15,7 +15,8 @@ than CIFAR-10, so this variant keeps 32,768 (solo-learn's MoCo v2+ CIFAR queue);
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/densecl_c10
 
 Keys: objective.queue_size (a positive multiple of batch_size, else an error before compiling), temperature,
-momentum, loss_lambda, bn_groups (0: one per device, 1: global BatchNorm, G: G shuffled groups).
+momentum, loss_lambda, bn_groups (0: one per device, 1: global BatchNorm, G: G shuffled groups); their defaults are
+the reference's (ssljax/objectives/densecl.py).
 """
 from configs import common
 
@@ -26,15 +27,12 @@ def get_config(arg=None):
     common.set_views(c, 'simclr' if embedded else 'solo_simclr_cifar')
     view = c.augment.views.view
     view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1
-    o = c.objective
-    o.temperature = 0.2
-    o.loss_lambda = 0.5
-    o.bn_groups = 8
-    o.momentum = 0.99 if embedded else 0.999
-    o.queue_size = 2048 if embedded else 32768
-    width = 512 if embedded else 2048
-    o.projector_hidden, o.projector_dim, o.projector_bn = (width,), 128, False
-    o.dense_projector_hidden, o.dense_projector_dim, o.dense_projector_bn = (width,), 128, False
+    if embedded:
+        common.recipe(c, 'the embedded MNIST budget: 512-128 necks, a queue of 2048 (8 batches), key momentum 0.99',
+                      projector_hidden=(512,), dense_projector_hidden=(512,), queue_size=2048, momentum=0.99)
+    else:
+        common.recipe(c, "CIFAR-10 is smaller than the reference's queue: solo-learn's MoCo v2+ CIFAR queue",
+                      queue_size=32768)
     c.optimizer.name = 'sgd'
     c.optimizer.lr = 0.3 if embedded else 0.03
     c.optimizer.weight_decay = 1e-4

@@ -9,8 +9,9 @@ Published defaults (facebookresearch/dino main_dino.py): head 3 layers (2048 hid
 output 65536; student tau 0.1, teacher tau 0.04 -> 0.07 over 30 epochs (the paper's ViT-S runs; the argparse default
 is 0.04 flat), stepped per epoch; centre momentum 0.9; teacher EMA 0.996 -> 1 (per-step cosine); 2 global + 8 local
 crops; last layer frozen during the first epoch (--freeze_last_layer 1); the teacher is the network evaluated.
-Every config here sets objective.freeze_last_layer_epochs = 1 and objective.bn_per_view (False: the reference's
-MultiCropWrapper concatenates crops of equal resolution, so BatchNorm sees them jointly).
+These are the objective's defaults (ssljax/objectives/dino.py), with freeze_last_layer_epochs 1 and bn_per_view False
+(the reference's MultiCropWrapper concatenates crops of equal resolution, so BatchNorm sees them jointly); the
+recipe overrides below are the embedded budget's and solo-learn's.
 
 Optimizer, per recipe:
 - ViT backbones (backbone=vit_*): main_dino.py's defaults: AdamW (betas 0.9, 0.999), lr 5e-4 x B/256, 10 warm-up
@@ -36,34 +37,19 @@ def get_config(arg=None):
     c, a = common.method_config('dino', arg)
     embedded = a.dataset == 'mnist'
     vit = c.model.backbone.startswith('vit')
-    c.objective.head_layers = 3
-    c.objective.head_bn = False
-    c.objective.norm_last_layer = True
-    c.objective.student_temp = 0.1
-    c.objective.teacher_temp = 0.07
-    c.objective.warmup_teacher_temp = 0.04
-    c.objective.center_momentum = 0.9
-    c.objective.ema_final = 1.0
-    c.objective.freeze_last_layer_epochs = 1
     if embedded:
         common.set_views(c, 'multicrop', n_local=4)
-        c.objective.head_out = 4096
-        c.objective.head_hidden = 512
-        c.objective.head_bottleneck = 128
-        c.objective.warmup_teacher_temp_epochs = 5
-        c.objective.ema_base = 0.99
-        c.objective.bn_per_view = False
+        common.recipe(c, 'the embedded MNIST budget: a 512-128-4096 head, the teacher warm-up over 5 of 30 epochs, '
+                      'EMA 0.99 -> 1', head_out=4096, head_hidden=512, head_bottleneck=128,
+                      warmup_teacher_temp_epochs=5, ema_base=0.99)
         c.optimizer.lr = 0.3
         c.optimizer.weight_decay = 1e-5
         c.optimizer.clip_grad = 3.0
     else:  # solo-learn's scripts/pretrain/cifar/dino.yaml (docstring)
         common.set_views(c, 'solo_byol_cifar')
-        c.objective.head_out = 4096
-        c.objective.head_hidden = 2048
-        c.objective.head_bottleneck = 256
-        c.objective.warmup_teacher_temp_epochs = 0
-        c.objective.ema_base = 0.9995
-        c.objective.bn_per_view = True
+        common.recipe(c, "solo-learn's CIFAR DINO (scripts/pretrain/cifar/dino.yaml): 4096 prototypes, a flat teacher "
+                      "tau, EMA 0.9995 -> 1, one forward per crop", head_out=4096, warmup_teacher_temp_epochs=0,
+                      ema_base=0.9995, bn_per_view=True)
         common.solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-6)
         c.optimizer.clip_grad = 0.0
     if vit:  # main_dino.py's ViT defaults (docstring)

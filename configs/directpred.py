@@ -15,24 +15,20 @@ reference (luckmatters ssl/real-dataset/byol_trainer.py: written after steps 1, 
 optimizer in between, random init). `directcopy_norm`: frobenius (default, DirectCopy's paper) | spectral | none
 (the public code's unnormalised F + eps I). BatchNorm per view (bn_per_view True), as the paper's code.
 The comparison table and the eigen-alignment plots: experiments/directpred/.
+The objective's defaults are the paper code's (ssljax/objectives/directpred.py); the overrides below are BYOL's
+solo-learn CIFAR recipe (heads, target EMA) and the variant arguments predictor and solver.
 """
 from configs import byol, common
 
 
 def get_config(arg=None):
-    c, a = common.method_config('directpred', arg, predictor='directpred', solver='eigh')
+    c, a = common.method_config('directpred', arg, objective_args=('predictor', 'solver'))
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'byol' if embedded else 'solo_byol_cifar')
-    byol.byol_objective(c, embedded)
-    c.objective.predictor = a.predictor
-    c.objective.rho = 0.3
-    c.objective.eps = 0.01
-    c.objective.freq = 1
-    c.objective.predictor_write = 'after_freq'
-    c.objective.center = False
-    c.objective.transform = 'sqrt'
-    c.objective.solver = a.solver
-    c.objective.directcopy_norm = 'frobenius'
+    if not embedded:
+        common.recipe(c, "solo-learn's CIFAR BYOL: 4096-256 projector and predictor", projector_hidden=(4096,),
+                      projector_dim=256, predictor_hidden=(4096,), predictor_dim=256)
+    common.recipe(c, byol.SOLO_EMA, ema_base=0.99)
     if not embedded:
         common.solo_cifar_optimizer(c, lr=1.0, weight_decay=1e-5)
     return common.finish(c, a)

@@ -12,6 +12,8 @@ reference trains 400 epochs, this variant 40):
     python -m ssljax.main --config configs/isogclr.py:dataset=cifar10 \
         --config.dataset=image_folder --config.data_dir=../shared/datasets/cifar10-jpeg --workdir workdirs/isogclr_c10
 
+The objective's defaults are the reference's (tau_init 0.1, rho 0.4, gamma 0.8, beta_u 0.5, eta 0.03, the 8192
+projector; ssljax/objectives/isogclr.py); the embedded default overrides only the projector.
 objective.variant: 'paper' (default: h_i(z) = s(x_i, z) - s(x_i, x_i+) in the exponent, as the paper's objective)
 or 'code' (both released codes: s(x_i, z) in the exponent, the positive subtracted outside). The temperatures
 tau_i live in the objective state (sharded over the devices, checkpointed); train metrics tau_mean / tau_min /
@@ -25,28 +27,15 @@ def get_config(arg=None):
     c, a = common.method_config('isogclr', arg)
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr')
-    o = c.objective
-    o.temperature = 0.1          # tau_init
-    o.temperature_min = 0.05
-    o.temperature_max = 1.0
-    o.gamma = 0.8                # moving-average rate of s_i
-    o.dro_rho = 0.4              # rho, the KL radius (DRO_rho)
-    o.eta = 0.03                 # temperature step size (DRO_eta_init, constant)
-    o.beta_u = 0.5               # momentum of the temperature gradient u_i
-    o.tau_grad_clip = 3.0
-    o.variant = 'paper'
-    o.projector_hidden = (512,)
-    o.projector_dim = 128
-    o.projector_bn = True
-    o.bn_per_view = False        # the reference concatenates the two views (SupContrast's training loop)
+    if embedded:
+        common.recipe(c, "SimCLR's embedded MNIST projector, so that only the loss differs", projector_hidden=(512,),
+                      projector_dim=128)
     c.evals.isogclr = dict(type='isogclr_tau', every=-1, network='', bins=40)
     if not embedded:
         common.set_views(c, 'solo_simclr_cifar')
         view = c.augment.views.view
         view.crop_scale = (0.2, 1.0)
         view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1
-        o.projector_hidden = (8192, 8192)
-        o.projector_dim = 8192
         c.batch_size = 128
         c.optimizer.name = 'lars'
         c.optimizer.lr = 0.8

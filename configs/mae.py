@@ -39,13 +39,14 @@ def masked_setup(c, a, *, mask_mode: str = 'drop', decoder: bool = True) -> None
         # Every ViT config carries its depth, so that --config.model.depth=N makes a shallower encoder (CPU budgets);
         # the embedded default uses a 4-block ViT-Tiny so that its runs take minutes on a CPU.
         c.model.depth = 4 if embedded and not a.backbone else registry.BACKBONES[c.model.backbone].keywords['depth']
-    if decoder:
-        c.objective.decoder_dim = 128 if embedded else 256 if c.model.backbone in ('vit_tiny', 'vit_small') else 512
-        c.objective.decoder_depth = 2 if embedded else 4 if c.model.backbone in ('vit_tiny', 'vit_small') else 8
-        c.objective.decoder_heads = 4 if embedded else 8 if c.model.backbone in ('vit_tiny', 'vit_small') else 16
-        c.objective.norm_pix_loss = True
-    # the online probe on the masked view (False: free, understates) or on the whole view (one more forward a step)
-    c.objective.probe_unmasked = False
+    if decoder and embedded:  # the objective's default decoder is the reference's, 512 wide, 8 blocks, 16 heads
+        common.recipe(c, 'the embedded MNIST budget: a 128-wide 2-block decoder', decoder_dim=128, decoder_depth=2,
+                      decoder_heads=4)
+    elif decoder and c.model.backbone in ('vit_tiny', 'vit_small'):
+        common.recipe(c, "the decoder narrowed to ViT-Tiny / Small's width", decoder_dim=256, decoder_depth=4,
+                      decoder_heads=8)
+    # objective.probe_unmasked: the online probe on the masked view (False, the default: free, understates) or on
+    # the whole view (one more forward a step)
     c.optimizer.name = 'adamw'
     c.optimizer.lr = 1e-3 if embedded else 1.5e-4
     c.optimizer.lr_scaling = 'linear'

@@ -17,23 +17,23 @@ Other args: ``mask_ratio`` (both views; default 0.75), the shared ``dataset``, `
 Views: SimCLR's recipe (jitter 0.8 / 0.8 / 0.8 / 0.2 p 0.8, grayscale 0.2, crop, flip; no blur on MNIST), because
 the contrastive term needs them; the decoder, optimizer (AdamW) and budget are configs/mae.py's.
 """
-from configs import common
-from configs.byol import byol_heads
+from configs import byol, common
 from configs.mae import masked_setup
 
 
 def get_config(arg=None):
-    c, a = common.method_config('masked_contrastive', arg, weight=1.0, term='simclr', contrastive_only=False,
+    c, a = common.method_config('masked_contrastive', arg, objective_args=('weight', 'term'), contrastive_only=False,
                                 mask_ratio=0.75)
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr' if embedded else 'solo_simclr_cifar')
     for name in c.augment.order:
         c.augment.views[name].mask_ratio = 0.0 if a.contrastive_only else a.mask_ratio
     masked_setup(c, a)
-    c.objective.weight = a.weight
-    c.objective.term = a.term
-    c.objective.temperature = 0.2
-    byol_heads(c, embedded, width=2048)
+    if embedded:
+        byol.embedded_heads(c)
+    else:
+        common.recipe(c, 'the ViT-Tiny budget: 2048-wide heads', projector_hidden=(2048,), predictor_hidden=(2048,))
+    common.recipe(c, byol.SOLO_EMA, ema_base=0.99)
     if a.contrastive_only:
         del c.evals['reconstruction']
     return common.finish(c, a)

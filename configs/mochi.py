@@ -9,7 +9,8 @@ CIFAR-10 image folders (solo-learn's MoCo v2+ recipe, see configs/mocov2.py, plu
 (N, s, s') = (objective.n_hard, n_mix, n_mix_query): the paper's (1024, 1024, 128) on CIFAR; on the embedded default
 the same fractions of its 2048-key queue (the paper's queue is 16384): (128, 128, 16). Mixing starts after
 objective.mix_start_epochs (10 on CIFAR, 3 of 30 on MNIST; the paper warms up without mixing first, the exact count
-is ours) or objective.mix_start_steps when >= 0. n_hard > queue_size is an error before compiling.
+is ours) or objective.mix_start_steps when >= 0. n_hard > queue_size is an error before compiling. The CIFAR values
+are the objective's defaults (ssljax/objectives/moco.py).
 """
 from configs import common, mocov2
 
@@ -18,9 +19,7 @@ def get_config(arg=None):
     c, a = common.method_config('mochi', arg)
     embedded = a.dataset == 'mnist'
     mocov2.moco_v2_setup(c, embedded)
-    c.objective.n_hard = 128 if embedded else 1024
-    c.objective.n_mix = 128 if embedded else 1024
-    c.objective.n_mix_query = 16 if embedded else 128
-    c.objective.mix_start_epochs = 3.0 if embedded else 10.0
-    c.objective.mix_start_steps = -1
+    if embedded:
+        common.recipe(c, "the embedded MNIST budget: the paper's fractions of a 2048-key queue, mixing after 3 of 30 "
+                      "epochs", n_hard=128, n_mix=128, n_mix_query=16, mix_start_epochs=3.0)
     return common.finish(c, a)

@@ -14,7 +14,8 @@ m 0.999 constant, tau 0.2, head 2048-2048-128 without BN, SGD lr 0.03 x B/256, w
 BatchNorm groups (32 images each, as 256 over 8 GPUs; on 1 CPU device they run as 8 groups of one vmapped forward),
 with a queue of 2048 (8 batches of the 5,000-image set) and solo-learn's short-schedule momentum 0.99 -> 0.999.
 Keys: objective.queue_size (a multiple of batch_size, else an error before compiling), temperature, bn_groups
-(0: one per device, 1: global BatchNorm, n: n shuffled groups), symmetric, ema_base, ema_final.
+(0: one per device, 1: global BatchNorm, n: n shuffled groups), symmetric, ema_base, ema_final. Their defaults are
+the paper's (ssljax/objectives/moco.py); the overrides below are the embedded budget's and solo-learn's.
 """
 from configs import common
 
@@ -24,15 +25,14 @@ def moco_v2_setup(c, embedded: bool) -> None:
     common.set_views(c, 'simclr' if embedded else 'solo_simclr_cifar')
     view = c.augment.views.view
     view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1  # MoCo v2's aug-plus jitter
-    c.objective.temperature = 0.2
-    c.objective.projector_hidden = (512,) if embedded else (2048,)
-    c.objective.projector_dim = 128 if embedded else 256
-    c.objective.projector_bn = False       # the reference's --mlp head: Linear - ReLU - Linear
-    c.objective.queue_size = 2048 if embedded else 32768
-    c.objective.ema_base = 0.99
-    c.objective.ema_final = 0.999
-    c.objective.bn_groups = 8 if embedded else 1
-    c.objective.symmetric = not embedded
+    if embedded:
+        common.recipe(c, "the embedded MNIST budget: a 512-wide head, a queue of 8 batches, the paper's 8 shuffled "
+                      "BatchNorm groups", projector_hidden=(512,), queue_size=2048, bn_groups=8)
+    else:
+        common.recipe(c, "solo-learn's CIFAR MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml): projector 2048-256, "
+                      "queue 32768, SyncBN on one GPU (bn_groups 1), the symmetric loss", projector_dim=256,
+                      queue_size=32768, bn_groups=1, symmetric=True)
+    common.recipe(c, "solo-learn's short-schedule key momentum 0.99 -> 0.999 (mocov2plus.yaml)", ema_base=0.99)
     c.optimizer.name = 'sgd'
     c.optimizer.lr = 0.3
     c.optimizer.weight_decay = 1e-4

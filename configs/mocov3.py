@@ -23,18 +23,15 @@ def get_config(arg=None):
     vit = c.model.backbone.startswith('vit')
     common.set_views(c, 'byol' if embedded else 'solo_byol_cifar')
     width = 512 if embedded else 4096
-    c.objective.temperature = 0.2
-    c.objective.projector_hidden = (width, width) if vit else (width,)
-    c.objective.projector_dim = 128 if embedded else 256
-    c.objective.projector_bn = True
-    c.objective.predictor_hidden = (width,)
-    c.objective.predictor_dim = c.objective.projector_dim
-    c.objective.predictor_bn = True
-    c.objective.predictor_last_bn = vit
-    c.objective.ema_base = 0.99
-    c.objective.ema_final = 1.0
-    c.objective.bn_per_view = True
-    c.objective.freeze_patch_embed = vit
+    if embedded:
+        common.recipe(c, 'the embedded MNIST budget: 512-128 projector and predictor', projector_hidden=(width,),
+                      projector_dim=128, predictor_hidden=(width,), predictor_dim=128)
+    if vit:
+        common.recipe(c, "the reference's ViT recipe (CONFIG.md): a 3-layer projector, the predictor's last BN, the "
+                      "frozen random patch projection (--stop-grad-conv1)", projector_hidden=(width, width),
+                      predictor_last_bn=True, freeze_patch_embed=True)
+    common.recipe(c, "tau 0.2: solo-learn's CIFAR MoCo v3 (scripts/pretrain/cifar/mocov3.yaml) and the reference's "
+                  "ViT recipe", temperature=0.2)
     if not embedded:
         common.solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-6)
     c = common.finish(c, a)

@@ -11,23 +11,27 @@ Measured results with their commands: BENCHMARKS.md.
 BatchNorm over the views (objective.bn_per_view): False by default, as SimCLR's reference (google-research/simclr
 tf2/model.py concatenates the views into one batch before the ResNet); True in the CIFAR variant, as solo-learn
 (solo/methods/base.py runs each crop through the backbone separately).
+The objective block starts at SimCLR's published defaults (ssljax/objectives/simclr.py: tau 0.1, a 2048-128 head with
+BN); the values below are the recipe overrides.
 """
 from configs import common
 
 
+def simclr_recipe(c, embedded: bool) -> None:
+    """SimCLR's views, projector and optimizer on MNIST and CIFAR (shared by DCL and DCLW, whose objectives publish
+    the same projector and BatchNorm defaults)."""
+    if embedded:
+        common.set_views(c, 'simclr')
+        common.recipe(c, 'the embedded MNIST budget: a 512-wide projector', projector_hidden=(512,))
+    else:  # solo-learn's CIFAR recipe (METHODS.md, "The peer recipe")
+        common.set_views(c, 'solo_simclr_cifar')
+        common.recipe(c, "solo-learn's CIFAR SimCLR: projector 2048-256 without BN, one forward per view",
+                      projector_dim=256, projector_bn=False, bn_per_view=True)
+        common.solo_cifar_optimizer(c, lr=0.4, weight_decay=1e-4)
+
+
 def get_config(arg=None):
     c, a = common.method_config('simclr', arg)
-    common.set_views(c, 'simclr')
-    c.objective.temperature = 0.2
-    c.objective.projector_hidden = (512,)
-    c.objective.projector_dim = 128
-    c.objective.projector_bn = True
-    c.objective.bn_per_view = False
-    if a.dataset != 'mnist':  # solo-learn's CIFAR recipe (METHODS.md, "The peer recipe")
-        common.set_views(c, 'solo_simclr_cifar')
-        c.objective.projector_hidden = (2048,)
-        c.objective.projector_dim = 256
-        c.objective.projector_bn = False
-        c.objective.bn_per_view = True
-        common.solo_cifar_optimizer(c, lr=0.4, weight_decay=1e-4)
+    simclr_recipe(c, a.dataset == 'mnist')
+    common.recipe(c, "solo-learn's CIFAR SimCLR temperature (the embedded default's too)", temperature=0.2)
     return common.finish(c, a)

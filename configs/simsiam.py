@@ -27,20 +27,15 @@ def get_config(arg=None):
     c, a = common.method_config('simsiam', arg)
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr')
-    width = 512 if embedded else 2048
-    c.objective.projector_hidden = (width, width)
-    c.objective.projector_dim = width
-    c.objective.projector_bn = True
-    c.objective.predictor_hidden = (width // 4,)
-    c.objective.predictor_dim = width
-    c.objective.predictor_bn = True
+    if embedded:  # the paper's 2048-wide projector and 512 bottleneck, at a quarter of the width
+        common.recipe(c, 'the embedded MNIST budget: 512-wide projector, 128 bottleneck', projector_hidden=(512, 512),
+                      projector_dim=512, predictor_hidden=(128,), predictor_dim=512)
     c.optimizer.name = 'sgd'
     c.optimizer.lr = 0.05
     c.optimizer.weight_decay = 1e-4
     c.optimizer.momentum = 0.9
     c.optimizer.warmup_epochs = 1.0 if embedded else 10.0
     c.optimizer.constant_lr_heads = ('predictor',)
-    c.objective.bn_per_view = True
     if not embedded:  # solo-learn's scripts/pretrain/cifar/simsiam.yaml (docstring)
         common.set_views(c, 'solo_simclr_cifar')
         view = c.augment.views.view  # symmetric_weak.yaml: two identical views, weaker colour jitter

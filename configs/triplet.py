@@ -13,25 +13,21 @@ TripletLossHead): gamma 2, margin 100, base momentum 0.99 -> 1; `negative` media
 (the released code: mean of the 2nd..10th most similar negatives; objective.truncate_lo/hi 1, 10). Negatives span the
 global batch (objective.neg_group 0); the reference's per-GPU negatives are objective.neg_group = per-GPU batch.
 The reference's ImageNet optimizer: LARS lr 4.8 at batch 4096 (0.3 x B/256), wd 1e-6, 10 warm-up epochs.
+These are the objective's defaults (ssljax/objectives/triplet.py); the overrides below are the embedded budget's heads
+and the `negative` variant argument.
 """
 from configs import byol, common
-
-NEGATIVES = ('median', 'truncated')
+from ssljax.objectives.triplet import NEGATIVES
 
 
 def get_config(arg=None):
-    c, a = common.method_config('triplet', arg, negative='median')
+    c, a = common.method_config('triplet', arg, objective_args=('negative',))
     if a.negative not in NEGATIVES:
         raise ValueError(f'unknown config argument value negative={a.negative!r}; known: {", ".join(NEGATIVES)}')
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'byol' if embedded else 'solo_byol_cifar')
-    byol.byol_objective(c, embedded)
-    c.objective.gamma = 2.0
-    c.objective.margin = 100.0
-    c.objective.negative = a.negative
-    c.objective.truncate_lo = 1
-    c.objective.truncate_hi = 10
-    c.objective.neg_group = 0
+    if embedded:
+        byol.embedded_heads(c)
     if not embedded:
         common.solo_cifar_optimizer(c, lr=1.0, weight_decay=1e-5)
     return common.finish(c, a)

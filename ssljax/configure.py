@@ -143,6 +143,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
         need(config.image_size > 0, 'config key "image_size" is 0 (from the data), but the config was not loaded '
              'with configure.load_config_with_overrides, which looks at the images: set it to the stored side')
     config_lib.check_ranges(config)
-    check_objective = getattr(OBJECTIVES[config.method], 'check_config', None)
-    if check_objective is not None:  # the method's own keys, before any data is read
-        check_objective(config, num_devices)
+    OBJECTIVES[config.method].check_config(config, num_devices)  # the method's own keys, before any data is read

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import REPO, tiny_config
+
 from ssljax import config_lib, configure
 from ssljax.objectives import Context, create_objective, losses
-from ssljax.objectives.moco import grouped_forward
+from ssljax.objectives.base import grouped_forward
 from ssljax.objectives.gsimclr import PseudoLabelSampler
 
 f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
@@ -288,7 +288,7 @@ OBJECTIVE_KEYS = {
 
 
 def make(method, num_examples=20, **overrides):
-    config = ml_collections.ConfigDict({'method': method, 'model': {'backbone': 'resnet_tiny'},
+    config = ml_collections.ConfigDict({'method': method, 'model': {'backbone': 'resnet_tiny'}, 'batch_size': B,
                                         'objective': {**OBJECTIVE_KEYS[method], **overrides}})
     ctx = Context(encoder=TinyEncoder(), feature_dim=6, total_steps=10, global_batch=B, num_examples=num_examples)
     return create_objective(config, ctx)
@@ -524,7 +524,7 @@ BAD = [
 
 @pytest.mark.parametrize('method,changes,key', BAD)
 def test_bad_objective_config_names_the_key(method, changes, key):
-    with pytest.raises(ValueError, match=key.replace('.', r'\.')):
+    with pytest.raises(config_lib.ConfigError, match=key.replace('.', r'\.')):
         build(base_config(method, **changes))
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax.objectives import directpred as dp
+from ssljax.objectives import predictors as dp
 
 EPS = 0.01
 # sqrt is not Lipschitz at 0: float32 rounding puts F's zero eigenvalues at about +-1e-8 s_max, which p = sqrt(a)

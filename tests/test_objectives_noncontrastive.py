@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ssljax.config_lib import ConfigError
 from ssljax.models.heads import MLP
-from ssljax.objectives import OBJECTIVES, Context, Forward, create_objective, directpred, losses
-from ssljax.objectives.base import cosine_ema_momentum
+from ssljax.objectives import OBJECTIVES, Context, Forward, create_objective, losses, predictors
 
 B = 4  # images per batch
 
@@ -27,13 +27,15 @@ class TinyEncoder(nn.Module):
 
 
 def objective_config(method, **objective):
-    return ml_collections.ConfigDict({'method': method, 'objective': objective})
+    """The method's config keys at their defaults, with ``objective`` on top (what a config file's block holds)."""
+    return ml_collections.ConfigDict({'method': method,
+                                      'objective': {**OBJECTIVES[method].config_defaults(), **objective}})
 
 
 PROJ = dict(projector_hidden=(16,), projector_dim=8, projector_bn=True)
-FAMILY = dict(PROJ, predictor='directpred', predictor_hidden=(16,), predictor_bn=True, ema_base=0.99, ema_final=1.0,
-              rho=0.3, eps=0.01, freq=2, center=False, transform='sqrt', solver='eigh', directcopy_norm='frobenius',
-              predictor_write='after_freq', bn_per_view=True)
+FAMILY = dict(PROJ, predictor='directpred', predictor_hidden=(16,), predictor_dim=8, predictor_bn=True,
+              ema_base=0.99, ema_final=1.0, rho=0.3, eps=0.01, freq=2, center=False, transform='sqrt', solver='eigh',
+              directcopy_norm='frobenius', predictor_write='after_freq', bn_per_view=True)
 CONFIGS = {
     'simclr': dict(PROJ, temperature=0.2, bn_per_view=False),
     'byol': dict(PROJ, predictor_hidden=(16,), predictor_dim=8, predictor_bn=True, ema_base=0.99, ema_final=1.0,
@@ -157,7 +159,7 @@ def test_directpred_correlation_state_and_write_only_every_freq_steps():
     np.testing.assert_array_equal(p1['predictor']['kernel'], params['predictor']['kernel'])
     # step 2: W_p from F is written.
     p2, s2 = jax.jit(objective.update)(params, out.objective_state, jnp.asarray(2, jnp.int32))  # step 2
-    expected = directpred.predictor_from_correlation(s1['corr'], 0.01)
+    expected = predictors.predictor_from_correlation(s1['corr'], 0.01)
     np.testing.assert_allclose(p2['predictor']['kernel'], expected, atol=1e-6)
     np.testing.assert_allclose(p2['predictor']['kernel'], p2['predictor']['kernel'].T)
     # Everything else in params is untouched by the write.
@@ -180,7 +182,7 @@ def test_directpred_options(solver, center, transform):
     F = s1['corr']
     if center:
         F = F - jnp.outer(s1['mean'], s1['mean'])
-    expected = directpred.predictor_from_correlation(F, 0.01, 'eigh' if solver == 'newton_schulz' else solver,
+    expected = predictors.predictor_from_correlation(F, 0.01, 'eigh' if solver == 'newton_schulz' else solver,
                                                      transform)
     tol = 3e-3 if solver == 'newton_schulz' else 1e-6
     np.testing.assert_allclose(p1['predictor']['kernel'], expected, atol=tol)
@@ -200,12 +202,13 @@ def test_directcopy_write(norm):
 def test_directcopy_default_normalisation_is_frobenius():
     """DirectCopy's paper normalises F by its Frobenius norm: the default of the function, the objective and config."""
     import inspect
+
     from configs import directpred as directpred_config
-    assert inspect.signature(directpred.directcopy_predictor).parameters['normalize'].default == 'frobenius'
+    assert inspect.signature(predictors.directcopy_predictor).parameters['normalize'].default == 'frobenius'
     assert OBJECTIVES['directpred'].directcopy_norm == 'frobenius'
     assert directpred_config.get_config('predictor=directcopy').objective.directcopy_norm == 'frobenius'
     F = jnp.asarray(np.diag([4.0, 3.0, 0.0]), jnp.float32)
-    np.testing.assert_allclose(directpred.directcopy_predictor(F, 0.01), np.diag([0.81, 0.61, 0.01]), atol=1e-6)
+    np.testing.assert_allclose(predictors.directcopy_predictor(F, 0.01), np.diag([0.81, 0.61, 0.01]), atol=1e-6)
 
 
 def test_directpred_reference_write_schedule():
@@ -217,14 +220,14 @@ def test_directpred_reference_write_schedule():
     views = views_for('directpred')
     _, out, grads, p1, s1 = run_step(objective, params, stats, state, views, step=1)
     assert float(jnp.abs(grads['predictor']['kernel']).sum()) > 0  # trained by the optimizer between writes
-    np.testing.assert_allclose(p1['predictor']['kernel'], directpred.predictor_from_correlation(s1['corr'], 0.01),
+    np.testing.assert_allclose(p1['predictor']['kernel'], predictors.predictor_from_correlation(s1['corr'], 0.01),
                                atol=1e-6)  # written after the first optimizer step (niter 0 in the code)
     update = jax.jit(objective.update)
     trained = dict(p1, predictor={'kernel': p1['predictor']['kernel'] + 0.5})  # as if the optimizer moved it
     p2, _ = update(trained, s1, jnp.asarray(2, jnp.int32))
     np.testing.assert_array_equal(p2['predictor']['kernel'], trained['predictor']['kernel'])  # kept between writes
     p3, _ = update(trained, s1, jnp.asarray(3, jnp.int32))
-    np.testing.assert_allclose(p3['predictor']['kernel'], directpred.predictor_from_correlation(s1['corr'], 0.01),
+    np.testing.assert_allclose(p3['predictor']['kernel'], predictors.predictor_from_correlation(s1['corr'], 0.01),
                                atol=1e-6)
     # The default schedule writes after steps freq, 2 freq, ... and keeps the predictor out of the optimizer.
     default = make('directpred')
@@ -264,9 +267,9 @@ def test_family_config_errors():
                               ('rho', 1.0, 'rho'), ('solver', 'svd', 'solver'), ('transform', 'cube', 'transform'),
                               ('directcopy_norm', 'max', 'directcopy_norm'),
                               ('predictor_write', 'sometimes', 'predictor_write')]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ConfigError, match=match):
             make('directpred', **{key: value})
-    with pytest.raises(ValueError, match='predictor_dim'):
+    with pytest.raises(ConfigError, match='predictor_dim'):
         make('simsiam', predictor_dim=4)
 
 

@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 
 from ssljax.models.registry import create_encoder
-from ssljax.objectives import Context, create_objective
-from ssljax.objectives import directpred as dp
+from ssljax.objectives import OBJECTIVES, Context, create_objective
+from ssljax.objectives import predictors as dp
 
 
 def timed(fn, *args, repeats: int) -> tuple[float, float]:
@@ -76,11 +76,12 @@ def bench_predictor(dims, repeats: int) -> None:
 def family_objective(args, predictor: str, solver: str, freq: int):
     encoder, feature_dim = create_encoder(args.backbone, cifar_stem=True)
     cfg = ml_collections.ConfigDict(dict(
-        method='directpred',
-        objective=dict(projector_hidden=(args.step_hidden,), projector_dim=args.step_dim, projector_bn=True,
-                       predictor=predictor, predictor_hidden=(args.step_hidden,), predictor_bn=True, ema_base=0.99,
-                       ema_final=1.0, rho=0.3, eps=0.01, freq=freq, center=False, transform='sqrt', solver=solver,
-                       directcopy_norm='spectral')))
+        method='directpred', batch_size=args.batch,
+        objective=dict(OBJECTIVES['directpred'].config_defaults(), projector_hidden=(args.step_hidden,),
+                       projector_dim=args.step_dim, projector_bn=True, predictor=predictor,
+                       predictor_hidden=(args.step_hidden,), predictor_dim=args.step_dim, predictor_bn=True,
+                       ema_base=0.99, ema_final=1.0, rho=0.3, eps=0.01, freq=freq, center=False, transform='sqrt',
+                       solver=solver, directcopy_norm='spectral')))
     ctx = Context(encoder=encoder, feature_dim=feature_dim, total_steps=10 * args.steps, global_batch=args.batch,
                   num_examples=args.batch * 100)
     return create_objective(cfg, ctx)

@@ -146,13 +146,15 @@ assert np.allclose(value, expected, rtol=1e-5)
 ## 2. Registered as an objective
 
 `TwoViewObjective` (in `ssljax.objectives.base`) runs two views through the encoder and a projector and asks only
-for `pair_loss(z_a, z_b)`; `@register` makes it available as `config.method = 'align_uniform'`.
+for `pair_loss(z_a, z_b)`; `@register` makes it available as `config.method = 'align_uniform'`. Its fields are its
+config keys with their defaults (the projector's `projector_hidden`, `projector_dim`, `projector_bn`, `bn_per_view`,
+and here `weight`): the inherited `from_config` reads each one from `config.objective`.
 '''),
     code('''
 import dataclasses
 
 from ssljax.objectives import losses
-from ssljax.objectives.base import TwoViewObjective, mlp_from_config, register
+from ssljax.objectives.base import TwoViewObjective, register
 
 
 @register
@@ -161,12 +163,6 @@ class AlignUniform(TwoViewObjective):
     """Alignment + uniformity (Wang & Isola 2020) on the projections of two views."""
     name = 'align_uniform'
     weight: float = 1.0
-
-    @classmethod
-    def from_config(cls, config, ctx):
-        cfg = config.objective
-        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype), weight=cfg.weight,
-                   bn_per_view=cfg.bn_per_view)
 
     def pair_loss(self, z_a, z_b):
         metrics = {'pos_cosine': losses.cosine_similarity(z_a, z_b).mean()}

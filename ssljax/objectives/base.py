@@ -12,22 +12,28 @@ online linear probe trains on. ``objective_state`` is any pytree the method carr
 correlation matrix, a MoCo queue, per-sample temperatures indexed by ``batch['index']``, DINO's centre. It is part of
 the train state, so it is checkpointed and restored with everything else.
 
-Each method is a frozen dataclass registered by name with :func:`register`; ``from_config`` builds it from the
-method's config block. :class:`Forward` is the helper a loss uses to run the encoder and heads while collecting the
-updated BatchNorm statistics.
+Each method is a frozen dataclass registered by name with :func:`register`. Its fields ARE its config keys
+(``config.objective.KEY``) with their published defaults: ``configs/common.py`` fills a config's objective block from
+them (:meth:`Objective.config_defaults`), ``from_config`` reads every one back as ``config.objective[KEY]``, and a
+field that is not a config key (a fact of the run, the view size) is declared with :func:`derived`. Modules (projector,
+predictor, heads) are properties built from those fields. ``check_config(config, num_devices)`` validates the keys
+before anything is built or any data read (``ssljax.configure.validate`` calls it; so does :func:`create_objective`).
+:class:`Forward` is the helper a loss uses to run the encoder and heads while collecting the updated BatchNorm
+statistics.
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssljax.config_lib import ConfigError
 from ssljax.models.heads import MLP
 
 PyTree = Any
@@ -154,6 +160,25 @@ class Forward:
         return list(jnp.split(y, len(xs), axis=0))
 
 
+def grouped_forward(variables: dict, n_groups: int, x: jax.Array, fn: Callable) -> tuple:
+    """``fn(Forward, chunk)`` on ``n_groups`` consecutive equal chunks of ``x``, BatchNorm statistics per chunk.
+
+    -> (fn's outputs re-assembled to x's row order, batch statistics: the mean over chunks of each chunk's update,
+    i.e. r <- m r + (1 - m) mean_g mu_g, as averaging per-GPU running statistics gives). One vmapped forward
+    (MoCo v2's and DenseCL's per-GPU BatchNorm).
+    """
+    b = x.shape[0]
+    chunks = x.reshape(n_groups, b // n_groups, *x.shape[1:])
+
+    def one(chunk):
+        fw = Forward(variables)
+        return fn(fw, chunk), fw.batch_stats
+
+    outs, stats = jax.vmap(one)(chunks)
+    outs = jax.tree.map(lambda a: a.reshape(b, *a.shape[2:]), outs)
+    return outs, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+
+
 def mlp_from_config(cfg, prefix: str, dtype, *, last_bn: bool = False, last_bn_affine: bool = True,
                     use_bias: bool = True) -> MLP:
     """The MLP of ``cfg.<prefix>_hidden``, ``_dim``, ``_bn``; the method fixes the rest (architecture, not a knob)."""
@@ -189,19 +214,136 @@ def ema_network(network: dict, params: dict, momentum: jax.Array) -> dict:
     return dict(network, params=ema_update(network['params'], online, momentum))
 
 
+def steps_per_epoch(ctx: Context) -> int:
+    """Optimizer steps per epoch: the run's value, or num_examples // global_batch outside a run (at least 1)."""
+    if ctx.steps_per_epoch > 0:
+        return int(ctx.steps_per_epoch)
+    return max(1, ctx.num_examples // max(1, ctx.global_batch))
+
+
+# ----- config checks (Objective.check_config): one ConfigError line naming the key ---------------------------------
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raises ``ConfigError('config key "objective.KEY" MESSAGE')`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f'config key "objective.{key}" {message}')
+
+
+def check_temperature(cfg, key: str = 'temperature') -> float:
+    """``cfg[key]`` as a float, which must be > 0 (a softmax temperature)."""
+    value = float(cfg[key])
+    require(value > 0, key, f'must be > 0, got {cfg[key]!r}')
+    return value
+
+
+def check_choice(cfg, key: str, known: Sequence[str]) -> None:
+    """``cfg[key]`` must be one of ``known``."""
+    require(cfg[key] in known, key, f'must be one of {", ".join(known)}, got {cfg[key]!r}')
+
+
+def count_views(config) -> int:
+    """How many views ``config.augment`` makes per image (each entry of ``augment.order`` times its ``count``)."""
+    views = config.augment.views
+    return sum(int(views[name].get('count', 1)) for name in config.augment.order)
+
+
+# ----- the method's config keys: its dataclass fields ---------------------------------------------------------------
+
+_DERIVED = 'ssljax_derived'
+_KEY = 'ssljax_config_key'
+
+
+def derived(default: Any = None) -> Any:
+    """A field that is not a config key: ``from_config`` computes it from the run or from other config sections
+    (the view size, the model's patch), so it takes no place in ``config.objective``."""
+    return dataclasses.field(default=default, metadata={_DERIVED: True})
+
+
+def setting(default: Any, *, key: str) -> Any:
+    """A config key held by a field of another name (``PredictorBYOL.kind`` is ``objective.predictor``)."""
+    return dataclasses.field(default=default, metadata={_KEY: key})
+
+
+def _cast(default: Any, value: Any) -> Any:
+    """``value`` as the type of the field's default (a config may hold 2.0 for an int, 1 for a float)."""
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, int):
+        return int(round(value)) if isinstance(value, float) else int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(value)
+    if isinstance(default, str):
+        return str(value)
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective(abc.ABC):
-    """Base of every method. Subclasses are frozen dataclasses: hashable, static under jit."""
+    """Base of every method. Subclasses are frozen dataclasses: hashable, static under jit.
+
+    Every field but ``ctx`` and the :func:`derived` ones is a config key of ``config.objective`` whose default is the
+    method's published value (the class docstring names the source); the method's config file declares where its
+    recipe differs (``configs/common.py``: ``recipe``).
+    """
     ctx: Context
     name: ClassVar[str] = 'objective'
     # Heads the method sets itself (e.g. DirectPred's predictor): the optimizer leaves them alone.
     frozen_heads: ClassVar[tuple[str, ...]] = ()
 
+    # ----- config keys ---------------------------------------------------------------------------------------------
     @classmethod
-    @abc.abstractmethod
-    def from_config(cls, config, ctx: Context) -> 'Objective':
-        """Builds the method from the whole run config (its own keys live in ``config.objective``)."""
+    def config_fields(cls) -> dict[str, dataclasses.Field]:
+        """{config key: field} of every ``config.objective`` key the method reads."""
+        return {f.metadata.get(_KEY, f.name): f for f in dataclasses.fields(cls)
+                if f.name != 'ctx' and not f.metadata.get(_DERIVED)}
 
+    @classmethod
+    def config_defaults(cls) -> dict[str, Any]:
+        """{config key: published default}: what ``configs/common.py`` writes into ``config.objective``."""
+        return {key: f.default for key, f in cls.config_fields().items()}
+
+    @classmethod
+    def config_values(cls, config) -> dict[str, Any]:
+        """{config key: value} read as ``config.objective[KEY]``, each cast to its default's type."""
+        cfg = config.objective
+        values = {}
+        for key, f in cls.config_fields().items():
+            if key not in cfg:
+                raise ConfigError(f'config key "objective.{key}" is missing: {cls.name} reads it (default '
+                                  f'{f.default!r})')
+            values[key] = _cast(f.default, cfg[key])
+        return values
+
+    @classmethod
+    def check_config(cls, config, num_devices: int) -> None:
+        """Validates the method's ``config.objective`` keys (and what it needs of ``config.model`` / ``augment``)
+        without building anything or reading data: a :class:`ConfigError` whose one line names the key, as
+        ``config key "objective.KEY" ...``. ``ssljax.configure.validate`` and :func:`create_objective` call it
+        (after ``config_lib.check_ranges`` in a run). Default: no check."""
+        return None
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'Objective':
+        """Builds the method from the whole run config (its own keys live in ``config.objective``); methods with
+        :func:`derived` fields compute them here and pass them to :meth:`build`."""
+        return cls.build(config, ctx)
+
+    @classmethod
+    def build(cls, config, ctx: Context, **derived_values) -> 'Objective':
+        """The method with every config key from ``config.objective`` (``config_values``) and ``derived_values``."""
+        fields = cls.config_fields()
+        return cls(ctx=ctx, **{fields[key].name: value for key, value in cls.config_values(config).items()},
+                   **derived_values)
+
+    def mlp(self, prefix: str, *, last_bn: bool = False, last_bn_affine: bool = True, use_bias: bool = True) -> MLP:
+        """The MLP of the fields ``<prefix>_hidden``, ``_dim``, ``_bn``; the keywords are the method's architecture."""
+        keys = {f'{prefix}_{part}': getattr(self, f'{prefix}_{part}') for part in ('hidden', 'dim', 'bn')}
+        return mlp_from_config(keys, prefix, self.ctx.dtype, last_bn=last_bn, last_bn_affine=last_bn_affine,
+                               use_bias=use_bias)
+
+    # ----- the contract ---------------------------------------------------------------------------------------------
     @abc.abstractmethod
     def init(self, rng: jax.Array, encoder_variables: dict) -> tuple[dict, PyTree]:
         """-> (head variables {'params': {...}, 'batch_stats': {...}}, objective_state)."""
@@ -243,7 +385,8 @@ class Objective(abc.ABC):
         if not isinstance(objective_state, dict) or network not in objective_state:
             have = ['online'] + [k for k, v in (objective_state or {}).items()
                                  if isinstance(v, dict) and 'params' in v and 'encoder' in v['params']]
-            raise ValueError(f'{self.name} has no network {network!r} to evaluate; it has: {", ".join(have)}')
+            raise ConfigError(f'{self.name} has no network {network!r} to evaluate (an evaluator\'s "network" '
+                              f'setting); it has: {", ".join(have)}')
         net = objective_state[network]
         return {'params': net['params']['encoder'], 'batch_stats': net.get('batch_stats', {}).get('encoder', {})}
 
@@ -258,23 +401,34 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 
 def create_objective(config, ctx: Context) -> Objective:
-    """Builds ``config.method`` from its config block ``config.objective``."""
+    """Builds ``config.method`` from its config block ``config.objective``, after its ``check_config``."""
     if config.method not in OBJECTIVES:
-        raise ValueError(f'unknown method {config.method!r}; known: {", ".join(sorted(OBJECTIVES))}')
-    return OBJECTIVES[config.method].from_config(config, ctx)
+        raise ConfigError(f'unknown method {config.method!r} (config key "method"); known: '
+                          f'{", ".join(sorted(OBJECTIVES))}')
+    cls = OBJECTIVES[config.method]
+    cls.check_config(config, ctx.num_devices)
+    return cls.from_config(config, ctx)
 
 
 @dataclasses.dataclass(frozen=True)
 class TwoViewObjective(Objective):
     """Two views through one encoder and projector, then a loss of (z_a, z_b); no state.
 
-    Subclasses (SimCLR, Barlow Twins, VICReg, ...) define only ``from_config`` and ``pair_loss``. ``bn_per_view``
-    (config key ``objective.bn_per_view``) is passed to :class:`Forward`: False concatenates the two views (one
-    BatchNorm statistic over 2B rows), True runs encoder and projector once per view (statistics of each view's B
-    rows, running statistics updated view a then view b). Each method's config sets its reference's value.
+    Subclasses (SimCLR, Barlow Twins, VICReg, ...) define ``pair_loss`` and redeclare the fields whose published
+    default differs from these (SimCLR's: a 2048-128 projector with BN). ``bn_per_view`` is passed to
+    :class:`Forward`: False concatenates the two views (one BatchNorm statistic over 2B rows), True runs encoder and
+    projector once per view (statistics of each view's B rows, running statistics updated view a then view b).
+    ``projector_arch`` fixes the projector's architecture (``Objective.mlp`` keywords: last_bn, use_bias, ...).
     """
-    projector: MLP = None
+    projector_hidden: tuple = (2048,)
+    projector_dim: int = 128
+    projector_bn: bool = True
     bn_per_view: bool = False
+    projector_arch: ClassVar[dict] = {}
+
+    @property
+    def projector(self) -> MLP:
+        return self.mlp('projector', **self.projector_arch)
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)

@@ -14,7 +14,7 @@ from ssljax.config_lib import ConfigError
 from ssljax.evaluation import Evaluator, builtin, diagnostics, register_evaluator
 from ssljax.models.heads import MLP
 from ssljax.objectives import losses
-from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
+from ssljax.objectives.base import Forward, LossOutput, Objective, init_heads, register
 
 
 @register
@@ -33,33 +33,39 @@ class ContrastiveClustering(Objective):
     (``bn_per_view`` True, as the code's resnet(x_i), resnet(x_j)).
     :meth:`cluster_assignments` is argmax_k Y_k in eval mode, which the ``clustering`` evaluator scores (NMI, ACC,
     ARI); ``feature_kmeans`` scores k-means on the features.
-    Keys (config.objective): instance_temperature, cluster_temperature, num_clusters, entropy_log_k,
-    instance_hidden, instance_dim, cluster_hidden, bn_per_view.
+    Defaults (the config keys): the reference's CIFAR-10 setting (Yunfan-Li/Contrastive-Clustering config.yaml and
+    modules/network.py, ResNet-34): instance_temperature 0.5, cluster_temperature 1.0, num_clusters 10,
+    entropy_log_k False (the paper's L_clu), heads 512-128 and 512-K (instance_hidden (512,), instance_dim 128,
+    cluster_hidden (512,)), bn_per_view True.
     """
     name = 'contrastive_clustering'
-    instance_projector: MLP = None
-    cluster_projector: MLP = None
     instance_temperature: float = 0.5
     cluster_temperature: float = 1.0
     num_clusters: int = 10
     entropy_log_k: bool = False
+    instance_hidden: tuple = (512,)
+    instance_dim: int = 128
+    cluster_hidden: tuple = (512,)
     bn_per_view: bool = True
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'ContrastiveClustering':
-        cfg = config.objective
+    def check_config(cls, config, num_devices: int) -> None:
+        v = cls.config_values(config)
         for key in ('instance_temperature', 'cluster_temperature'):
-            if not cfg[key] > 0:
-                raise ConfigError(f'config key "objective.{key}" must be > 0, got {cfg[key]!r}')
-        if cfg.num_clusters < 2:
-            raise ConfigError(f'config key "objective.num_clusters" must be >= 2, got {cfg.num_clusters}')
-        head = lambda hidden, out: MLP(hidden_dims=tuple(hidden), out_dim=out, use_bn=False,  # noqa: E731
-                                       dtype=ctx.dtype)
-        return cls(ctx=ctx, instance_projector=head(cfg.instance_hidden, cfg.instance_dim),
-                   cluster_projector=head(cfg.cluster_hidden, cfg.num_clusters),
-                   instance_temperature=cfg.instance_temperature, cluster_temperature=cfg.cluster_temperature,
-                   num_clusters=cfg.num_clusters, entropy_log_k=bool(cfg.entropy_log_k),
-                   bn_per_view=bool(cfg.bn_per_view))
+            if not v[key] > 0:
+                raise ConfigError(f'config key "objective.{key}" must be > 0, got {v[key]!r}')
+        if v['num_clusters'] < 2:
+            raise ConfigError(f'config key "objective.num_clusters" must be >= 2, got {v["num_clusters"]}')
+
+    @property
+    def instance_projector(self) -> MLP:
+        return MLP(hidden_dims=tuple(self.instance_hidden), out_dim=self.instance_dim, use_bn=False,
+                   dtype=self.ctx.dtype)
+
+    @property
+    def cluster_projector(self) -> MLP:
+        return MLP(hidden_dims=tuple(self.cluster_hidden), out_dim=self.num_clusters, use_bn=False,
+                   dtype=self.ctx.dtype)
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from ssljax.objectives import losses
-from ssljax.objectives.base import Context, TwoViewObjective, mlp_from_config, register
+from ssljax.objectives.base import TwoViewObjective, check_choice, check_temperature, register
 
 WEIGHT_NORMS = ('mean', 'sum')
 
@@ -18,29 +18,24 @@ class DCL(TwoViewObjective):
     over the 2B - 2 negatives of the global batch (gradients through all of them), w_i = 1.
 
     Encoder, projector, views and BatchNorm (``bn_per_view``) are SimCLR's; only the loss changes, as in the paper.
-    Everything is global, so 1 and n devices agree. Keys (config.objective): temperature, projector_hidden,
-    projector_dim, projector_bn, bn_per_view. Metric: ``pos_cosine``.
+    Everything is global, so 1 and n devices agree. Defaults: temperature 0.1 (the paper's ImageNet setting and
+    lightly's DCLLoss), SimCLR's projector (2048-128 with BN) and joint BatchNorm over the views.
+    Metric: ``pos_cosine``.
     """
     name = 'dcl'
     temperature: float = 0.1
-    sigma: float | None = None
-    weight_norm: str = 'mean'
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'DCL':
-        cfg = config.objective
-        temperature = float(cfg.temperature)
-        if not temperature > 0:
-            raise ValueError(f'config key "objective.temperature" must be > 0, got {cfg.temperature!r}')
-        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype), temperature=temperature,
-                   bn_per_view=bool(cfg.get('bn_per_view', False)), **cls.weighting(cfg))
+    def check_config(cls, config, num_devices: int) -> None:
+        check_temperature(cls.config_values(config))
 
-    @classmethod
-    def weighting(cls, cfg) -> dict:
-        return {}
+    def weighting(self) -> tuple[float | None, str]:
+        """(sigma, weight_norm) of the positive's weight; (None, 'mean') is w_i = 1."""
+        return None, 'mean'
 
     def pair_loss(self, z_a, z_b):
-        loss = losses.dcl_loss(z_a, z_b, self.temperature, self.sigma, self.weight_norm)
+        sigma, weight_norm = self.weighting()
+        loss = losses.dcl_loss(z_a, z_b, self.temperature, sigma, weight_norm)
         return loss, {'pos_cosine': losses.cosine_similarity(z_a, z_b).mean()}
 
 
@@ -51,15 +46,19 @@ class DCLW(DCL):
         w_i = 2 - exp(<u_i, v_i> / sigma) / mean_j exp(<u_j, v_j> / sigma)          (``weight_norm`` 'mean', the paper)
     so easy positives (already aligned) weigh less than hard ones; the mean of w over the batch is 1.
     ``weight_norm`` 'sum' divides by the sum instead of the mean (w_i = 2 - softmax_i, weights near 2), as the
-    raminnakhli/Decoupled-Contrastive-Learning implementation does. Keys: DCL's plus sigma, weight_norm.
+    raminnakhli/Decoupled-Contrastive-Learning implementation does. Defaults: DCL's plus the paper's sigma 0.5 and
+    'mean'.
     """
     name = 'dclw'
+    sigma: float = 0.5
+    weight_norm: str = 'mean'
 
     @classmethod
-    def weighting(cls, cfg) -> dict:
-        sigma, norm = float(cfg.sigma), str(cfg.weight_norm)
-        if not sigma > 0:
-            raise ValueError(f'config key "objective.sigma" must be > 0, got {cfg.sigma!r}')
-        if norm not in WEIGHT_NORMS:
-            raise ValueError(f'unknown objective.weight_norm {norm!r}; known: {", ".join(WEIGHT_NORMS)}')
-        return dict(sigma=sigma, weight_norm=norm)
+    def check_config(cls, config, num_devices: int) -> None:
+        super().check_config(config, num_devices)
+        v = cls.config_values(config)
+        check_temperature(v, 'sigma')
+        check_choice(v, 'weight_norm', WEIGHT_NORMS)
+
+    def weighting(self):
+        return self.sigma, self.weight_norm

@@ -1,7 +1,7 @@
 """DenseCL (Wang et al., CVPR 2021): MoCo v2 plus a dense contrastive branch on the backbone's feature map.
 
 Its own momentum encoder and two FIFO queues; the per-group ("per-GPU") BatchNorm with shuffled keys is MoCo v2's
-``grouped_forward``.
+(``base.grouped_forward``).
 """
 from __future__ import annotations
 
@@ -11,11 +11,17 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.config_lib import ConfigError
-from ssljax.models.heads import MLP
 from ssljax.objectives import losses
-from ssljax.objectives.base import (Context, Forward, LossOutput, Objective, ema_network, init_heads, mlp_from_config,
-                                    register)
-from ssljax.objectives.moco import grouped_forward
+from ssljax.objectives.base import (
+    Forward,
+    LossOutput,
+    Objective,
+    ema_network,
+    grouped_forward,
+    init_heads,
+    register,
+    require,
+)
 
 
 @register
@@ -36,43 +42,52 @@ class DenseCL(Objective):
     un-shuffled (shuffled BN); G = 1 is global BN, G = 0 one group per device. Paper and code (WXinlong/DenseCL)
     agree; the code's DenseCLWarmupHook (lambda 0 for the first iterations) is used by none of its configs and is
     not implemented. Needs a backbone with a feature map (ResNet).
-    Keys (config.objective): temperature, queue_size, momentum, loss_lambda, bn_groups, projector_hidden,
-    projector_dim, projector_bn, dense_projector_hidden, dense_projector_dim, dense_projector_bn.
+    Defaults (the config keys): the reference's ImageNet config (WXinlong/DenseCL densecl_imagenet_200ep.py):
+    temperature 0.2, queue_size 65536, momentum 0.999, loss_lambda 0.5, bn_groups 8 (its 8 GPUs), necks
+    2048-128 without BN (projector_hidden (2048,), projector_dim 128, projector_bn False, and the same dense_*).
     """
     name = 'densecl'
-    projector: MLP = None
-    dense_projector: MLP = None
     temperature: float = 0.2
     queue_size: int = 65536
     momentum: float = 0.999
     loss_lambda: float = 0.5
     bn_groups: int = 8
+    projector_hidden: tuple = (2048,)
+    projector_dim: int = 128
+    projector_bn: bool = False
+    dense_projector_hidden: tuple = (2048,)
+    dense_projector_dim: int = 128
+    dense_projector_bn: bool = False
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'DenseCL':
-        cfg = config.objective
-        batch = ctx.global_batch
-        groups = cfg.bn_groups or ctx.num_devices
-        checks = [
-            ('temperature', cfg.temperature > 0, 'must be > 0'),
-            ('queue_size', cfg.queue_size >= 1 and cfg.queue_size % batch == 0,
-             f'must be a positive multiple of the global batch_size ({batch})'),
-            ('momentum', 0 <= cfg.momentum <= 1, 'must be in [0, 1]'),
-            ('loss_lambda', 0 <= cfg.loss_lambda <= 1, 'must be in [0, 1]'),
-            ('bn_groups', cfg.bn_groups >= 0 and batch % groups == 0,
-             f'must be 0 (one per device) or >= 1, and its groups ({groups}) must divide the global batch_size '
-             f'({batch})'),
-        ]
-        for key, ok, message in checks:
-            if not ok:
-                raise ConfigError(f'config key "objective.{key}" {message}, got {cfg[key]!r}')
+    def check_config(cls, config, num_devices: int) -> None:
+        v = cls.config_values(config)
+        batch = int(config.batch_size)
+        groups = v['bn_groups'] or num_devices
+        require(v['temperature'] > 0, 'temperature', f'must be > 0, got {v["temperature"]!r}')
+        require(v['queue_size'] >= 1 and v['queue_size'] % batch == 0, 'queue_size',
+                f'must be a positive multiple of the global batch_size ({batch}), got {v["queue_size"]!r}')
+        require(0 <= v['momentum'] <= 1, 'momentum', f'must be in [0, 1], got {v["momentum"]!r}')
+        require(0 <= v['loss_lambda'] <= 1, 'loss_lambda', f'must be in [0, 1], got {v["loss_lambda"]!r}')
+        require(v['bn_groups'] >= 0 and batch % groups == 0, 'bn_groups',
+                f'must be 0 (one per device) or >= 1, and its groups ({groups}) must divide the global batch_size '
+                f'({batch}), got {v["bn_groups"]!r}')
         if str(config.model.backbone).startswith('vit'):
             raise ConfigError(f'config key "model.backbone": densecl needs a backbone with a feature map (a ResNet), '
                               f'got {config.model.backbone!r}')
-        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype),
-                   dense_projector=mlp_from_config(cfg, 'dense_projector', ctx.dtype), temperature=cfg.temperature,
-                   queue_size=cfg.queue_size, momentum=cfg.momentum, loss_lambda=cfg.loss_lambda,
-                   bn_groups=groups)
+
+    @property
+    def groups(self) -> int:
+        """BatchNorm groups: bn_groups, or one per device when 0."""
+        return self.bn_groups or self.ctx.num_devices
+
+    @property
+    def projector(self):
+        return self.mlp('projector')
+
+    @property
+    def dense_projector(self):
+        return self.mlp('dense_projector')
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim))
@@ -90,11 +105,11 @@ class DenseCL(Objective):
     def _branches(self, network: dict, x: jax.Array) -> tuple:
         """-> (pooled projection [N, D], dense projections [N, S, D], backbone cells [N, S, C], pooled features,
         new batch_stats) of one network {'params', 'batch_stats'} on x: the encoder in ``bn_groups`` BatchNorm
-        groups (``moco.grouped_forward``), the heads on the whole batch."""
-        out, stats = grouped_forward(network, self.bn_groups, x,
+        groups (``base.grouped_forward``), the heads on the whole batch."""
+        out, stats = grouped_forward(network, self.groups, x,
                                      lambda fw, chunk: fw.apply('encoder', self.ctx.encoder, chunk))
         if 'feature_map' not in out:
-            raise ValueError('densecl needs a backbone with a feature map (config key "model.backbone")')
+            raise ConfigError('config key "model.backbone": densecl needs a backbone with a feature map')
         fmap = out['feature_map']
         n, c = fmap.shape[0], fmap.shape[-1]
         heads = Forward(dict(network, batch_stats=stats))

@@ -1,286 +1,169 @@
-"""DirectPred and DirectCopy: the linear predictor set in closed form from the projections' correlation matrix.
+"""DirectPred (Tian et al. 2021) and its comparison: BYOL whose predictor is chosen by one switch.
 
-Pure functions of arrays, float32, jit-able; no module, config or state object. The objective
-(``noncontrastive.PredictorBYOL``) keeps F (and the running mean) in its state and calls these.
-
-DirectPred (Tian, Chen & Ganguli, ICML 2021), with f the online projector outputs of both views (detached):
-
-    F <- rho F + (1 - rho) E[f f^T]                         (F = the first batch's value on the first step)
-    F = U diag(s) U^T                                        (symmetric eigendecomposition)
-    p_j = max(sqrt(max(s_j, 0) / max_k s_k) + eps, 1e-4)     (transform 'sqrt', the paper's default)
-    W_p = U diag(p) U^T
-
-rho = 0.3, eps = 0.01 and an update every step in the paper. The eigenvalue transforms are the options of the
-paper's released code (``balance_type='boost_scale'`` with its ``dyn_convert`` and ``dyn_eps_inside`` switches); with
-a = max(s, 0) / s_max in [0, 1]:
-
-    'sqrt'             p = max(sqrt(a) + eps, 1e-4)      (dyn_convert = 2: DirectPred as published)
-    'linear'           p = max(a + eps, 1e-4)            (dyn_convert = 1: the "no square root" ablation)
-    'sqrt_eps_inside'  p = sqrt(max(a + eps, 1e-4))      (dyn_eps_inside: eps added before the square root)
-
-``method='diagonal'`` uses diag(F) alone (U = I), the code's ``corr_eigen_decomp=False`` ablation. Centring (the
-code's ``dyn_zero_mean``) uses F - mu mu^T with mu the EMA of the batch means (:func:`centered_correlation`).
-
-p is a function of F's eigenvalues, so W_p is a matrix function of F: for 'sqrt', W_p = sqrt(F+ / s_max) + eps I
-(F+: F with negative eigenvalues clipped). ``method='newton_schulz'`` computes that square root with matrix products
-only (:func:`newton_schulz_predictor`), which runs at matmul speed on accelerators where a symmetric
-eigendecomposition does not.
-
-DirectCopy (Wang, Chen, Du & Tian 2021) skips the decomposition: W_p = F / ||F||_F + eps I, F normalised by its
-Frobenius norm as in the paper (:func:`directcopy_predictor`; spectral and no normalisation are options).
-
-Every product here runs at ``Precision.HIGHEST``: on GPUs the default float32 matmul may use TF32 (10-bit mantissa),
-whose 1e-3 relative rounding would turn F's zero eigenvalues into negative ones of that size.
+The closed-form maths (W_p from the EMA correlation F: eigh, Newton-Schulz, DirectCopy) are pure functions in
+predictors.py; this file is the objective that keeps F in its state and writes W_p into the predictor.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
-P_FLOOR = 1e-4          # lower bound of every eigenvalue p_j of W_p (as in the paper's code)
-TRANSFORMS = ('sqrt', 'linear', 'sqrt_eps_inside')
-METHODS = ('eigh', 'newton_schulz', 'diagonal')
-NORMALIZATIONS = ('spectral', 'frobenius', 'none')
-_TINY = float(jnp.finfo(jnp.float32).tiny)
-_HI = jax.lax.Precision.HIGHEST
+from ssljax.models.heads import MLP, LinearPredictor, torch_linear_init
+from ssljax.objectives import losses, predictors
+from ssljax.objectives.base import check_choice, register, require, setting
+from ssljax.objectives.ema import EMATwoViewObjective, pair_cosine
+
+PREDICTOR_KINDS = ('directpred', 'directcopy', 'linear', 'mlp', 'none')
+PREDICTOR_WRITES = ('after_freq', 'reference')
 
 
-def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=_HI)
+@register
+@dataclasses.dataclass(frozen=True)
+class PredictorBYOL(EMATwoViewObjective):
+    """BYOL with a choice of predictor: DirectPred (Tian et al. 2021), DirectCopy (Wang et al. 2021) and baselines.
 
+    Everything is BYOL (EMA target, cosine momentum, L = ||n(p_a) - n(sg z'_b)||^2 + ||n(p_b) - n(sg z'_a)||^2)
+    except the predictor q, chosen by ``objective.predictor`` so that the paper's comparison is one switch:
+      'directpred'  q(z) = W_p z, W_p set in closed form, not trained (below)
+      'directcopy'  q(z) = W_p z, W_p = F / ||F||_F + eps I (``directcopy_norm``: 'frobenius' | 'spectral' | 'none')
+      'linear'      a trained bias-free d x d linear predictor (PyTorch's default Linear init), the paper's baseline
+      'mlp'         BYOL's trained 2-layer predictor Linear(predictor_hidden) - BN - ReLU - Linear(d)
+      'none'        q = identity (the no-predictor ablation, which collapses in the paper)
 
-def _check_square(F: jax.Array, name: str = 'F') -> None:
-    if F.ndim != 2 or F.shape[0] != F.shape[1]:
-        raise ValueError(f'{name} must be a square matrix [d, d], got shape {F.shape}')
+    DirectPred / DirectCopy (and, for the eigen-alignment analysis, the trained linear predictor): the state holds F
+    (the EMA correlation of the online projections, float32 [d, d]), mu (their EMA mean, [d]) and a count of batches
+    seen. Inside ``loss``, from the detached projections f of both views: F <- rho F + (1 - rho) E[f f^T] (F = the
+    first batch's E[f f^T]), likewise mu. In ``update``, on the steps that ``predictor_write`` picks, W_p is computed
+    from F (or F - mu mu^T when ``center``) and written to params['predictor']['kernel']; ``lax.cond`` runs the
+    decomposition only on those steps. With t = optimizer steps
+    completed (``update``'s ``step``):
+      'after_freq' (default)  write when t % freq == 0, i.e. after steps freq, 2 freq, ...; the predictor is never
+                              trained (one of the ``frozen_heads``) and is the identity until the first write.
+      'reference'             the paper's code (luckmatters ssl/real-dataset/byol_trainer.py: ``regulate_predictor``
+                              after every optimizer step, writing when ``niter % predictor_freq == 0`` with niter
+                              0-based): write when (t - 1) % freq == 0, i.e. after steps 1, freq + 1, 2 freq + 1, ...;
+                              between writes the predictor is trained by the optimizer like any head (the code's
+                              ``predictor_optimizer`` steps every iteration), and it starts from PyTorch's default
+                              Linear init, so the first loss sees a random predictor, as in the code.
+    With freq = 1 both write after every step and differ only in the predictor of the very first loss. DirectPred's W_p:
+    F = U diag(s) U^T, p_j = max(sqrt(max(s_j, 0) / max s) + eps, 1e-4), W_p = U diag(p) U^T (``transform`` 'sqrt';
+    'linear' and 'sqrt_eps_inside' are the paper code's alternatives), by ``solver`` 'eigh' (exact), 'newton_schulz'
+    (matrix products only; eigh when its check fails, counted in the state's ``ns_fallbacks``) or 'diagonal'
+    (diag(F) only, an ablation). See ssljax/objectives/predictors.py. DirectCopy's default normalisation is the
+    Frobenius norm, as in its paper (Wang et al. 2021); the paper's public code (``predictor_reg=directcopy``) uses
+    F + eps I unnormalised ('none'), and 'spectral' makes it DirectPred's 'linear' transform without the eigh.
 
-
-def _symmetrize(M: jax.Array) -> jax.Array:
-    return 0.5 * (M + M.T)
-
-
-# ------------------------------------------------------------------------------------------------------ statistics
-
-def batch_correlation(f_a: jax.Array, f_b: jax.Array) -> jax.Array:
-    """E[f f^T] over the rows of both views: (f_a^T f_a + f_b^T f_b) / (B_a + B_b), float32 [d, d], no gradient."""
-    f = jax.lax.stop_gradient(jnp.concatenate([f_a, f_b], axis=0).astype(jnp.float32))
-    return _mm(f.T, f) / f.shape[0]
-
-
-def update_correlation(F: jax.Array, f_a: jax.Array, f_b: jax.Array, rho: float, initialized) -> jax.Array:
-    """DirectPred's EMA correlation: F <- rho F + (1 - rho) E[f f^T]; returns E[f f^T] itself when not ``initialized``.
-
-    E is the mean over the B_a + B_b rows of both views (:func:`batch_correlation`); f is detached. ``initialized``
-    (a bool or a bool scalar array: whether F already holds a batch) makes F start at the first batch's value, as the
-    paper's code does, rather than at zero. Returns float32 [d, d].
+    Defaults (the config keys): the paper's STL-10 code (facebookresearch/luckmatters ssl/real-dataset): projector
+    (512,) -> 128 with BN, predictor 'directpred' (predictor_hidden (512,), predictor_dim 128 = projector_dim,
+    predictor_bn for 'mlp'), ema_base 0.996 -> 1, bn_per_view True (the code runs each view through the networks
+    separately), rho 0.3, eps 0.01, freq 1, predictor_write 'after_freq', center False, transform 'sqrt', solver
+    'eigh'; directcopy_norm 'frobenius' (DirectCopy's paper). predictor_dim must equal projector_dim (the closed-form
+    and the 'linear' predictors are d x d).
     """
-    _check_square(F)
-    G = batch_correlation(f_a, f_b)
-    if G.shape != F.shape:
-        raise ValueError(f'projections of width {G.shape[0]} do not match F of shape {F.shape}')
-    return jnp.where(initialized, rho * F.astype(jnp.float32) + (1.0 - rho) * G, G)
+    name = 'directpred'
+    projector_hidden: tuple = (512,)
+    projector_dim: int = 128
+    kind: str = setting('directpred', key='predictor')
+    predictor_hidden: tuple = (512,)
+    predictor_dim: int = 128
+    rho: float = 0.3
+    eps: float = 0.01
+    freq: int = 1
+    predictor_write: str = 'after_freq'
+    center: bool = False
+    transform: str = 'sqrt'
+    solver: str = 'eigh'
+    directcopy_norm: str = 'frobenius'
 
+    @classmethod
+    def check_config(cls, config, num_devices: int) -> None:
+        super().check_config(config, num_devices)
+        v = cls.config_values(config)
+        check_choice(v, 'predictor', PREDICTOR_KINDS)
+        check_choice(v, 'predictor_write', PREDICTOR_WRITES)
+        check_choice(v, 'transform', predictors.TRANSFORMS)
+        check_choice(v, 'solver', predictors.METHODS)
+        check_choice(v, 'directcopy_norm', predictors.NORMALIZATIONS)
+        require(v['freq'] >= 1, 'freq', f'must be >= 1, got {v["freq"]}')
+        require(0.0 <= v['rho'] < 1.0, 'rho', f'must be in [0, 1), got {v["rho"]}')
 
-def update_mean(mu: jax.Array, f_a: jax.Array, f_b: jax.Array, rho: float, initialized) -> jax.Array:
-    """The same EMA for the mean: mu <- rho mu + (1 - rho) E[f] (E[f] itself on the first batch); float32 [d]."""
-    f = jax.lax.stop_gradient(jnp.concatenate([f_a, f_b], axis=0).astype(jnp.float32))
-    if f.shape[-1:] != mu.shape:
-        raise ValueError(f'projections of width {f.shape[-1]} do not match the mean of shape {mu.shape}')
-    m = f.mean(axis=0)
-    return jnp.where(initialized, rho * mu.astype(jnp.float32) + (1.0 - rho) * m, m)
+    @property
+    def frozen_heads(self) -> tuple[str, ...]:  # instance-level: depends on the predictor kind and write mode
+        return ('predictor',) if self.closed_form and self.predictor_write == 'after_freq' else ()
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether the predictor is set from F (DirectPred / DirectCopy) rather than trained."""
+        return self.kind in ('directpred', 'directcopy')
 
-def centered_correlation(F: jax.Array, mu: jax.Array) -> jax.Array:
-    """F - mu mu^T: the EMA covariance (the paper code's ``dyn_zero_mean``), with mu from :func:`update_mean`.
+    @property
+    def tracks_correlation(self) -> bool:
+        """Whether F is kept: to set the predictor, or (trained linear) for the paper's eigen-alignment analysis."""
+        return self.kind in ('directpred', 'directcopy', 'linear')
 
-    With both EMAs started at the first batch, the weights sum to 1 and F - mu mu^T is positive semi-definite
-    (it is the weighted within-batch covariances plus the spread of the batch means).
-    """
-    return F.astype(jnp.float32) - jnp.outer(mu, mu).astype(jnp.float32)
+    @property
+    def predictor(self):
+        dim, dtype = self.projector_dim, self.ctx.dtype
+        if self.kind == 'mlp':
+            return MLP(hidden_dims=tuple(self.predictor_hidden), out_dim=dim, use_bn=self.predictor_bn, dtype=dtype)
+        if self.kind == 'linear':
+            return LinearPredictor(dim=dim, use_bias=False, kernel_init=torch_linear_init, dtype=dtype)
+        if self.kind == 'none':
+            return None
+        # set in closed form: identity until the first write, or the code's random init ('reference')
+        return LinearPredictor(dim=dim, use_bias=False, dtype=dtype,
+                               kernel_init=torch_linear_init if self.predictor_write == 'reference' else None)
 
+    def init(self, rng, encoder_variables):
+        heads, state = super().init(rng, encoder_variables)
+        if self.tracks_correlation:
+            dim = self.projector_dim
+            state.update(corr=jnp.zeros((dim, dim), jnp.float32), mean=jnp.zeros((dim,), jnp.float32),
+                         count=jnp.zeros((), jnp.int32), ns_fallbacks=jnp.zeros((), jnp.int32))
+        return heads, state
 
-# ------------------------------------------------------------------------------------------------------ linear algebra
+    def pair_loss(self, p_a, p_b, t_a, t_b):
+        return losses.byol_loss(p_a, p_b, t_a, t_b), {'pred_target_cosine': pair_cosine(p_a, p_b, t_a, t_b)}
 
-def top_eigenvalue(F: jax.Array, squarings: int = 8, iters: int = 2) -> jax.Array:
-    """Largest eigenvalue of a symmetric positive semi-definite F by matrix products only (>= 0; 0 for F = 0).
+    def track(self, objective_state, z_a, z_b):
+        """F and mu from the detached projections of both views, and the batches seen."""
+        if not self.tracks_correlation:
+            return objective_state, {}
+        state, seen = objective_state, objective_state['count'] > 0
+        state = dict(state, corr=predictors.update_correlation(state['corr'], z_a, z_b, self.rho, seen),
+                     mean=predictors.update_mean(state['mean'], z_a, z_b, self.rho, seen), count=state['count'] + 1)
+        metrics = {'corr_trace': jnp.trace(state['corr'])}
+        if self.solver == 'newton_schulz':
+            metrics['ns_fallbacks'] = state['ns_fallbacks']
+        return state, metrics
 
-    Power iteration accelerated by repeated squaring: B_0 = F / ||F||_F, B_{k+1} = B_k^2 / ||B_k^2||_F (``squarings``
-    times, so B ~ F^m with m = 2^squarings), then v <- B v / ||B v|| ``iters`` times from a fixed pseudo-random start,
-    and the Rayleigh quotient v^T F v / v^T v. That is a power iteration of degree m * iters (512 by default), so the
-    estimate is a lower bound of s_max with relative error about (s_2 / s_1)^(2 m iters), and about 1 / (2 m iters)
-    (1e-3) for spectra without a gap. Repeated top eigenvalues need no gap. Cost: ``squarings`` d x d products.
-    """
-    _check_square(F)
-    F = F.astype(jnp.float32)
-    B = F / jnp.maximum(jnp.linalg.norm(F), _TINY)
-    for _ in range(squarings):
-        B = _mm(B, B)
-        B = B / jnp.maximum(jnp.linalg.norm(B), _TINY)
-    # A fixed start that is not orthogonal to any particular eigenvector by construction (unlike ones or e_1).
-    v = jax.random.normal(jax.random.PRNGKey(0), (F.shape[0],), jnp.float32)
-    for _ in range(iters):
-        v = _mm(B, v)
-        v = v / jnp.maximum(jnp.linalg.norm(v), _TINY)
-    return jnp.maximum(v @ _mm(F, v), 0.0)
+    def predictor_matrix(self, objective_state) -> tuple[jax.Array, jax.Array]:
+        """(W_p from the state's F, whether Newton-Schulz fell back to eigh); float32 [d, d], bool scalar."""
+        F = objective_state['corr']
+        if self.center:
+            F = predictors.centered_correlation(F, objective_state['mean'])
+        if self.kind == 'directcopy':
+            return predictors.directcopy_predictor(F, self.eps, self.directcopy_norm), jnp.zeros((), bool)
+        if self.solver != 'newton_schulz':
+            return predictors.predictor_from_correlation(F, self.eps, self.solver, self.transform), jnp.zeros((), bool)
+        W, ok = predictors.newton_schulz_predictor(F, self.eps, self.transform)
+        W = jax.lax.cond(ok, lambda: W, lambda: predictors.eigh_predictor(F, self.eps, self.transform))
+        return W, jnp.logical_not(ok)
 
+    def update(self, params, objective_state, step):
+        params, state = super().update(params, objective_state, step)  # EMA of the target network
+        if not self.closed_form:
+            return params, state
 
-def sqrtm_newton_schulz(A: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
-    """Coupled Newton-Schulz iteration for (A^1/2, A^-1/2) of a symmetric A with spectrum in (0, 1].
+        def write(args):
+            p, fallbacks = args
+            W, fell_back = self.predictor_matrix(state)
+            return dict(p, predictor=dict(p['predictor'], kernel=W)), fallbacks + fell_back.astype(jnp.int32)
 
-        Y_0 = A, Z_0 = I;   T_k = (3 I - Z_k Y_k) / 2,   Y_{k+1} = Y_k T_k,   Z_{k+1} = T_k Z_k.
-
-    Three d x d products per iteration, a fixed count. On an eigenvalue a the iterates are y_k = sqrt(q_k a) with
-    q_0 = a, q_{k+1} = q_k (3 - q_k)^2 / 4 -> 1: quadratic once q is near 1 but only x2.25 per step from a small a, so
-    eigenvalues below about 2.25^-iters are not converged (they come out between 0 and sqrt(a) <= 1.5^-iters). It
-    converges for a in (0, 3) and diverges for a < 0 (q -> -inf), which is why callers shift A first and check the
-    result (:func:`newton_schulz_predictor`). Returns symmetrised (Y, Z), float32.
-    """
-    _check_square(A, 'A')
-    eye = jnp.eye(A.shape[0], dtype=jnp.float32)
-
-    def body(_, yz):
-        y, z = yz
-        t = 0.5 * (3.0 * eye - _mm(z, y))
-        return _mm(y, t), _mm(t, z)
-
-    y, z = jax.lax.fori_loop(0, iters, body, (A.astype(jnp.float32), eye))
-    return _symmetrize(y), _symmetrize(z)
-
-
-# ------------------------------------------------------------------------------------------------------ predictors
-
-def eigenvalue_transform(a: jax.Array, eps: float, transform: str = 'sqrt') -> jax.Array:
-    """p = transform(a) for normalised eigenvalues a = max(s, 0) / s_max in [0, 1] (see the module docstring)."""
-    if transform == 'sqrt':
-        return jnp.maximum(jnp.sqrt(a) + eps, P_FLOOR)
-    if transform == 'linear':
-        return jnp.maximum(a + eps, P_FLOOR)
-    if transform == 'sqrt_eps_inside':
-        return jnp.sqrt(jnp.maximum(a + eps, P_FLOOR))
-    raise ValueError(f'unknown eigenvalue transform {transform!r}; known: {", ".join(TRANSFORMS)}')
-
-
-def _check_options(method: str, transform: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f'unknown DirectPred method {method!r}; known: {", ".join(METHODS)}')
-    if transform not in TRANSFORMS:
-        raise ValueError(f'unknown eigenvalue transform {transform!r}; known: {", ".join(TRANSFORMS)}')
-
-
-def _degenerate(d: int, eps: float, transform: str) -> jax.Array:
-    """W_p for F = 0: the transform of a = 0 times I."""
-    return eigenvalue_transform(jnp.zeros((), jnp.float32), eps, transform) * jnp.eye(d, dtype=jnp.float32)
-
-
-def eigh_predictor(F: jax.Array, eps: float = 0.01, transform: str = 'sqrt', diagonal: bool = False) -> jax.Array:
-    """The exact W_p = U diag(transform(max(s, 0) / s_max)) U^T from ``jnp.linalg.eigh`` of sym(F); float32 [d, d].
-
-    ``diagonal``: s = diag(F), U = I instead (no decomposition). s_max <= 1.2e-38 (F = 0) gives transform(0) I.
-    The result is symmetrised; its spectrum is the p_j. Note that sqrt is not Lipschitz at 0: float32 rounding leaves
-    F's zero eigenvalues at about +-1e-8 s_max, and 'sqrt' maps those to p up to ~1e-4 above eps.
-    """
-    _check_square(F)
-    _check_options('eigh', transform)
-    F = _symmetrize(F.astype(jnp.float32))
-    if diagonal:
-        s = jnp.diagonal(F)
-        s_max = jnp.max(s)
-        W = jnp.diag(eigenvalue_transform(jnp.maximum(s, 0.0) / jnp.maximum(s_max, _TINY), eps, transform))
-    else:
-        s, U = jnp.linalg.eigh(F, symmetrize_input=False)
-        s_max = s[-1]  # ascending order
-        p = eigenvalue_transform(jnp.maximum(s, 0.0) / jnp.maximum(s_max, _TINY), eps, transform)
-        W = _symmetrize(_mm(U * p, U.T))
-    return jnp.where(s_max > _TINY, W, _degenerate(F.shape[0], eps, transform))
-
-
-def newton_schulz_predictor(F: jax.Array, eps: float = 0.01, transform: str = 'sqrt', ns_iters: int = 20,
-                            ns_shift: float = 1e-6, ns_tol: float = 1e-2,
-                            power_squarings: int = 8) -> tuple[jax.Array, jax.Array]:
-    """W_p by matrix products only, and whether to trust it: -> (W float32 [d, d], ok bool scalar).
-
-    s_max = :func:`top_eigenvalue` (F, ``power_squarings``), A = F / s_max, delta = ``ns_shift``, and
-        'sqrt'            W = NS-sqrt(A + delta I) + eps I
-        'linear'          W = A + eps I                        (no square root needed)
-        'sqrt_eps_inside' W = NS-sqrt(A + max(eps, delta) I)
-    with NS-sqrt = :func:`sqrtm_newton_schulz` (``ns_iters`` iterations). The shift keeps the iteration off the
-    eigenvalues that rounding makes slightly negative (about -1e-7 s_max in float32 for a rank-deficient F); it moves
-    W by at most sqrt(delta) = 1e-3 on F's null space and by delta / (2 sqrt(a)) elsewhere. Eigenvalues a below
-    about 2.25^-ns_iters are not converged and come out between eps and sqrt(a) + eps (<= 1.5^-ns_iters + eps).
-    Other differences from :func:`eigh_predictor`: no 1e-4 floor (moot for eps >= 1e-4), s_max is a lower-bound
-    estimate (W's top eigenvalue can exceed 1 + eps by about 1e-3), and float32 rounding over the iterations leaves
-    errors of about 1e-3 (spectral norm) at d = 2048.
-
-    ``ok`` is False when the result is not finite or ||Y^2 - A_shifted||_F > ``ns_tol`` ||A_shifted||_F: this
-    happens when F has eigenvalues below -delta s_max (e.g. a centred F whose mean dwarfs its spread, computed with
-    cancellation), on which the iteration diverges. :func:`predictor_from_correlation` then falls back to eigh.
-    F = 0 gives (transform(0) I, True).
-    """
-    _check_square(F)
-    _check_options('newton_schulz', transform)
-    F = _symmetrize(F.astype(jnp.float32))
-    d = F.shape[0]
-    eye = jnp.eye(d, dtype=jnp.float32)
-    s_max = top_eigenvalue(F, squarings=power_squarings)
-    A = F / jnp.maximum(s_max, _TINY)
-    if transform == 'linear':
-        W, ok = A + eps * eye, jnp.all(jnp.isfinite(A))
-    else:
-        A_s = A + (ns_shift if transform == 'sqrt' else max(eps, ns_shift)) * eye
-        Y, _ = sqrtm_newton_schulz(A_s, ns_iters)
-        residual = jnp.linalg.norm(_mm(Y, Y) - A_s)
-        ok = jnp.isfinite(residual) & (residual <= ns_tol * jnp.linalg.norm(A_s))
-        W = Y + eps * eye if transform == 'sqrt' else Y
-    degenerate = s_max <= _TINY
-    return jnp.where(degenerate, _degenerate(d, eps, transform), W), degenerate | ok
-
-
-def predictor_from_correlation(F: jax.Array, eps: float = 0.01, method: str = 'eigh', transform: str = 'sqrt',
-                               ns_iters: int = 20, ns_shift: float = 1e-6, ns_tol: float = 1e-2,
-                               power_squarings: int = 8) -> jax.Array:
-    """DirectPred's W_p from a correlation matrix F (symmetric, positive semi-definite up to rounding); float32 [d, d].
-
-    ``method``:
-      'eigh'           exact (the paper): :func:`eigh_predictor`. Spectrum = {p_j}: in [max(eps, 1e-4), 1 + eps] for
-                       'sqrt' and 'linear' (eps >= 0), in [sqrt(max(eps, 1e-4)), sqrt(1 + eps)] for 'sqrt_eps_inside'.
-      'diagonal'       the transform of diag(F), U = I (the paper code's ablation without decomposition).
-      'newton_schulz'  matrix products only (:func:`newton_schulz_predictor`; agrees with 'eigh' to about 1e-3 in
-                       spectral norm); when its check fails, ``lax.cond`` computes the eigh result instead (only the
-                       taken branch runs), so the output is always finite for finite F.
-
-    Degenerate inputs: F = 0 gives transform(0) I (= max(eps, 1e-4) I for 'sqrt'); a rank-deficient F gives p = eps on
-    its null space; rounding-negative eigenvalues are clipped to 0 (eigh) or absorbed by the shift (newton_schulz);
-    repeated eigenvalues are fine (W_p does not depend on the basis chosen inside an eigenspace). The result is
-    symmetric (exactly, up to the final symmetrisation).
-    """
-    _check_square(F)
-    _check_options(method, transform)
-    if method == 'eigh':
-        return eigh_predictor(F, eps, transform)
-    if method == 'diagonal':
-        return eigh_predictor(F, eps, transform, diagonal=True)
-    W, ok = newton_schulz_predictor(F, eps, transform, ns_iters, ns_shift, ns_tol, power_squarings)
-    return jax.lax.cond(ok, lambda: W, lambda: eigh_predictor(F, eps, transform))
-
-
-def directcopy_predictor(F: jax.Array, eps: float = 0.01, normalize: str = 'frobenius',
-                         power_squarings: int = 8) -> jax.Array:
-    """DirectCopy's W_p = F_hat + eps I, float32 [d, d], symmetric; no eigendecomposition.
-
-    ``normalize`` picks F_hat:
-      'frobenius' (default, the paper's DirectCopy)  F / ||F||_F = F / sqrt(sum_j s_j^2): one pass over F's entries;
-                  F_hat's spectrum lies in [0, 1] with its top eigenvalue s_max / ||s||_2 <= 1 (1 only at rank 1).
-      'spectral'  F / ||F||_2, ||F||_2 = s_max from :func:`top_eigenvalue` (matrix products only): spectrum in
-                  [0, 1] with top eigenvalue 1, i.e. DirectPred's 'linear' transform without the decomposition.
-      'none'      F itself (the ``predictor_reg=directcopy`` branch of the paper's public code, in the units of the
-                  projections).
-    F = 0 gives eps I.
-    """
-    _check_square(F)
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f'unknown DirectCopy normalisation {normalize!r}; known: {", ".join(NORMALIZATIONS)}')
-    F = _symmetrize(F.astype(jnp.float32))
-    eye = jnp.eye(F.shape[0], dtype=jnp.float32)
-    if normalize == 'none':
-        return F + eps * eye
-    scale = top_eigenvalue(F, squarings=power_squarings) if normalize == 'spectral' else jnp.linalg.norm(F)
-    return jnp.where(scale > _TINY, F / jnp.maximum(scale, _TINY), 0.0) + eps * eye
+        done = jnp.asarray(step)  # optimizer steps completed, this one included
+        phase = done - 1 if self.predictor_write == 'reference' else done
+        due = (phase % self.freq == 0) & (state['count'] > 0)
+        params, fallbacks = jax.lax.cond(due, write, lambda args: args, (params, state['ns_fallbacks']))
+        return params, dict(state, ns_fallbacks=fallbacks)

@@ -14,7 +14,7 @@ import numpy as np
 from ssljax.config_lib import ConfigError
 from ssljax.data import samplers
 from ssljax.objectives import losses
-from ssljax.objectives.base import Context, TwoViewObjective, mlp_from_config, register
+from ssljax.objectives.base import TwoViewObjective, check_temperature, register
 
 BATCHINGS = ('distinct', 'reference')
 NETWORKS = ('', 'online', 'target', 'teacher')
@@ -27,19 +27,20 @@ class GSimCLR(TwoViewObjective):
     paper's normalisation, which G-SimCLR's paper and notebook use), with z = g(f(x)):
         L = (1/2B) sum_i -log( exp(s(z_i, z_j(i)) / tau) / sum_{k != i} exp(s(z_i, z_k) / tau) )
     Pair it with ``sampler.name = 'gsimclr'`` (:class:`PseudoLabelSampler`): that is what makes it G-SimCLR (with
-    ``epoch_shuffle`` it is SimCLR). Keys (config.objective): temperature, projector_hidden, projector_dim,
-    projector_bn, bn_per_view.
+    ``epoch_shuffle`` it is SimCLR). Defaults (the config keys): the authors' CIFAR-10 notebook (ariG23498/G-SimCLR
+    CIFAR10/SimCLR_Pseudo_Labels): temperature 0.1, projector 256-128-50 without BN (projector_hidden (256, 128),
+    projector_dim 50, projector_bn False), each view through the network on its own (bn_per_view True).
     """
     name = 'gsimclr'
     temperature: float = 0.1
+    projector_hidden: tuple = (256, 128)
+    projector_dim: int = 50
+    projector_bn: bool = False
+    bn_per_view: bool = True
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'GSimCLR':
-        cfg = config.objective
-        if not cfg.temperature > 0:
-            raise ConfigError(f'config key "objective.temperature" must be > 0, got {cfg.temperature!r}')
-        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype), temperature=cfg.temperature,
-                   bn_per_view=bool(cfg.bn_per_view))
+    def check_config(cls, config, num_devices: int) -> None:
+        check_temperature(cls.config_values(config))
 
     def pair_loss(self, z_a, z_b):
         return losses.nt_xent_mean(z_a, z_b, self.temperature), {

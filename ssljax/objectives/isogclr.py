@@ -15,7 +15,7 @@ from ssljax.evaluation import Evaluator, register_evaluator
 from ssljax.evaluation.context import to_host
 from ssljax.models.heads import MLP
 from ssljax.objectives import losses
-from ssljax.objectives.base import BATCH, Context, Forward, LossOutput, Objective, init_heads, mlp_from_config, register
+from ssljax.objectives.base import BATCH, Forward, LossOutput, Objective, init_heads, register
 
 VARIANTS = ('paper', 'code')
 TABLES = ('s', 'tau', 'u')
@@ -36,11 +36,15 @@ class ISogCLR(Objective):
     subtracts the positive outside (zhqiu/contrastive-learning-iSogCLR SogCLR_DRO_Loss, LibAUC GCLoss_v1); both
     agree when gamma = 1. Tables s, tau, u: float32 [ctx.per_sample_rows], declared sharded (BATCH).
     Metrics: tau_mean / tau_min / tau_max of the batch's temperatures (before the update), grad_tau (mean d_i).
-    Keys (config.objective): temperature (tau_init), temperature_min, temperature_max, gamma, dro_rho, eta, beta_u,
-    tau_grad_clip, variant, projector_hidden, projector_dim, projector_bn, bn_per_view.
+    Defaults (the config keys): the reference's unimodal CIFAR recipe (zhqiu/contrastive-learning-iSogCLR
+    unimodal_exps): temperature (tau_init) 0.1, temperature_min 0.05, temperature_max 1.0, gamma 0.8, dro_rho 0.4,
+    eta 0.03, beta_u 0.5, tau_grad_clip 3.0, variant 'paper', its projector 8192-8192-8192 with BN
+    (projector_hidden (8192, 8192), projector_dim 8192), the two views concatenated (bn_per_view False).
     """
     name = 'isogclr'
-    projector: MLP = None
+    projector_hidden: tuple = (8192, 8192)
+    projector_dim: int = 8192
+    projector_bn: bool = True
     temperature: float = 0.1
     temperature_min: float = 0.05
     temperature_max: float = 1.0
@@ -53,30 +57,30 @@ class ISogCLR(Objective):
     bn_per_view: bool = False
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'ISogCLR':
-        cfg = config.objective
-        lo, hi, init = cfg.temperature_min, cfg.temperature_max, cfg.temperature
+    def check_config(cls, config, num_devices: int) -> None:
+        cfg = cls.config_values(config)
+        lo, hi, init = cfg['temperature_min'], cfg['temperature_max'], cfg['temperature']
         checks = [
-            ('variant', cfg.variant in VARIANTS, f'must be one of {", ".join(VARIANTS)}'),
+            ('variant', cfg['variant'] in VARIANTS, f'must be one of {", ".join(VARIANTS)}'),
             ('temperature_min', lo >= 0.025, 'must be >= 0.025 (exp(2 / tau) must stay finite in float32)'),
             ('temperature_max', hi >= lo, f'must be >= objective.temperature_min ({lo})'),
             ('temperature', lo <= init <= hi, f'(the initial tau) must lie in [temperature_min, temperature_max] '
                                               f'= [{lo}, {hi}]'),
-            ('gamma', 0 < cfg.gamma <= 1, 'must be in (0, 1]'),
-            ('beta_u', 0 < cfg.beta_u <= 1, 'must be in (0, 1]'),
-            ('eta', cfg.eta >= 0, 'must be >= 0'),
-            ('tau_grad_clip', cfg.tau_grad_clip > 0, 'must be > 0'),
+            ('gamma', 0 < cfg['gamma'] <= 1, 'must be in (0, 1]'),
+            ('beta_u', 0 < cfg['beta_u'] <= 1, 'must be in (0, 1]'),
+            ('eta', cfg['eta'] >= 0, 'must be >= 0'),
+            ('tau_grad_clip', cfg['tau_grad_clip'] > 0, 'must be > 0'),
         ]
         for key, ok, message in checks:
             if not ok:
                 raise ConfigError(f'config key "objective.{key}" {message}, got {cfg[key]!r}')
-        if ctx.global_batch < 2:
+        if config.batch_size < 2:
             raise ConfigError(f'config key "batch_size": isogclr needs at least 2 images per batch, got '
-                              f'{ctx.global_batch}')
-        return cls(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype), temperature=init,
-                   temperature_min=lo, temperature_max=hi, gamma=cfg.gamma, dro_rho=cfg.dro_rho, eta=cfg.eta,
-                   beta_u=cfg.beta_u, tau_grad_clip=cfg.tau_grad_clip, variant=cfg.variant,
-                   bn_per_view=bool(cfg.bn_per_view))
+                              f'{config.batch_size}')
+
+    @property
+    def projector(self) -> MLP:
+        return self.mlp('projector')
 
     def init(self, rng, encoder_variables):
         heads = init_heads(rng, {'projector': (self.projector, (jnp.zeros((2, self.ctx.feature_dim)),))})
@@ -118,8 +122,8 @@ class TemperatureHistogram(Evaluator):
     def run(self, state, step):
         table = state.objective_state
         if not isinstance(table, dict) or 'tau' not in table or 's' not in table:
-            raise ValueError(f'config key "evals.{self.name}": evaluator isogclr_tau needs the isogclr objective '
-                             f'(per-sample tables s, tau), not {self.ctx.config.method!r}')
+            raise ConfigError(f'config key "evals.{self.name}": evaluator isogclr_tau needs the isogclr objective '
+                              f'(per-sample tables s, tau), not {self.ctx.config.method!r}')
         n = self.ctx.objective.ctx.num_examples
         tau = to_host(table['tau'])[:n].astype(np.float64)
         visited = to_host(table['s'])[:n] > 0

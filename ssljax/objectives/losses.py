@@ -230,7 +230,8 @@ def cc_cluster_loss(p_a: jax.Array, p_b: jax.Array, temperature: float,
     """Contrastive Clustering's cluster-level loss (Li et al. 2021) on soft assignments p_a, p_b [B, K] (rows sum to 1).
 
     The K columns of each view are the cluster representations y_k^a, y_k^b in R^B; with their cosine similarity,
-        contrast = (1 / 2K) sum over the 2K columns of -log( exp(s(y_k, y_k') / tau_C) / sum_{l != k} exp(s(y_k, y_l) / tau_C) )
+        contrast = (1 / 2K) sum over the 2K columns of
+                   -log( exp(s(y_k, y_k') / tau_C) / sum_{l != k} exp(s(y_k, y_l) / tau_C) )
     (NT-Xent over columns, :func:`nt_xent_mean` of p_a^T, p_b^T), P^v(k) = sum_i p_v[i, k] / sum_{i,k} p_v[i, k] and
         L = contrast - H(Y),   H(Y) = -sum_k [P^a(k) log P^a(k) + P^b(k) log P^b(k)]     (the paper)
     ``entropy_log_k`` adds 2 log K (Yunfan-Li/Contrastive-Clustering's code: log K - H(P^v) per view, >= 0), which
@@ -252,7 +253,8 @@ def cc_cluster_loss(p_a: jax.Array, p_b: jax.Array, temperature: float,
 
 
 def densecl_global_loss(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: float) -> jax.Array:
-    """MoCo's InfoNCE against a queue: mean_i -log( exp(q_i.k_i / tau) / (exp(q_i.k_i / tau) + sum_m exp(q_i.Q_m / tau)) )
+    """MoCo's InfoNCE against a queue:
+        mean_i -log( exp(q_i.k_i / tau) / (exp(q_i.k_i / tau) + sum_m exp(q_i.Q_m / tau)) )
     with q, k, Q rows L2-normalised here; keys ``k`` [N, D] and ``queue`` [K, D] carry no gradient."""
     q = l2_normalize(q)
     k, queue = jax.lax.stop_gradient(l2_normalize(k)), jax.lax.stop_gradient(l2_normalize(queue))
@@ -274,7 +276,7 @@ def densecl_dense_loss(q_grid: jax.Array, k_grid: jax.Array, q_backbone: jax.Arr
     q_grid, k_grid [N, S, D]: dense projections of the query and key views (S = h w cells); q_backbone, k_backbone
     [N, S, C]: their backbone feature maps, which only choose the positive: cell s of image n is matched to key cell
     m(n, s) = :func:`densecl_match`; the negatives are the queue [K, D] of pooled key projections of earlier images.
-        L_dense = mean_{n,s} -log( exp(r_ns.t_{n,m(n,s)} / tau) / (exp(r_ns.t_{n,m(n,s)} / tau) + sum_m exp(r_ns.Q_m / tau)) )
+        L_dense = mean_{n,s} -log( e_ns / (e_ns + sum_m exp(r_ns.Q_m / tau)) ),  e_ns = exp(r_ns.t_{n,m(n,s)} / tau)
     r = n(q_grid), t = n(k_grid); keys, backbone features and queue carry no gradient.
     """
     match = densecl_match(jax.lax.stop_gradient(q_backbone), jax.lax.stop_gradient(k_backbone))

@@ -20,10 +20,10 @@ shuffled order; attention is permutation-equivariant and positions are added bef
 the same up to that order); the number masked is the engine's round(r N) (the reference keeps int(N (1 - r)),
 which differs by at most one patch when r N is not an integer).
 
-Keys (config.objective): decoder_dim (512), decoder_depth (8), decoder_heads (16), norm_pix_loss (True),
-probe_unmasked (False: the online probe trains on the masked view's features; True: on the whole view's, see
-``probe_features``; the reference has no online probe);
-the mask comes from the first view's ``mask_ratio`` (and ``mask_patch_size``, which must be 0 or the model's patch).
+Defaults (the config keys): the reference's (facebookresearch/mae models_mae.py, PRETRAIN.md): decoder_dim 512,
+decoder_depth 8, decoder_heads 16, norm_pix_loss True; probe_unmasked False (the online probe trains on the masked
+view's features; True: on the whole view's, see ``probe_features``; the reference has no online probe).
+The mask comes from the first view's ``mask_ratio`` (and ``mask_patch_size``, which must be 0 or the model's patch).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from ssljax.config_lib import ConfigError
 from ssljax.data import views as views_lib
 from ssljax.models.mae_decoder import MAEDecoder, unpatchify
 from ssljax.models.vit import patchify
-from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
+from ssljax.objectives.base import Context, Forward, LossOutput, Objective, derived, init_heads, register
 
 NORM_PIX_EPS = 1e-6
 
@@ -70,7 +70,8 @@ def mae_loss(pred: jax.Array, patches: jax.Array, mask: jax.Array, norm_pix_loss
 # ==================================================================================================== config helpers
 
 def view_mask_spec(config, index: int = 0, method: str = ''):
-    """(view name, MaskSpec or None) of the ``index``-th view of ``config.augment`` (``data.views.views_from_config``)."""
+    """(view name, view, MaskSpec or None) of the ``index``-th view of ``config.augment`` (from
+    ``data.views.views_from_config``)."""
     views, masks = views_lib.views_from_config(config)
     order = [name for name in config.augment.order for _ in range(int(config.augment.views[name].get('count', 1)))]
     if index >= len(views):
@@ -95,7 +96,8 @@ def check_vit(config, method: str, mask_mode: str) -> None:
                           f'{config.model.get("mask_mode", "drop")!r}')
 
 
-def decoder_from_config(config, method: str, view_size: int, dtype) -> MAEDecoder:
+def check_decoder(config, method: str, view_size: int) -> None:
+    """The decoder keys: positive, decoder_dim divisible by 4 and by decoder_heads; the patch divides the view."""
     cfg = config.objective
     check_positive(cfg, method, 'decoder_dim', 'decoder_depth', 'decoder_heads')
     if cfg.decoder_dim % cfg.decoder_heads or cfg.decoder_dim % 4:
@@ -104,9 +106,6 @@ def decoder_from_config(config, method: str, view_size: int, dtype) -> MAEDecode
     p = int(config.model.patch_size)
     if view_size % p:
         raise ConfigError(f'config key "model.patch_size" ({p}) must divide the view side {view_size}')
-    g = view_size // p
-    return MAEDecoder(dim=int(cfg.decoder_dim), depth=int(cfg.decoder_depth), num_heads=int(cfg.decoder_heads),
-                      patch_size=p, grid_h=g, grid_w=g, dtype=dtype)
 
 
 def drop_mask_spec(config, index: int, method: str, required: bool = True):
@@ -146,22 +145,34 @@ def probe_features(ctx: Context, variables: dict, images: jax.Array, masked_pool
 class MAE(Objective):
     """MAE (see the module docstring for the math, the reference and the keys)."""
     name = 'mae'
-    decoder: MAEDecoder = None
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
     norm_pix_loss: bool = True
-    num_patches: int = 0
-    num_masked: int = 0
-    patch_size: int = 16
     probe_unmasked: bool = False
+    num_patches: int = derived(0)
+    num_masked: int = derived(0)
+    patch_size: int = derived(16)
+    grid: int = derived(0)        # patches per side of the view
+
+    @classmethod
+    def check_config(cls, config, num_devices: int) -> None:
+        cls.config_values(config)
+        check_vit(config, cls.name, 'drop')
+        drop_mask_spec(config, 0, cls.name)
+        check_decoder(config, cls.name, view_mask_spec(config, 0, cls.name)[1].size)
 
     @classmethod
     def from_config(cls, config, ctx: Context) -> 'MAE':
-        check_vit(config, cls.name, 'drop')
         num_patches, num_masked = drop_mask_spec(config, 0, cls.name)
-        view_size = view_mask_spec(config, 0, cls.name)[1].size
-        return cls(ctx=ctx, decoder=decoder_from_config(config, cls.name, view_size, ctx.dtype),
-                   norm_pix_loss=bool(config.objective.norm_pix_loss), num_patches=num_patches,
-                   num_masked=num_masked, patch_size=int(config.model.patch_size),
-                   probe_unmasked=bool(config.objective.get('probe_unmasked', False)))
+        view_size, p = view_mask_spec(config, 0, cls.name)[1].size, int(config.model.patch_size)
+        return cls.build(config, ctx, num_patches=num_patches, num_masked=num_masked, patch_size=p,
+                         grid=view_size // p)
+
+    @property
+    def decoder(self) -> MAEDecoder:
+        return MAEDecoder(dim=self.decoder_dim, depth=self.decoder_depth, num_heads=self.decoder_heads,
+                          patch_size=self.patch_size, grid_h=self.grid, grid_w=self.grid, dtype=self.ctx.dtype)
 
     @property
     def num_visible(self) -> int:

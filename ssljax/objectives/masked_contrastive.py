@@ -21,9 +21,11 @@ The reference methods differ in detail (CMAE adds a pixel-shifted target view an
 masked patch tokens with a DINO head); this objective is the simplest joint form the issue asks for: one switch,
 lambda, between MAE and a contrastive ViT.
 
-Keys (config.objective): weight, term ('simclr' | 'byol'), temperature (simclr), projector_hidden, projector_dim,
-projector_bn, predictor_hidden, predictor_dim, predictor_bn, ema_base, ema_final (byol), and MAE's decoder_dim,
-decoder_depth, decoder_heads, norm_pix_loss, probe_unmasked (False; the online probe on view a's whole view when True).
+Defaults (the config keys; no published recipe combines these exactly): weight 1.0 and term 'simclr' (ours),
+temperature 0.2 (ours, solo-learn's CIFAR SimCLR value), BYOL's heads and target for the projector and the byol term
+(Grill et al.: 4096-256 projector and predictor with BN, ema_base 0.996 -> ema_final 1.0), and MAE's decoder_dim 512,
+decoder_depth 8, decoder_heads 16, norm_pix_loss True, probe_unmasked False (the online probe on view a's whole view
+when True).
 """
 from __future__ import annotations
 
@@ -33,13 +35,18 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.config_lib import ConfigError
-from ssljax.models.heads import MLP
 from ssljax.objectives import losses
-from ssljax.objectives.base import (Context, Forward, LossOutput, ema_network, init_heads, mlp_from_config,
-                                    register)
-from ssljax.objectives.mae import (MAE, check_positive, check_vit, decoder_from_config, drop_mask_spec, probe_features,
-                                   view_mask_spec)
-from ssljax.objectives.noncontrastive import ema_momentum_at
+from ssljax.objectives.base import Context, Forward, LossOutput, derived, ema_network, init_heads, register
+from ssljax.objectives.ema import ema_copy, ema_momentum_at, with_batch_stats
+from ssljax.objectives.mae import (
+    MAE,
+    check_decoder,
+    check_positive,
+    check_vit,
+    drop_mask_spec,
+    probe_features,
+    view_mask_spec,
+)
 
 TERMS = ('simclr', 'byol')
 
@@ -54,18 +61,23 @@ def joint_loss(reconstruction: jax.Array, contrastive: jax.Array, weight: float)
 class MaskedContrastive(MAE):
     """Contrastive + masked (see the module docstring for the math and the keys)."""
     name = 'masked_contrastive'
-    projector: MLP = None
-    predictor: MLP = None
-    term: str = 'simclr'
     weight: float = 1.0
+    term: str = 'simclr'
     temperature: float = 0.2
+    projector_hidden: tuple = (4096,)
+    projector_dim: int = 256
+    projector_bn: bool = True
+    predictor_hidden: tuple = (4096,)
+    predictor_dim: int = 256
+    predictor_bn: bool = True
     ema_base: float = 0.996
     ema_final: float = 1.0
-    masked: bool = True
+    masked: bool = derived(True)
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'MaskedContrastive':
+    def check_config(cls, config, num_devices: int) -> None:
         cfg = config.objective
+        cls.config_values(config)
         check_vit(config, cls.name, 'drop')
         if cfg.term not in TERMS:
             raise ConfigError(f'config key "objective.term" must be one of {", ".join(TERMS)}, got {cfg.term!r}')
@@ -74,24 +86,35 @@ class MaskedContrastive(MAE):
             raise ConfigError(f'config key "objective.weight" must be >= 0, got {weight!r}')
         if cfg.term == 'simclr':
             check_positive(cfg, cls.name, 'temperature')
+        elif cfg.predictor_dim != cfg.projector_dim:
+            raise ConfigError(f'config key "objective.predictor_dim" ({cfg.predictor_dim}) must equal '
+                              f'objective.projector_dim ({cfg.projector_dim}) for the byol term')
         specs = [drop_mask_spec(config, i, cls.name, required=False) for i in (0, 1)]
         if specs[0] != specs[1]:
             name = view_mask_spec(config, 1, cls.name)[0]
             raise ConfigError(f'config key "augment.views.{name}.mask_ratio": both views must have the same mask '
                               f'(or none, for the contrastive-only end), got {specs[0]} and {specs[1]} '
                               f'(patches, masked)')
-        masked = specs[0] is not None
-        if not masked and weight == 0:
+        if specs[0] is None and weight == 0:
             raise ConfigError('config key "objective.weight" is 0 and the views have no mask: nothing to learn')
-        view = view_mask_spec(config, 0, cls.name)[1]
-        num_patches, num_masked = specs[0] if masked else ((view.size // int(config.model.patch_size)) ** 2, 0)
-        predictor = mlp_from_config(cfg, 'predictor', ctx.dtype) if cfg.term == 'byol' else None
-        return cls(ctx=ctx, decoder=decoder_from_config(config, cls.name, view.size, ctx.dtype),
-                   norm_pix_loss=bool(cfg.norm_pix_loss), num_patches=num_patches, num_masked=num_masked,
-                   patch_size=int(config.model.patch_size), projector=mlp_from_config(cfg, 'projector', ctx.dtype),
-                   predictor=predictor, term=cfg.term, weight=float(weight), temperature=float(cfg.temperature),
-                   ema_base=float(cfg.ema_base), ema_final=float(cfg.ema_final), masked=masked,
-                   probe_unmasked=bool(cfg.get('probe_unmasked', False)))
+        check_decoder(config, cls.name, view_mask_spec(config, 0, cls.name)[1].size)
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'MaskedContrastive':
+        spec = drop_mask_spec(config, 0, cls.name, required=False)
+        view_size, p = view_mask_spec(config, 0, cls.name)[1].size, int(config.model.patch_size)
+        num_patches, num_masked = spec if spec is not None else ((view_size // p) ** 2, 0)
+        return cls.build(config, ctx, num_patches=num_patches, num_masked=num_masked, patch_size=p,
+                         grid=view_size // p, masked=spec is not None)
+
+    @property
+    def projector(self):
+        return self.mlp('projector')
+
+    @property
+    def predictor(self):
+        """BYOL's predictor q (the byol term only)."""
+        return self.mlp('predictor') if self.term == 'byol' else None
 
     def init(self, rng, encoder_variables):
         d, nv = self.ctx.feature_dim, self.num_visible
@@ -104,10 +127,7 @@ class MaskedContrastive(MAE):
         variables = init_heads(rng, heads)
         state = {}
         if self.term == 'byol':
-            state['target'] = jax.tree.map(jnp.copy, {
-                'params': {'encoder': encoder_variables['params'], 'projector': variables['params']['projector']},
-                'batch_stats': {'encoder': encoder_variables.get('batch_stats', {}),
-                                'projector': variables['batch_stats'].get('projector', {})}})
+            state['target'] = ema_copy(encoder_variables, variables, ('projector',))
         return variables, state
 
     def loss(self, variables, objective_state, views, batch, rng):
@@ -137,8 +157,7 @@ class MaskedContrastive(MAE):
             t_feats = [o['pooled'] for o in target.encode(self.ctx.encoder, views[:2])]
             t_a, t_b = [jax.lax.stop_gradient(t) for t in target.apply_views('projector', self.projector, t_feats)]
             contrastive = losses.byol_loss(p_a, p_b, t_a, t_b)
-            objective_state = dict(objective_state, target=dict(
-                objective_state['target'], batch_stats=jax.lax.stop_gradient(target.batch_stats)))
+            objective_state = with_batch_stats(objective_state, 'target', jax.lax.stop_gradient(target.batch_stats))
         metrics['contrastive'] = contrastive
         loss = joint_loss(reconstruction, contrastive, self.weight)
         return loss, LossOutput(metrics, fw.batch_stats, objective_state, probe)
@@ -151,6 +170,6 @@ class MaskedContrastive(MAE):
 
     def reconstruct(self, variables, images, rng):
         if not self.masked:
-            raise ValueError('masked_contrastive without masks (the contrastive-only end) has no decoder to '
-                             'reconstruct with; drop the reconstruction evaluator from config.evals')
+            raise ConfigError('config key "evals": masked_contrastive without masks (the contrastive-only end) has no '
+                              'decoder to reconstruct with; drop the reconstruction evaluator from config.evals')
         return super().reconstruct(variables, images, rng)

@@ -1,48 +1,34 @@
-"""MoCo v2 (queue, momentum encoder, shuffled BatchNorm), MoCHi (hard negative mixing on MoCo v2) and MoCo v3.
+"""MoCo v2 (queue, momentum encoder, shuffled BatchNorm) and MoCHi (hard negative mixing on MoCo v2).
 
-Shared pieces: the key / momentum network lives in the objective state as ``'target'`` (so evaluators can score it
-with ``network='target'``; the online / query encoder is the default), its parameters follow the online ones by EMA
-in ``update``, its BatchNorm running statistics come from its own forward passes (the references' momentum update
-covers parameters only).
+The key / momentum network lives in the objective state as ``'target'`` (so evaluators can score it with
+``network='target'``; the online / query encoder is the default), its parameters follow the online ones by EMA in
+``update``, its BatchNorm running statistics come from its own forward passes (the references' momentum update covers
+parameters only). MoCo v3 (no queue, a predictor) is in mocov3.py.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from ssljax.models.heads import MLP
 from ssljax.objectives import losses
-from ssljax.objectives.base import (AXIS, BATCH, REPLICATED, Context, Forward, LossOutput, Objective,
-                                    cosine_ema_momentum, ema_network, init_heads, mlp_from_config, register)
-from ssljax.objectives.noncontrastive import BYOL, _ema_copy, _steps_per_epoch, ema_momentum_at
-
-
-def check_temperature(cfg, key: str = 'temperature') -> float:
-    value = float(cfg[key])
-    if not value > 0:
-        raise ValueError(f'config key "objective.{key}" must be > 0, got {cfg[key]!r}')
-    return value
-
-
-def grouped_forward(variables: dict, n_groups: int, x: jax.Array, fn: Callable) -> tuple:
-    """``fn(Forward, chunk)`` on ``n_groups`` consecutive equal chunks of ``x``, BatchNorm statistics per chunk.
-
-    -> (fn's outputs re-assembled to x's row order, batch statistics: the mean over chunks of each chunk's update,
-    i.e. r <- m r + (1 - m) mean_g mu_g, as averaging per-GPU running statistics gives). One vmapped forward.
-    """
-    b = x.shape[0]
-    chunks = x.reshape(n_groups, b // n_groups, *x.shape[1:])
-
-    def one(chunk):
-        fw = Forward(variables)
-        return fn(fw, chunk), fw.batch_stats
-
-    outs, stats = jax.vmap(one)(chunks)
-    outs = jax.tree.map(lambda a: a.reshape(b, *a.shape[2:]), outs)
-    return outs, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+from ssljax.objectives.base import (
+    AXIS,
+    BATCH,
+    REPLICATED,
+    Forward,
+    LossOutput,
+    Objective,
+    check_temperature,
+    ema_network,
+    grouped_forward,
+    init_heads,
+    register,
+    require,
+    steps_per_epoch,
+)
+from ssljax.objectives.ema import ema_copy, ema_momentum_at
 
 
 @register
@@ -69,41 +55,39 @@ class MoCoV2(Objective):
     ``symmetric`` False (the paper): queries from view 1, keys from view 2. True (solo-learn's MoCo v2+): also the
     reverse pair, with a second queue, loss averaged over the two. Projector: Linear - ReLU - Linear (no BN, the
     reference's ``--mlp``). The queue starts as random unit vectors, as the reference's.
-    Keys (config.objective): temperature, queue_size, projector_hidden, projector_dim, projector_bn, ema_base,
-    ema_final, bn_groups, symmetric. State: target, queue [V, K, D], queue_ptr, step.
+    Defaults (the config keys): the paper's ImageNet setting (facebookresearch/moco main_moco.py with --mlp
+    --moco-t 0.2): temperature 0.2, queue_size 65536, projector Linear(d, 2048) - ReLU - Linear(128) (projector_bn
+    False), constant momentum 0.999 (ema_base = ema_final), bn_groups 0 (per-GPU BatchNorm: one group per device),
+    symmetric False. State: target, queue [V, K, D], queue_ptr, step.
     """
     name = 'mocov2'
-    projector: MLP = None
     temperature: float = 0.2
     queue_size: int = 65536
+    projector_hidden: tuple = (2048,)
+    projector_dim: int = 128
+    projector_bn: bool = False
     ema_base: float = 0.999
     ema_final: float = 0.999
     bn_groups: int = 0
     symmetric: bool = False
 
     @classmethod
-    def settings(cls, config, ctx: Context) -> dict:
-        cfg = config.objective
-        batch, devices = int(ctx.global_batch), ctx.num_devices
-        queue_size, groups = int(cfg.queue_size), int(cfg.bn_groups)
-        if queue_size < 1 or queue_size % batch:
-            raise ValueError(f'config key "objective.queue_size" ({cfg.queue_size}) must be a positive multiple of '
-                             f'the global batch (batch_size = {batch}), e.g. {max(1, queue_size // batch) * batch}')
-        if groups < 0:
-            raise ValueError(f'config key "objective.bn_groups" must be >= 0 (0: one per device), got {groups}')
-        if groups > 1 and groups % devices:
-            raise ValueError(f'config key "objective.bn_groups" ({groups}) must be 0, 1 or a multiple of the number '
-                             f'of devices ({devices})')
-        if batch % max(groups or devices, 1):
-            raise ValueError(f'batch_size {batch} does not split into objective.bn_groups = {groups or devices} '
-                             f'equal BatchNorm groups')
-        return dict(ctx=ctx, projector=mlp_from_config(cfg, 'projector', ctx.dtype),
-                    temperature=check_temperature(cfg), queue_size=queue_size, ema_base=float(cfg.ema_base),
-                    ema_final=float(cfg.ema_final), bn_groups=groups, symmetric=bool(cfg.symmetric))
+    def check_config(cls, config, num_devices: int) -> None:
+        v = cls.config_values(config)
+        batch, queue_size, groups = int(config.batch_size), v['queue_size'], v['bn_groups']
+        check_temperature(v)
+        require(queue_size >= 1 and queue_size % batch == 0, 'queue_size',
+                f'({queue_size}) must be a positive multiple of the global batch (batch_size = {batch}), e.g. '
+                f'{max(1, queue_size // batch) * batch}')
+        require(groups >= 0, 'bn_groups', f'must be >= 0 (0: one per device), got {groups}')
+        require(groups <= 1 or groups % num_devices == 0, 'bn_groups',
+                f'({groups}) must be 0, 1 or a multiple of the number of devices ({num_devices})')
+        require(batch % max(groups or num_devices, 1) == 0, 'bn_groups',
+                f'({groups or num_devices} groups) does not split batch_size {batch} into equal BatchNorm groups')
 
-    @classmethod
-    def from_config(cls, config, ctx: Context) -> 'MoCoV2':
-        return cls(**cls.settings(config, ctx))
+    @property
+    def projector(self):
+        return self.mlp('projector')
 
     @property
     def num_queries(self) -> int:
@@ -114,7 +98,7 @@ class MoCoV2(Objective):
         feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
         heads = init_heads(head_key, {'projector': (self.projector, (feats,))})
         queue = jax.random.normal(queue_key, (self.num_queries, self.queue_size, self.projector.out_dim), jnp.float32)
-        state = {'target': _ema_copy(encoder_variables, heads, ('projector',)), 'queue': losses.l2_normalize(queue),
+        state = {'target': ema_copy(encoder_variables, heads, ('projector',)), 'queue': losses.l2_normalize(queue),
                  'queue_ptr': jnp.zeros((), jnp.int32), 'step': jnp.zeros((), jnp.int32)}
         return heads, state
 
@@ -198,30 +182,33 @@ class MoCHi(MoCoV2):
     the paper); before that the loss is exactly MoCo v2's (``lax.cond``). The official code was not released; this
     follows the paper's equations. Everything else is MoCo v2 (shuffled BatchNorm, queue, momentum), and the draws
     are made on the global batch, so 1 and n devices agree as for MoCo v2.
-    Keys: MoCo v2's plus n_hard (<= queue_size), n_mix, n_mix_query, mix_start_epochs, mix_start_steps.
+    Defaults: MoCo v2's plus the paper's typical (N, s, s') = (n_hard, n_mix, n_mix_query) = (1024, 1024, 128)
+    (n_hard <= queue_size); mix_start_epochs 10 (ours: the paper warms up without mixing, its count is not fixed
+    here), mix_start_steps -1 (>= 0 wins over the epochs).
     Metric: ``mixing`` (1 once the synthetic negatives are in use).
     """
     name = 'mochi'
     n_hard: int = 1024
     n_mix: int = 1024
     n_mix_query: int = 128
-    mix_start: int = 0
+    mix_start_epochs: float = 10.0
+    mix_start_steps: int = -1
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'MoCHi':
-        cfg = config.objective
-        base = cls.settings(config, ctx)
-        n_hard, n_mix, n_mix_query = int(cfg.n_hard), int(cfg.n_mix), int(cfg.n_mix_query)
-        if not 1 <= n_hard <= base['queue_size']:
-            raise ValueError(f'config key "objective.n_hard" ({n_hard}) must be between 1 and the queue size '
-                             f'(objective.queue_size = {base["queue_size"]})')
-        if n_mix < 0 or n_mix_query < 0:
-            raise ValueError(f'config keys "objective.n_mix" and "objective.n_mix_query" must be >= 0, got '
-                             f'{n_mix} and {n_mix_query}')
-        start = int(cfg.mix_start_steps)
-        if start < 0:
-            start = int(round(float(cfg.mix_start_epochs) * _steps_per_epoch(ctx)))
-        return cls(**base, n_hard=n_hard, n_mix=n_mix, n_mix_query=n_mix_query, mix_start=start)
+    def check_config(cls, config, num_devices: int) -> None:
+        super().check_config(config, num_devices)
+        v = cls.config_values(config)
+        require(1 <= v['n_hard'] <= v['queue_size'], 'n_hard',
+                f'({v["n_hard"]}) must be between 1 and the queue size (objective.queue_size = {v["queue_size"]})')
+        for key in ('n_mix', 'n_mix_query', 'mix_start_epochs'):
+            require(v[key] >= 0, key, f'must be >= 0, got {v[key]}')
+
+    @property
+    def mix_start(self) -> int:
+        """Losses computed before mixing starts: mix_start_steps when >= 0, else mix_start_epochs in steps."""
+        if self.mix_start_steps >= 0:
+            return self.mix_start_steps
+        return int(round(self.mix_start_epochs * steps_per_epoch(self.ctx)))
 
     def query_loss(self, rng, q, k, queue, step):
         if self.n_mix + self.n_mix_query == 0:
@@ -234,66 +221,3 @@ class MoCHi(MoCoV2):
 
         value = jax.lax.cond(active, mixed, lambda: losses.moco_infonce(q, k, queue, self.temperature))
         return value, {'mixing': active.astype(jnp.float32)}
-
-
-@register
-@dataclasses.dataclass(frozen=True)
-class MoCoV3(BYOL):
-    """MoCo v3 (Chen, Xie & He 2021): symmetric in-batch contrast of a predictor's output against momentum keys.
-
-    Online: encoder f, projector g, predictor h; momentum network f', g' (EMA). For views 1, 2 with q = h(g(f(x)))
-    and k = g'(f'(x)) (stop-gradient), over the global batch (losses.mocov3_loss):
-        ctr(q, k) = 2 tau * mean_i -log( exp(q_i.k_i / tau) / sum_j exp(q_i.k_j / tau) ),  L = ctr(q1, k2) + ctr(q2, k1)
-    Momentum: m_t = 1 - (1 - m_0)(cos(pi t / T) + 1) / 2 with t = optimizer steps completed, as the reference
-    (main_moco.py updates the momentum encoder before iteration t's forward with the momentum of iteration t).
-    BatchNorm: SyncBN in the reference, i.e. statistics over the global batch here; each view runs on its own
-    (``bn_per_view`` True; the reference calls the encoders once per view). Projector: Linear (no bias) - BN - ReLU
-    layers and a last BN without affine; predictor likewise, its last BN only in the ViT setting
-    (``predictor_last_bn``). ViT: ``freeze_patch_embed`` keeps the random patch projection ('encoder/patch_embed')
-    fixed for the whole run (the reference's ``--stop-grad-conv1``; off by default there, on in its ViT recipes).
-    Everything is global, so 1 and n devices agree.
-    Keys (config.objective): temperature, projector_hidden, projector_dim, projector_bn, predictor_hidden,
-    predictor_dim, predictor_bn, predictor_last_bn, ema_base, ema_final, bn_per_view, freeze_patch_embed.
-    """
-    name = 'mocov3'
-    temperature: float = 1.0
-    freeze_patch_embed: bool = False
-
-    @classmethod
-    def from_config(cls, config, ctx: Context) -> 'MoCoV3':
-        cfg = config.objective
-        freeze = bool(cfg.freeze_patch_embed)
-        if freeze and not _is_vit(ctx.encoder):
-            raise ValueError('config key "objective.freeze_patch_embed" needs a ViT backbone (model.backbone = '
-                             f'vit_*), got {type(ctx.encoder).__name__}')
-        projector = mlp_from_config(cfg, 'projector', ctx.dtype, last_bn=True, last_bn_affine=False, use_bias=False)
-        predictor = mlp_from_config(cfg, 'predictor', ctx.dtype, last_bn=bool(cfg.predictor_last_bn),
-                                    last_bn_affine=False, use_bias=False)
-        return cls(ctx=ctx, projector=projector, predictor=predictor, ema_base=float(cfg.ema_base),
-                   ema_final=float(cfg.ema_final), bn_per_view=bool(cfg.bn_per_view),
-                   temperature=check_temperature(cfg), freeze_patch_embed=freeze)
-
-    @property
-    def freeze_steps(self) -> dict[str, int]:
-        return {'encoder/patch_embed': max(1, self.ctx.total_steps)} if self.freeze_patch_embed else {}
-
-    def loss(self, variables, objective_state, views, batch, rng):
-        fw = Forward(variables, bn_per_view=self.bn_per_view)
-        feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
-        z_a, z_b = fw.apply_views('projector', self.projector, feats)
-        q_a, q_b = fw.apply_views('predictor', self.predictor, [z_a, z_b])
-        (k_a, k_b), target_stats = self.target_forward(objective_state, views[:2])
-        loss = losses.mocov3_loss(q_a, k_b, self.temperature) + losses.mocov3_loss(q_b, k_a, self.temperature)
-        metrics = {'pos_cosine': 0.5 * (losses.cosine_similarity(q_a, k_b).mean()
-                                        + losses.cosine_similarity(q_b, k_a).mean())}
-        state = dict(objective_state, target=dict(objective_state['target'], batch_stats=target_stats))
-        return loss, LossOutput(metrics, fw.batch_stats, state, feats[0])
-
-    def update(self, params, objective_state, step):
-        momentum = cosine_ema_momentum(self.ema_base, step, self.ctx.total_steps, self.ema_final)
-        return params, dict(objective_state, target=ema_network(objective_state['target'], params, momentum))
-
-
-def _is_vit(encoder) -> bool:
-    from ssljax.models.vit import ViT
-    return isinstance(encoder, ViT)

@@ -21,8 +21,8 @@ With the prediction y and the pixel mask M_hw in {0, 1} (1 = masked):
 
 (L1 on the masked pixels, averaged per masked pixel and channel, as the reference's ``forward``).
 
-Keys (config.objective): probe_unmasked (False; as MAE's: the online probe on the whole view); the mask comes from
-the first view's ``mask_ratio`` / ``mask_patch_size`` (the mask patch must be a multiple of the model's patch and
+Defaults (the config keys): probe_unmasked False (as MAE's; True: the online probe on the whole view). The mask comes
+from the first view's ``mask_ratio`` / ``mask_patch_size`` (the mask patch must be a multiple of the model's patch and
 divide the view side).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from ssljax.config_lib import ConfigError
 from ssljax.models.mae_decoder import PixelMaskToken, PixelShuffleHead
-from ssljax.objectives.base import Context, Forward, LossOutput, Objective, init_heads, register
+from ssljax.objectives.base import Context, Forward, LossOutput, Objective, derived, init_heads, register
 from ssljax.objectives.mae import probe_features, view_mask_spec
 
 L1_EPS = 1e-5
@@ -65,18 +65,18 @@ def upsample_mask(mask: jax.Array, grid: int, scale: int) -> jax.Array:
 class SimMIM(Objective):
     """SimMIM (see the module docstring for the math, the reference and the keys)."""
     name = 'simmim'
-    head: PixelShuffleHead = None
-    input_mask: bool = False     # True: ResNet, masking at the input with a learnable pixel value
-    mask_grid: int = 0           # side of the mask-patch grid
-    mask_scale_tokens: int = 1   # encoder tokens per mask patch side (ViT)
-    image_size: int = 0
-    num_masked: int = 0
     probe_unmasked: bool = False  # the online probe on the whole view (mae.probe_features)
+    stride: int = derived(1)      # the pixel-shuffle head's upsampling factor
+    input_mask: bool = derived(False)  # True: ResNet, masking at the input with a learnable pixel value
+    mask_grid: int = derived(0)   # side of the mask-patch grid
+    mask_scale_tokens: int = derived(1)  # encoder tokens per mask patch side (ViT)
+    image_size: int = derived(0)
+    num_masked: int = derived(0)
 
     @classmethod
-    def from_config(cls, config, ctx: Context) -> 'SimMIM':
-        backbone = str(config.model.backbone)
-        vit = backbone.startswith('vit')
+    def check_config(cls, config, num_devices: int) -> None:
+        cls.config_values(config)
+        vit = str(config.model.backbone).startswith('vit')
         if vit and config.model.get('mask_mode', 'drop') != 'token':
             raise ConfigError(f'config key "model.mask_mode" must be \'token\' for simmim on a ViT, got '
                               f'{config.model.get("mask_mode", "drop")!r}')
@@ -84,22 +84,32 @@ class SimMIM(Objective):
         key = f'augment.views.{name}'
         if spec is None:
             raise ConfigError(f'config key "{key}.mask_ratio" must be > 0 for simmim (0.6 in the reference)')
-        size, q, dtype = view.size, spec.patch_size, ctx.dtype
+        p = int(config.model.patch_size)
+        if vit and spec.patch_size % p:
+            raise ConfigError(f'config key "{key}.mask_patch_size" ({spec.patch_size}) must be a multiple of the '
+                              f'model\'s patch size {p}')
+
+    @classmethod
+    def from_config(cls, config, ctx: Context) -> 'SimMIM':
+        backbone = str(config.model.backbone)
+        vit = backbone.startswith('vit')
+        _, view, spec = view_mask_spec(config, 0, cls.name)
+        size, q = view.size, spec.patch_size
         if vit:
             p = int(config.model.patch_size)
-            if q % p:
-                raise ConfigError(f'config key "{key}.mask_patch_size" ({q}) must be a multiple of the model\'s patch '
-                                  f'size {p}')
-            head, scale = PixelShuffleHead(stride=p, dtype=dtype), q // p
-        else:
+            stride, scale = p, q // p
+        else:  # the feature map's stride needs the encoder: checked here, not in check_config
             feature = _feature_grid(ctx.encoder, size)
             if size % feature:
                 raise ConfigError(f'config key "model.backbone": {backbone}\'s feature map ({feature} x {feature}) '
                                   f'does not divide the view side {size}, so no pixel-shuffle stride fits')
-            head, scale = PixelShuffleHead(stride=size // feature, dtype=dtype), 1
-        return cls(ctx=ctx, head=head, input_mask=not vit, mask_grid=size // q, mask_scale_tokens=scale,
-                   image_size=size, num_masked=spec.num_masked,
-                   probe_unmasked=bool(config.objective.get('probe_unmasked', False)))
+            stride, scale = size // feature, 1
+        return cls.build(config, ctx, stride=stride, input_mask=not vit, mask_grid=size // q,
+                         mask_scale_tokens=scale, image_size=size, num_masked=spec.num_masked)
+
+    @property
+    def head(self) -> PixelShuffleHead:
+        return PixelShuffleHead(stride=self.stride, dtype=self.ctx.dtype)
 
     def init(self, rng, encoder_variables):
         if self.input_mask:
