@@ -9,12 +9,16 @@ scale 1 (ImageNet); solo-learn CIFAR: 3 x 2048, LARS lr 0.3, wd 1e-4, loss scale
 (objective.bn_per_view = True): the reference (facebookresearch/barlowtwins main.py, BarlowTwins.forward) and
 solo-learn run backbone and projector on each view separately.
 """
+
 from configs import common
 
 
 def get_config(arg=None):
     c, a = common.method_config('barlow_twins', arg)
     common.redundancy_reduction_setup(c, embedded=a.dataset == 'mnist')
-    common.recipe(c, "solo-learn's CIFAR Barlow Twins (scripts/pretrain/cifar/barlow.yaml), the embedded default's too",
-                  scale_loss=0.1)
+    common.recipe(
+        c,
+        "solo-learn's CIFAR Barlow Twins (scripts/pretrain/cifar/barlow.yaml), the embedded default's too",
+        scale_loss=0.1,
+    )
     return common.finish(c, a)

@@ -13,6 +13,7 @@ target, on its own. Target momentum: tau_t at t = optimizer steps before this up
 references. The objective's defaults are the paper's (4096-256 heads, tau_base 0.996); the overrides below are
 solo-learn's CIFAR recipe and the embedded budget.
 """
+
 from configs import common
 
 SOLO_EMA = "solo-learn's CIFAR BYOL (scripts/pretrain/cifar/byol.yaml): target EMA 0.99 -> 1, also the embedded default"
@@ -20,8 +21,14 @@ SOLO_EMA = "solo-learn's CIFAR BYOL (scripts/pretrain/cifar/byol.yaml): target E
 
 def embedded_heads(c) -> None:
     """The embedded MNIST default's 512-128 projector and predictor (shared by the triplet and masked configs)."""
-    common.recipe(c, 'the embedded MNIST budget: 512-128 projector and predictor', projector_hidden=(512,),
-                  projector_dim=128, predictor_hidden=(512,), predictor_dim=128)
+    common.recipe(
+        c,
+        'the embedded MNIST budget: 512-128 projector and predictor',
+        projector_hidden=(512,),
+        projector_dim=128,
+        predictor_hidden=(512,),
+        predictor_dim=128,
+    )
 
 
 def get_config(arg=None):

@@ -9,6 +9,7 @@ file changes a key only through :func:`recipe`, which names the recipe the value
 (:func:`recipe_overrides`; tests/test_config_defaults.py fails on an objective value that differs from the class's
 default without such a declaration, and on a declaration that equals the default).
 """
+
 from __future__ import annotations
 
 import weakref
@@ -33,9 +34,25 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return parsed
 
 
-VIEW_FIELDS = ('size', 'crop_scale', 'crop_ratio', 'flip_prob', 'jitter_prob', 'brightness', 'contrast', 'saturation',
-               'hue', 'grayscale_prob', 'blur_prob', 'blur_sigma', 'blur_kernel', 'solarize_prob', 'solarize_threshold',
-               'mean', 'std')
+VIEW_FIELDS = (
+    'size',
+    'crop_scale',
+    'crop_ratio',
+    'flip_prob',
+    'jitter_prob',
+    'brightness',
+    'contrast',
+    'saturation',
+    'hue',
+    'grayscale_prob',
+    'blur_prob',
+    'blur_sigma',
+    'blur_kernel',
+    'solarize_prob',
+    'solarize_threshold',
+    'mean',
+    'std',
+)
 
 
 def set_views(c: ml_collections.ConfigDict, recipe: str, names: tuple[str, ...] = (), **overrides) -> None:
@@ -49,6 +66,7 @@ def set_views(c: ml_collections.ConfigDict, recipe: str, names: tuple[str, ...] 
     them. ``overrides`` are the preset's own arguments (``n_local=4``).
     """
     from ssljax.data import augment
+
     size = c.augment.size
     views = augment.recipe(recipe, size, **overrides)
     groups: list[list] = []
@@ -61,7 +79,7 @@ def set_views(c: ml_collections.ConfigDict, recipe: str, names: tuple[str, ...] 
         if len(groups) == 1:
             names = ('view',)
         elif recipe == 'multicrop':
-            names = ('global1', 'global2', 'local')[:len(groups)]
+            names = ('global1', 'global2', 'local')[: len(groups)]
         else:
             names = tuple(f'view{i + 1}' for i in range(len(groups)))
     if len(names) != len(groups):
@@ -76,8 +94,9 @@ def set_views(c: ml_collections.ConfigDict, recipe: str, names: tuple[str, ...] 
         c.augment.order = tuple(names)
 
 
-def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tiny',
-                image_size: int = 0) -> ml_collections.ConfigDict:
+def base_config(
+    method: str, dataset: str = 'mnist', backbone: str = 'resnet_tiny', image_size: int = 0
+) -> ml_collections.ConfigDict:
     """The keys every run has. Method files fill in ``objective``, ``augment`` and optimizer settings.
 
     ``image_size`` > 0 replaces the dataset's (an image folder's size is found in its images by
@@ -91,37 +110,39 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     c = ml_collections.ConfigDict()
     c.method = method
     c.dataset = dataset
-    c.data_dir = ''                  # tfds data_dir or image-folder root; '' for embedded datasets
+    c.data_dir = ''  # tfds data_dir or image-folder root; '' for embedded datasets
     c.train_split = 'train+unlabeled' if dataset == 'stl10' else 'train'  # STL-10 pretrains on its unlabeled images
-    c.eval_train_split = 'train'     # kNN bank / linear-probe training features
+    c.eval_train_split = 'train'  # kNN bank / linear-probe training features
     c.eval_split = 'test'
     c.image_size = ds['image_size']  # host-side size of stored images (folders are resized to it); 0: from the data
     c.num_classes = ds['num_classes']  # 0: taken from the dataset
-    c.cache_dir = ''                 # decoded image folders are cached here ('' = no cache)
-    c.bad_images = 'error'           # image folders: 'error' lists every unreadable file and stops; 'skip' trains without them
-    c.device_data_max_mb = 1024      # decoded datasets up to this size live on every device (a per-device budget)
-    c.host_data_max_mb = 8192        # larger ones up to this stay in host memory (gathered by a thread); beyond: stream
-    c.stream = 'auto'                # auto (by size; imagenet2012 always) | always | never: grain workers decode, crop
-    c.data_workers = -1              # streaming: grain worker processes (-1: one per core, at most 16; 0: threads)
+    c.cache_dir = ''  # decoded image folders are cached here ('' = no cache)
+    c.bad_images = 'error'  # image folders: 'error' lists every unreadable file and stops; 'skip' trains without them
+    c.device_data_max_mb = 1024  # decoded datasets up to this size live on every device (a per-device budget)
+    c.host_data_max_mb = 8192  # larger ones up to this stay in host memory (gathered by a thread); beyond: stream
+    c.stream = 'auto'  # auto (by size; imagenet2012 always) | always | never: grain workers decode, crop
+    c.data_workers = -1  # streaming: grain worker processes (-1: one per core, at most 16; 0: threads)
     c.seed = 0
-    c.batch_size = 256               # global, in source images; each yields len(views) augmented views
-    c.total_steps = 0                # > 0 wins over epochs
+    c.batch_size = 256  # global, in source images; each yields len(views) augmented views
+    c.total_steps = 0  # > 0 wins over epochs
     c.epochs = 10.0
-    c.dtype = 'float32'              # compute dtype: float32 | bfloat16 (params stay float32)
+    c.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
     c.log_every = 50
-    c.eval_every = 0                 # default period of the evaluators whose own ``every`` is -1 (0: only at the end)
+    c.eval_every = 0  # default period of the evaluators whose own ``every`` is -1 (0: only at the end)
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = backbone
     c.model.cifar_stem = dataset in ('mnist', 'digits', 'cifar10', 'cifar100', 'image_folder')
-    c.model.patch_size = 4           # ViT only
+    c.model.patch_size = 4  # ViT only
 
     c.augment = ml_collections.ConfigDict()
-    c.augment.size = ds['image_size']  # side of the evaluation view, and of every view whose own size is 0; 0: image_size
-    c.augment.blur_prob = -1.0         # >= 0: replaces every view's blur_prob (a quick switch, e.g. 0 for 8 px images)
-    c.augment.crop_min_scale = -1.0    # >= 0: replaces the lower end of every view's crop_scale
+    c.augment.size = ds[
+        'image_size'
+    ]  # side of the evaluation view, and of every view whose own size is 0; 0: image_size
+    c.augment.blur_prob = -1.0  # >= 0: replaces every view's blur_prob (a quick switch, e.g. 0 for 8 px images)
+    c.augment.crop_min_scale = -1.0  # >= 0: replaces the lower end of every view's crop_scale
     # The view recipe as data: augment.views.<name> (ViewConfig fields, count, mask_*), in the order augment.order.
     # Method files fill it from a named preset with set_views(c, 'byol'); edit any field per view from the command
     # line, e.g. --config.augment.views.local.count=8 or --config.augment.views.view1.solarize_prob=0.
@@ -130,32 +151,32 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
     set_views(c, 'simclr')
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = 'lars'          # lars | sgd | adamw
-    c.optimizer.lr = 0.3               # base learning rate, scaled by batch_size / 256 when lr_scaling = 'linear'
+    c.optimizer.name = 'lars'  # lars | sgd | adamw
+    c.optimizer.lr = 0.3  # base learning rate, scaled by batch_size / 256 when lr_scaling = 'linear'
     c.optimizer.lr_scaling = 'linear'  # linear | none
     c.optimizer.weight_decay = 1e-6
     c.optimizer.momentum = 0.9
     c.optimizer.lars_eta = 0.001
-    c.optimizer.lars_clip = False        # LARC clipping: step = min(trust ratio, lr) (solo-learn's clip_lr)
+    c.optimizer.lars_clip = False  # LARC clipping: step = min(trust ratio, lr) (solo-learn's clip_lr)
     c.optimizer.lars_variant = 'solo_learn'  # solo_learn (lr times the momentum buffer) | tf (SimCLR's, lr inside)
-    c.optimizer.clip_grad = 0.0          # gradient clipping threshold (0 = off)
+    c.optimizer.clip_grad = 0.0  # gradient clipping threshold (0 = off)
     c.optimizer.clip_grad_mode = 'per_tensor'  # per_tensor (DINO's clip_gradients) | global (global norm)
     c.optimizer.weight_decay_end = -1.0  # >= 0: weight decay follows a per-step cosine to this value (DINO)
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
     c.optimizer.warmup_epochs = 10.0
-    c.optimizer.warmup_steps = -1      # >= 0 wins over warmup_epochs
+    c.optimizer.warmup_steps = -1  # >= 0 wins over warmup_epochs
     c.optimizer.warmup_init_lr = 0.0
     c.optimizer.final_lr = 0.0
     c.optimizer.exclude_bias_and_norm = True  # from weight decay and LARS adaptation
-    c.optimizer.constant_lr_heads = ()        # heads whose learning rate stays at the base value (SimSiam's predictor)
+    c.optimizer.constant_lr_heads = ()  # heads whose learning rate stays at the base value (SimSiam's predictor)
 
     c.eval = ml_collections.ConfigDict()  # shared by every evaluator
-    c.eval.batch_size = 512            # images per encoder call
-    c.eval.max_train_examples = 0      # > 0: subsample the kNN bank / probe training set (fast monitors)
+    c.eval.batch_size = 512  # images per encoder call
+    c.eval.max_train_examples = 0  # > 0: subsample the kNN bank / probe training set (fast monitors)
     c.eval.random_init_baseline = True  # score the encoder at initialisation too (random_init.json)
     c.eval.baseline_evals = ('knn', 'linear')  # which evaluators the random-init baseline runs
-    c.eval.online_probe_lr = 0.1       # the online probe trains inside the step (SGD, cosine, x batch / 256)
+    c.eval.online_probe_lr = 0.1  # the online probe trains inside the step (SGD, cosine, x batch / 256)
 
     # Evaluators chosen by name (big_vision style): evals.<name>.type picks the class (ssljax/evaluation/
     # evaluators.py), ``every`` its period in steps during training (0: only at the end, -1: eval_every), ``network``
@@ -170,10 +191,12 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
 
     # Batch composition: which dataset indices form the global batch of each step (ssljax/data/samplers.py).
     c.sampler = ml_collections.ConfigDict()
-    c.sampler.name = 'epoch_shuffle'   # a fresh seeded permutation per epoch, as every reference does
+    c.sampler.name = 'epoch_shuffle'  # a fresh seeded permutation per epoch, as every reference does
 
     c.distributed = ml_collections.ConfigDict()
-    c.distributed.coordinator_address = ''   # '' -> from the environment (JAX_COORDINATOR_ADDRESS, SLURM, TPU) or single host
+    c.distributed.coordinator_address = (
+        ''  # '' -> from the environment (JAX_COORDINATOR_ADDRESS, SLURM, TPU) or single host
+    )
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
 
@@ -183,9 +206,11 @@ def base_config(method: str, dataset: str = 'mnist', backbone: str = 'resnet_tin
 
 # ----- the objective block: the class's published defaults, and each config's declared recipe overrides -------------
 
+
 def objective_defaults(method: str) -> ml_collections.ConfigDict:
     """``config.objective`` of ``method``: every key its objective class reads, at the class's (published) default."""
     from ssljax.objectives import OBJECTIVES
+
     if method not in OBJECTIVES:
         raise ValueError(f'unknown method {method!r}; known: {", ".join(sorted(OBJECTIVES))}')
     return ml_collections.ConfigDict(OBJECTIVES[method].config_defaults())
@@ -246,8 +271,16 @@ def method_config(method: str, arg: str | None, objective_args: tuple[str, ...] 
     class's, and a value that differs is a recipe override named after the argument.
     """
     defaults = objective_defaults(method)
-    a = parse_arg(arg, dataset='mnist', backbone='', epochs=-1.0, batch_size=0, image_size=0,
-                  **{key: defaults[key] for key in objective_args}, **extra_args)
+    a = parse_arg(
+        arg,
+        dataset='mnist',
+        backbone='',
+        epochs=-1.0,
+        batch_size=0,
+        image_size=0,
+        **{key: defaults[key] for key in objective_args},
+        **extra_args,
+    )
     embedded = a.dataset == 'mnist'
     c = base_config(method, a.dataset, a.backbone or ('resnet_mini' if embedded else 'resnet18'), a.image_size)
     for key in objective_args:
@@ -255,9 +288,9 @@ def method_config(method: str, arg: str | None, objective_args: tuple[str, ...] 
             recipe(c, f'the variant argument {key}={a[key]}', **{key: a[key]})
     c.batch_size = 256
     if embedded:
-        c.model.cifar_stem = False        # resnet_mini: stride-2 stem + max-pool, 28 -> 7 px, fast on CPUs
+        c.model.cifar_stem = False  # resnet_mini: stride-2 stem + max-pool, 28 -> 7 px, fast on CPUs
         c.epochs = EMBEDDED_EPOCHS
-        c.augment.blur_prob = 0.0         # 28 px digits: blur erases strokes
+        c.augment.blur_prob = 0.0  # 28 px digits: blur erases strokes
         c.augment.crop_min_scale = 0.2
         c.optimizer.lr = 1.0
         c.optimizer.warmup_epochs = 1.0
@@ -286,6 +319,10 @@ def redundancy_reduction_setup(c: ml_collections.ConfigDict, embedded: bool) -> 
         c.optimizer.lr = 0.3
         c.optimizer.weight_decay = 1e-4
     else:
-        recipe(c, "solo-learn's CIFAR recipe (scripts/pretrain/cifar): a 3 x 2048 projector",
-               projector_hidden=(2048, 2048), projector_dim=2048)
+        recipe(
+            c,
+            "solo-learn's CIFAR recipe (scripts/pretrain/cifar): a 3 x 2048 projector",
+            projector_hidden=(2048, 2048),
+            projector_dim=2048,
+        )
         solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-4)

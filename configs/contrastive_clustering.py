@@ -15,6 +15,7 @@ Clustering scores (summary.json): clustering_nmi / _acc / _ari from the cluster 
 cluster_assignments hook), feature_kmeans_nmi / _acc / _ari from k-means on the encoder's features.
 objective.entropy_log_k: False (the paper's L_clu = contrast - H(Y)); True adds the code's constant 2 log K.
 """
+
 from configs import common
 from ssljax.objectives import OBJECTIVES
 
@@ -24,12 +25,14 @@ def get_config(arg=None):
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr', strength=0.5, blur_prob=0.0)  # the reference's Transforms(s=0.5), no blur
     if embedded:  # Linear(rep_dim, rep_dim): resnet_mini 128, ResNet-18/34 512 (the objective's default)
-        common.recipe(c, "the reference's heads at resnet_mini's width 128", instance_hidden=(128,),
-                      cluster_hidden=(128,))
+        common.recipe(
+            c, "the reference's heads at resnet_mini's width 128", instance_hidden=(128,), cluster_hidden=(128,)
+        )
     if c.num_classes != OBJECTIVES['contrastive_clustering'].config_defaults()['num_clusters']:
-        common.recipe(c, "one cluster per class of the dataset (the reference's CIFAR-10 K = 10)",
-                      num_clusters=c.num_classes)
-    c.optimizer.name = 'adamw'     # torch.optim.Adam(lr=3e-4, weight_decay=0), constant learning rate
+        common.recipe(
+            c, "one cluster per class of the dataset (the reference's CIFAR-10 K = 10)", num_clusters=c.num_classes
+        )
+    c.optimizer.name = 'adamw'  # torch.optim.Adam(lr=3e-4, weight_decay=0), constant learning rate
     c.optimizer.lr = 3e-4
     c.optimizer.lr_scaling = 'none'
     c.optimizer.final_lr = 3e-4

@@ -9,6 +9,7 @@ projector 2048-256, with DCL's temperature):
 Temperature 0.1 (the DCL paper's ImageNet setting and lightly's DCLLoss default: the objective's default).
 Everything else is configs/simclr.py's recipe.
 """
+
 from configs import common, simclr
 
 

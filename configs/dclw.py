@@ -7,6 +7,7 @@ sigma 0.5 (the paper), temperature 0.1; objective.weight_norm 'mean' (the paper'
 (2 - softmax, the raminnakhli/Decoupled-Contrastive-Learning code): all the objective's defaults. Otherwise as
 configs/dcl.py.
 """
+
 from configs import dcl
 
 

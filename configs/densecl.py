@@ -18,6 +18,7 @@ Keys: objective.queue_size (a positive multiple of batch_size, else an error bef
 momentum, loss_lambda, bn_groups (0: one per device, 1: global BatchNorm, G: G shuffled groups); their defaults are
 the reference's (ssljax/objectives/densecl.py).
 """
+
 from configs import common
 
 
@@ -28,11 +29,18 @@ def get_config(arg=None):
     view = c.augment.views.view
     view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1
     if embedded:
-        common.recipe(c, 'the embedded MNIST budget: 512-128 necks, a queue of 2048 (8 batches), key momentum 0.99',
-                      projector_hidden=(512,), dense_projector_hidden=(512,), queue_size=2048, momentum=0.99)
+        common.recipe(
+            c,
+            'the embedded MNIST budget: 512-128 necks, a queue of 2048 (8 batches), key momentum 0.99',
+            projector_hidden=(512,),
+            dense_projector_hidden=(512,),
+            queue_size=2048,
+            momentum=0.99,
+        )
     else:
-        common.recipe(c, "CIFAR-10 is smaller than the reference's queue: solo-learn's MoCo v2+ CIFAR queue",
-                      queue_size=32768)
+        common.recipe(
+            c, "CIFAR-10 is smaller than the reference's queue: solo-learn's MoCo v2+ CIFAR queue", queue_size=32768
+        )
     c.optimizer.name = 'sgd'
     c.optimizer.lr = 0.3 if embedded else 0.03
     c.optimizer.weight_decay = 1e-4

@@ -30,6 +30,7 @@ Optimizer, per recipe:
   clip_grad default 0); last layer frozen for 1 epoch; each crop through the networks on its own (bn_per_view True,
   solo/methods/base.py). 1000 epochs in the yaml, 40 here (:epochs=N to change).
 """
+
 from configs import common
 
 
@@ -39,17 +40,29 @@ def get_config(arg=None):
     vit = c.model.backbone.startswith('vit')
     if embedded:
         common.set_views(c, 'multicrop', n_local=4)
-        common.recipe(c, 'the embedded MNIST budget: a 512-128-4096 head, the teacher warm-up over 5 of 30 epochs, '
-                      'EMA 0.99 -> 1', head_out=4096, head_hidden=512, head_bottleneck=128,
-                      warmup_teacher_temp_epochs=5, ema_base=0.99)
+        common.recipe(
+            c,
+            'the embedded MNIST budget: a 512-128-4096 head, the teacher warm-up over 5 of 30 epochs, EMA 0.99 -> 1',
+            head_out=4096,
+            head_hidden=512,
+            head_bottleneck=128,
+            warmup_teacher_temp_epochs=5,
+            ema_base=0.99,
+        )
         c.optimizer.lr = 0.3
         c.optimizer.weight_decay = 1e-5
         c.optimizer.clip_grad = 3.0
     else:  # solo-learn's scripts/pretrain/cifar/dino.yaml (docstring)
         common.set_views(c, 'solo_byol_cifar')
-        common.recipe(c, "solo-learn's CIFAR DINO (scripts/pretrain/cifar/dino.yaml): 4096 prototypes, a flat teacher "
-                      "tau, EMA 0.9995 -> 1, one forward per crop", head_out=4096, warmup_teacher_temp_epochs=0,
-                      ema_base=0.9995, bn_per_view=True)
+        common.recipe(
+            c,
+            "solo-learn's CIFAR DINO (scripts/pretrain/cifar/dino.yaml): 4096 prototypes, a flat teacher "
+            "tau, EMA 0.9995 -> 1, one forward per crop",
+            head_out=4096,
+            warmup_teacher_temp_epochs=0,
+            ema_base=0.9995,
+            bn_per_view=True,
+        )
         common.solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-6)
         c.optimizer.clip_grad = 0.0
     if vit:  # main_dino.py's ViT defaults (docstring)

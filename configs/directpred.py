@@ -18,6 +18,7 @@ The comparison table and the eigen-alignment plots: experiments/directpred/.
 The objective's defaults are the paper code's (ssljax/objectives/directpred.py); the overrides below are BYOL's
 solo-learn CIFAR recipe (heads, target EMA) and the variant arguments predictor and solver.
 """
+
 from configs import byol, common
 
 
@@ -26,8 +27,14 @@ def get_config(arg=None):
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'byol' if embedded else 'solo_byol_cifar')
     if not embedded:
-        common.recipe(c, "solo-learn's CIFAR BYOL: 4096-256 projector and predictor", projector_hidden=(4096,),
-                      projector_dim=256, predictor_hidden=(4096,), predictor_dim=256)
+        common.recipe(
+            c,
+            "solo-learn's CIFAR BYOL: 4096-256 projector and predictor",
+            projector_hidden=(4096,),
+            projector_dim=256,
+            predictor_hidden=(4096,),
+            predictor_dim=256,
+        )
     common.recipe(c, byol.SOLO_EMA, ema_base=0.99)
     if not embedded:
         common.solo_cifar_optimizer(c, lr=1.0, weight_decay=1e-5)

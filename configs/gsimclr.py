@@ -18,6 +18,7 @@ input, so no grayscale); the notebook uses a ResNet-20-style network for 15 epoc
 sampler.batching: 'distinct' (default, the paper: no two images of a batch share a pseudo-label) or 'reference'
 (the notebook's fixed order by rank within cluster, cut into consecutive batches).
 """
+
 from configs import common
 
 
@@ -26,11 +27,17 @@ def get_config(arg=None):
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr')
     if embedded:  # the dataset=cifar10 variant keeps the notebook's values, the objective's defaults
-        common.recipe(c, "SimCLR's embedded MNIST settings, so that the batches are the only difference",
-                      temperature=0.2, projector_hidden=(512,), projector_dim=128, projector_bn=True,
-                      bn_per_view=False)
+        common.recipe(
+            c,
+            "SimCLR's embedded MNIST settings, so that the batches are the only difference",
+            temperature=0.2,
+            projector_hidden=(512,),
+            projector_dim=128,
+            projector_bn=True,
+            bn_per_view=False,
+        )
     c.sampler.name = 'gsimclr'
-    c.sampler.num_clusters = 0     # 0: the global batch size (the paper's k)
+    c.sampler.num_clusters = 0  # 0: the global batch size (the paper's k)
     c.sampler.refresh_epochs = 1.0 if embedded else 0.0
     c.sampler.network = ''
     c.sampler.batching = 'distinct'

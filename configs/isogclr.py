@@ -20,6 +20,7 @@ tau_i live in the objective state (sharded over the devices, checkpointed); trai
 tau_max are the batch's, and the ``isogclr`` evaluator (type isogclr_tau) writes their statistics over the whole
 training set and a histogram, figures/isogclr_tau_<step>.png.
 """
+
 from configs import common
 
 
@@ -28,8 +29,12 @@ def get_config(arg=None):
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr')
     if embedded:
-        common.recipe(c, "SimCLR's embedded MNIST projector, so that only the loss differs", projector_hidden=(512,),
-                      projector_dim=128)
+        common.recipe(
+            c,
+            "SimCLR's embedded MNIST projector, so that only the loss differs",
+            projector_hidden=(512,),
+            projector_dim=128,
+        )
     c.evals.isogclr = dict(type='isogclr_tau', every=-1, network='', bins=40)
     if not embedded:
         common.set_views(c, 'solo_simclr_cifar')
@@ -43,5 +48,5 @@ def get_config(arg=None):
         c.optimizer.weight_decay = 5e-4
         c.optimizer.warmup_epochs = 10.0
         c.optimizer.warmup_init_lr = 0.01
-        c.optimizer.final_lr = 0.8 * 0.1 ** 3  # SupContrast's cosine floor: lr * lr_decay_rate ** 3
+        c.optimizer.final_lr = 0.8 * 0.1**3  # SupContrast's cosine floor: lr * lr_decay_rate ** 3
     return common.finish(c, a)

@@ -21,6 +21,7 @@ Evaluators added to the defaults: ``reconstruction`` (PNG grids original / maske
 DIR/figures and TensorBoard) and ``finetune`` (full fine-tuning, AdamW + layer-wise lr decay + drop-path); the
 ``linear`` probe standardises the features with train statistics, which is MAE's BatchNorm-without-affine head.
 """
+
 from configs import common
 from ssljax.models import registry
 
@@ -40,11 +41,17 @@ def masked_setup(c, a, *, mask_mode: str = 'drop', decoder: bool = True) -> None
         # the embedded default uses a 4-block ViT-Tiny so that its runs take minutes on a CPU.
         c.model.depth = 4 if embedded and not a.backbone else registry.BACKBONES[c.model.backbone].keywords['depth']
     if decoder and embedded:  # the objective's default decoder is the reference's, 512 wide, 8 blocks, 16 heads
-        common.recipe(c, 'the embedded MNIST budget: a 128-wide 2-block decoder', decoder_dim=128, decoder_depth=2,
-                      decoder_heads=4)
+        common.recipe(
+            c,
+            'the embedded MNIST budget: a 128-wide 2-block decoder',
+            decoder_dim=128,
+            decoder_depth=2,
+            decoder_heads=4,
+        )
     elif decoder and c.model.backbone in ('vit_tiny', 'vit_small'):
-        common.recipe(c, "the decoder narrowed to ViT-Tiny / Small's width", decoder_dim=256, decoder_depth=4,
-                      decoder_heads=8)
+        common.recipe(
+            c, "the decoder narrowed to ViT-Tiny / Small's width", decoder_dim=256, decoder_depth=4, decoder_heads=8
+        )
     # objective.probe_unmasked: the online probe on the masked view (False, the default: free, understates) or on
     # the whole view (one more forward a step)
     c.optimizer.name = 'adamw'
@@ -58,11 +65,22 @@ def masked_setup(c, a, *, mask_mode: str = 'drop', decoder: bool = True) -> None
     if embedded:
         c.epochs = 20.0
     c.evals.reconstruction = dict(type='reconstruction', every=0, network='', num_images=8, seed=0)
-    c.evals.finetune = dict(type='finetune', every=0, network='', epochs=5 if embedded else 20, lr=1e-3,
-                            batch_size=128, weight_decay=0.05, layer_decay=0.75, drop_path=0.1,
-                            warmup_epochs=0.5 if embedded else 1.0,
-                            label_smoothing=0.1, crop_min_scale=0.35 if embedded else 0.08,
-                            flip_prob=0.0 if embedded else 0.5, max_train_examples=0)
+    c.evals.finetune = dict(
+        type='finetune',
+        every=0,
+        network='',
+        epochs=5 if embedded else 20,
+        lr=1e-3,
+        batch_size=128,
+        weight_decay=0.05,
+        layer_decay=0.75,
+        drop_path=0.1,
+        warmup_epochs=0.5 if embedded else 1.0,
+        label_smoothing=0.1,
+        crop_min_scale=0.35 if embedded else 0.08,
+        flip_prob=0.0 if embedded else 0.5,
+        max_train_examples=0,
+    )
 
 
 def get_config(arg=None):

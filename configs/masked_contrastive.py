@@ -17,13 +17,15 @@ Other args: ``mask_ratio`` (both views; default 0.75), the shared ``dataset``, `
 Views: SimCLR's recipe (jitter 0.8 / 0.8 / 0.8 / 0.2 p 0.8, grayscale 0.2, crop, flip; no blur on MNIST), because
 the contrastive term needs them; the decoder, optimizer (AdamW) and budget are configs/mae.py's.
 """
+
 from configs import byol, common
 from configs.mae import masked_setup
 
 
 def get_config(arg=None):
-    c, a = common.method_config('masked_contrastive', arg, objective_args=('weight', 'term'), contrastive_only=False,
-                                mask_ratio=0.75)
+    c, a = common.method_config(
+        'masked_contrastive', arg, objective_args=('weight', 'term'), contrastive_only=False, mask_ratio=0.75
+    )
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr' if embedded else 'solo_simclr_cifar')
     for name in c.augment.order:

@@ -12,6 +12,7 @@ objective.mix_start_epochs (10 on CIFAR, 3 of 30 on MNIST; the paper warms up wi
 is ours) or objective.mix_start_steps when >= 0. n_hard > queue_size is an error before compiling. The CIFAR values
 are the objective's defaults (ssljax/objectives/moco.py).
 """
+
 from configs import common, mocov2
 
 
@@ -20,6 +21,12 @@ def get_config(arg=None):
     embedded = a.dataset == 'mnist'
     mocov2.moco_v2_setup(c, embedded)
     if embedded:
-        common.recipe(c, "the embedded MNIST budget: the paper's fractions of a 2048-key queue, mixing after 3 of 30 "
-                      "epochs", n_hard=128, n_mix=128, n_mix_query=16, mix_start_epochs=3.0)
+        common.recipe(
+            c,
+            "the embedded MNIST budget: the paper's fractions of a 2048-key queue, mixing after 3 of 30 epochs",
+            n_hard=128,
+            n_mix=128,
+            n_mix_query=16,
+            mix_start_epochs=3.0,
+        )
     return common.finish(c, a)

@@ -17,6 +17,7 @@ Keys: objective.queue_size (a multiple of batch_size, else an error before compi
 (0: one per device, 1: global BatchNorm, n: n shuffled groups), symmetric, ema_base, ema_final. Their defaults are
 the paper's (ssljax/objectives/moco.py); the overrides below are the embedded budget's and solo-learn's.
 """
+
 from configs import common
 
 
@@ -26,12 +27,23 @@ def moco_v2_setup(c, embedded: bool) -> None:
     view = c.augment.views.view
     view.brightness, view.contrast, view.saturation, view.hue = 0.4, 0.4, 0.4, 0.1  # MoCo v2's aug-plus jitter
     if embedded:
-        common.recipe(c, "the embedded MNIST budget: a 512-wide head, a queue of 8 batches, the paper's 8 shuffled "
-                      "BatchNorm groups", projector_hidden=(512,), queue_size=2048, bn_groups=8)
+        common.recipe(
+            c,
+            "the embedded MNIST budget: a 512-wide head, a queue of 8 batches, the paper's 8 shuffled BatchNorm groups",
+            projector_hidden=(512,),
+            queue_size=2048,
+            bn_groups=8,
+        )
     else:
-        common.recipe(c, "solo-learn's CIFAR MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml): projector 2048-256, "
-                      "queue 32768, SyncBN on one GPU (bn_groups 1), the symmetric loss", projector_dim=256,
-                      queue_size=32768, bn_groups=1, symmetric=True)
+        common.recipe(
+            c,
+            "solo-learn's CIFAR MoCo v2+ (scripts/pretrain/cifar/mocov2plus.yaml): projector 2048-256, "
+            "queue 32768, SyncBN on one GPU (bn_groups 1), the symmetric loss",
+            projector_dim=256,
+            queue_size=32768,
+            bn_groups=1,
+            symmetric=True,
+        )
     common.recipe(c, "solo-learn's short-schedule key momentum 0.99 -> 0.999 (mocov2plus.yaml)", ema_base=0.99)
     c.optimizer.name = 'sgd'
     c.optimizer.lr = 0.3

@@ -14,6 +14,7 @@ The reference's ResNet-50 ImageNet defaults: tau 1.0, LARS lr 0.6 x B/256 (0.3 f
 m 0.99 -> 1 (--moco-m-cos), batch 4096, projector 2048-4096-256, predictor 256-4096-256 (MoCoV3's class defaults:
 tau 1.0). The embedded default uses the CIFAR recipe's tau 0.2 and momentum at MNIST's 512-128 head widths.
 """
+
 from configs import common
 
 
@@ -24,14 +25,28 @@ def get_config(arg=None):
     common.set_views(c, 'byol' if embedded else 'solo_byol_cifar')
     width = 512 if embedded else 4096
     if embedded:
-        common.recipe(c, 'the embedded MNIST budget: 512-128 projector and predictor', projector_hidden=(width,),
-                      projector_dim=128, predictor_hidden=(width,), predictor_dim=128)
+        common.recipe(
+            c,
+            'the embedded MNIST budget: 512-128 projector and predictor',
+            projector_hidden=(width,),
+            projector_dim=128,
+            predictor_hidden=(width,),
+            predictor_dim=128,
+        )
     if vit:
-        common.recipe(c, "the reference's ViT recipe (CONFIG.md): a 3-layer projector, the predictor's last BN, the "
-                      "frozen random patch projection (--stop-grad-conv1)", projector_hidden=(width, width),
-                      predictor_last_bn=True, freeze_patch_embed=True)
-    common.recipe(c, "tau 0.2: solo-learn's CIFAR MoCo v3 (scripts/pretrain/cifar/mocov3.yaml) and the reference's "
-                  "ViT recipe", temperature=0.2)
+        common.recipe(
+            c,
+            "the reference's ViT recipe (CONFIG.md): a 3-layer projector, the predictor's last BN, the "
+            "frozen random patch projection (--stop-grad-conv1)",
+            projector_hidden=(width, width),
+            predictor_last_bn=True,
+            freeze_patch_embed=True,
+        )
+    common.recipe(
+        c,
+        "tau 0.2: solo-learn's CIFAR MoCo v3 (scripts/pretrain/cifar/mocov3.yaml) and the reference's ViT recipe",
+        temperature=0.2,
+    )
     if not embedded:
         common.solo_cifar_optimizer(c, lr=0.3, weight_decay=1e-6)
     c = common.finish(c, a)

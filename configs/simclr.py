@@ -14,6 +14,7 @@ tf2/model.py concatenates the views into one batch before the ResNet); True in t
 The objective block starts at SimCLR's published defaults (ssljax/objectives/simclr.py: tau 0.1, a 2048-128 head with
 BN); the values below are the recipe overrides.
 """
+
 from configs import common
 
 
@@ -25,8 +26,13 @@ def simclr_recipe(c, embedded: bool) -> None:
         common.recipe(c, 'the embedded MNIST budget: a 512-wide projector', projector_hidden=(512,))
     else:  # solo-learn's CIFAR recipe (METHODS.md, "The peer recipe")
         common.set_views(c, 'solo_simclr_cifar')
-        common.recipe(c, "solo-learn's CIFAR SimCLR: projector 2048-256 without BN, one forward per view",
-                      projector_dim=256, projector_bn=False, bn_per_view=True)
+        common.recipe(
+            c,
+            "solo-learn's CIFAR SimCLR: projector 2048-256 without BN, one forward per view",
+            projector_dim=256,
+            projector_bn=False,
+            bn_per_view=True,
+        )
         common.solo_cifar_optimizer(c, lr=0.4, weight_decay=1e-4)
 
 

@@ -19,6 +19,7 @@ crop (0.67, 1) + flip. The ImageNet variant keeps them; the small-image variants
 model patch where the image allows it (8 on 32 px; 7 = the model patch on MNIST's 28 px) and the AdamW settings of
 configs/mae.py so that the methods of experiments/masked share one budget and optimizer.
 """
+
 from configs import common
 from configs.mae import masked_setup
 

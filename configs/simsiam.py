@@ -20,6 +20,7 @@ solo/methods/simsiam.py, solo/methods/base.py and solo/args/pretrain.py defaults
              the predictor's lr stays constant (static_lr)
   batch 256, 1000 epochs in the yaml (40 here, the comparison budget; override with :epochs=N)
 """
+
 from configs import common
 
 
@@ -28,8 +29,14 @@ def get_config(arg=None):
     embedded = a.dataset == 'mnist'
     common.set_views(c, 'simclr')
     if embedded:  # the paper's 2048-wide projector and 512 bottleneck, at a quarter of the width
-        common.recipe(c, 'the embedded MNIST budget: 512-wide projector, 128 bottleneck', projector_hidden=(512, 512),
-                      projector_dim=512, predictor_hidden=(128,), predictor_dim=512)
+        common.recipe(
+            c,
+            'the embedded MNIST budget: 512-wide projector, 128 bottleneck',
+            projector_hidden=(512, 512),
+            projector_dim=512,
+            predictor_hidden=(128,),
+            predictor_dim=512,
+        )
     c.optimizer.name = 'sgd'
     c.optimizer.lr = 0.05
     c.optimizer.weight_decay = 1e-4

@@ -16,6 +16,7 @@ The reference's ImageNet optimizer: LARS lr 4.8 at batch 4096 (0.3 x B/256), wd 
 These are the objective's defaults (ssljax/objectives/triplet.py); the overrides below are the embedded budget's heads
 and the `negative` variant argument.
 """
+
 from configs import byol, common
 from ssljax.objectives.triplet import NEGATIVES
 

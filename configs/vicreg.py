@@ -8,6 +8,7 @@ Published defaults (the objective's, ssljax/objectives/vicreg.py): projector 3 x
 reference (facebookresearch/vicreg main_vicreg.py, VICReg.forward) and solo-learn run backbone and projector on each
 view separately.
 """
+
 from configs import common
 
 

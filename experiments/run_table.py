@@ -4,6 +4,7 @@
 
 is ``python -m ssljax.reproduce --methods 'directpred byol' --out OUT ...``; the old ``--rebuild`` is ``--table-only``.
 """
+
 import os
 import sys
 

@@ -14,4 +14,5 @@ as the import-linter contracts in pyproject.toml check (``lint-imports``). Lowes
 8. The entry points: ``cli`` (shared argument parsing, one-line errors), ``main``, ``evaluate``, ``export``, ``plot``,
    ``cka``, ``reproduce``, ``bench``.
 """
+
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ and its workers spent in the timed window (main_cpu_s: the training process's sh
 rate per fully used core, which a machine busy with other work changes much less than the wall-clock rate) and the
 load average at the start and end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,13 @@ def bench(config, steps: int, warmup: int = 2) -> dict:
     n = config.batch_size * 4
     size = config.image_size
     rng = np.random.default_rng(0)
-    data = parallel.put_replicated({'images': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-                                    'labels': rng.integers(0, 10, n).astype(np.int32)}, mesh)
+    data = parallel.put_replicated(
+        {
+            'images': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+            'labels': rng.integers(0, 10, n).astype(np.int32),
+        },
+        mesh,
+    )
     exp = train.build_experiment(config, mesh, n, 10)
     state = train.init_state(exp)
     step_fn = train.make_train_step(exp)
@@ -63,12 +69,21 @@ def bench(config, steps: int, warmup: int = 2) -> dict:
     dt = (time.perf_counter() - t0) / steps
     devices = mesh.devices.size
     views = len(exp.views)
-    return dict(method=config.method, backbone=config.model.backbone, dtype=config.dtype, image_size=size,
-                batch=config.batch_size, views=views, devices=devices, platform=jax.devices()[0].platform,
-                step_ms=round(dt * 1e3, 2), samples_per_s=round(config.batch_size / dt, 1),
-                view_images_per_s=round(views * config.batch_size / dt, 1),
-                samples_per_s_per_device=round(config.batch_size / dt / devices, 1),
-                loss=float(metrics['loss']))
+    return dict(
+        method=config.method,
+        backbone=config.model.backbone,
+        dtype=config.dtype,
+        image_size=size,
+        batch=config.batch_size,
+        views=views,
+        devices=devices,
+        platform=jax.devices()[0].platform,
+        step_ms=round(dt * 1e3, 2),
+        samples_per_s=round(config.batch_size / dt, 1),
+        view_images_per_s=round(views * config.batch_size / dt, 1),
+        samples_per_s_per_device=round(config.batch_size / dt / devices, 1),
+        loss=float(metrics['loss']),
+    )
 
 
 def _cpu_seconds() -> np.ndarray:
@@ -90,6 +105,7 @@ def _cpu_seconds() -> np.ndarray:
 def bench_data(config, steps: int, workers: int) -> dict:
     """images/s of this host's input pipeline for ``config`` (see the module doc)."""
     import os
+
     from ssljax import configure, parallel
     from ssljax.data import pipeline
 
@@ -102,9 +118,11 @@ def bench_data(config, steps: int, workers: int) -> dict:
     data = pipeline.load_train_data(config, mesh)
     setup_s = time.perf_counter() - t0
     if data.mode == 'device':
-        raise SystemExit('ssljax: error: this dataset is device-resident (the step gathers its batches on the '
-                         'device): there is no host pipeline to time; use --config.stream=always or '
-                         '--config.device_data_max_mb=0')
+        raise SystemExit(
+            'ssljax: error: this dataset is device-resident (the step gathers its batches on the '
+            'device): there is no host pipeline to time; use --config.stream=always or '
+            '--config.device_data_max_mb=0'
+        )
     warmup = 2 * workers + 2
     batches = data.host_batches(0, num_steps=warmup + steps)
     try:
@@ -119,20 +137,47 @@ def bench_data(config, steps: int, workers: int) -> dict:
         batches.close()
     views = [v.size for v in data.views] if data.mode == 'stream' else []
     images = steps * shape[0]
-    return dict(mode=data.mode, dataset=config.dataset, examples=data.num_examples, workers=workers,
-                cpu_count=os.cpu_count(), host_batch=int(shape[0]), view_sizes=views, batch_shape=list(shape),
-                steps=steps, setup_s=round(setup_s, 2),
-                warmup_s=round(t1 - t0, 2), batch_ms=round(dt / steps * 1e3, 1),
-                images_per_s=round(images / dt, 1), cpu_s=round(cpu, 2), main_cpu_s=round(main_cpu, 2),
-                images_per_cpu_s=round(images / cpu, 1) if cpu > 0 else None,
-                view_images_per_s=round(images * max(1, len(views)) / dt, 1),
-                loadavg_start=[round(x, 2) for x in load_start], loadavg_end=[round(x, 2) for x in os.getloadavg()])
+    return dict(
+        mode=data.mode,
+        dataset=config.dataset,
+        examples=data.num_examples,
+        workers=workers,
+        cpu_count=os.cpu_count(),
+        host_batch=int(shape[0]),
+        view_sizes=views,
+        batch_shape=list(shape),
+        steps=steps,
+        setup_s=round(setup_s, 2),
+        warmup_s=round(t1 - t0, 2),
+        batch_ms=round(dt / steps * 1e3, 1),
+        images_per_s=round(images / dt, 1),
+        cpu_s=round(cpu, 2),
+        main_cpu_s=round(main_cpu, 2),
+        images_per_cpu_s=round(images / cpu, 1) if cpu > 0 else None,
+        view_images_per_s=round(images * max(1, len(views)) / dt, 1),
+        loadavg_start=[round(x, 2) for x in load_start],
+        loadavg_end=[round(x, 2) for x in os.getloadavg()],
+    )
 
 
 def reference(path: str, config, steps: int) -> dict:
     """Runs the plain-Flax reference at the same shapes; returns its JSON line."""
-    cmd = [sys.executable, path, '--model', config.model.backbone, '--batch', str(config.batch_size),
-           '--res', str(config.augment.size), '--dtype', config.dtype, '--steps', str(steps), '--warmup', '2']
+    cmd = [
+        sys.executable,
+        path,
+        '--model',
+        config.model.backbone,
+        '--batch',
+        str(config.batch_size),
+        '--res',
+        str(config.augment.size),
+        '--dtype',
+        config.dtype,
+        '--steps',
+        str(steps),
+        '--warmup',
+        '2',
+    ]
     if not config.model.cifar_stem:
         cmd.append('--imagenet-stem')
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -145,14 +190,18 @@ def main(argv=None) -> None:
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--reference', default='', help='path of ../shared/bench/anchor_jax.py to compare with')
     parser.add_argument('--data-only', action='store_true', help='time the host input pipeline alone')
-    parser.add_argument('--workers', type=int, default=-1,
-                        help='--data-only: grain worker processes (-1: one per core, 0: threads of this process)')
+    parser.add_argument(
+        '--workers',
+        type=int,
+        default=-1,
+        help='--data-only: grain worker processes (-1: one per core, 0: threads of this process)',
+    )
     args, overrides = cli.parse_known(parser, argv)
 
     def run():
         from ssljax import configure
-        config = configure.load_config_with_overrides(args.config, overrides,
-                                                      log=lambda m: print(m, file=sys.stderr))
+
+        config = configure.load_config_with_overrides(args.config, overrides, log=lambda m: print(m, file=sys.stderr))
         if args.data_only:
             print(json.dumps(bench_data(config, args.steps, args.workers)), flush=True)
             return

@@ -10,6 +10,7 @@ logging one line per damaged step. Nothing is ever deleted by it: a damaged step
 renamed ``<step>.unreadable`` next to the others (orbax ignores that name), because orbax would otherwise skip every
 save up to that step (``should_save`` refuses steps <= the latest) and then refuse to overwrite it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,12 +34,14 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
         # At least one checkpoint is always kept: orbax's max_to_keep=0 would delete each one right after saving it.
         self.keep = max(1, int(keep))
-        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, create=True, enable_async_checkpointing=async_save
+        )
         # One unnamed item, fixed up front: orbax would otherwise guess it from the newest step's folder, and a
         # step that lost its 'default' folder would make every restore fail.
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=ocp.StandardCheckpointHandler())
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -85,9 +88,11 @@ class Checkpointer:
                 return step, state
             failed.append((step, reason))
         listing = '; '.join(f'step {s} ({r})' for s, r in failed)
-        raise CheckpointError(f'no readable checkpoint in {self.directory}: {listing}. Nothing was deleted: move '
-                              'damaged step folders away to start again, or, if the model changed, resume with the '
-                              'config they were written with (or use a new workdir)')
+        raise CheckpointError(
+            f'no readable checkpoint in {self.directory}: {listing}. Nothing was deleted: move '
+            'damaged step folders away to start again, or, if the model changed, resume with the '
+            'config they were written with (or use a new workdir)'
+        )
 
     def _set_aside(self, steps: list[int], log, reasons: dict, resumed: int) -> None:
         """Renames damaged steps newer than ``resumed`` to ``<step>.unreadable`` (process 0), then reloads orbax."""
@@ -106,11 +111,14 @@ class Checkpointer:
                 os.rename(self.step_path(step), moved[step])
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices('ssljax_checkpoint_set_aside')
         self.manager.reload()
         for step in steps:
-            log(f'checkpoint step {step} in {self.step_path(step)} is unreadable ({reasons[step]}); kept as '
-                f'{moved[step]}, resuming from step {resumed}')
+            log(
+                f'checkpoint step {step} in {self.step_path(step)} is unreadable ({reasons[step]}); kept as '
+                f'{moved[step]}, resuming from step {resumed}'
+            )
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -130,6 +138,7 @@ def _all_processes_agree(ok: bool) -> bool:
         return ok
     import numpy as np
     from jax.experimental import multihost_utils
+
     return bool(np.all(multihost_utils.process_allgather(np.asarray([ok], np.int32))))
 
 
@@ -166,7 +175,7 @@ def short_reason(error: BaseException, limit: int = 160) -> str:
     text = ' '.join(text.split()) or type(inner).__name__
     if type(inner).__name__ not in ('ValueError', 'Exception') and not text.startswith(type(inner).__name__):
         text = f'{type(inner).__name__}: {text}'
-    return text if len(text) <= limit else text[:limit - 3] + '...'
+    return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 def list_steps(workdir: str) -> list[int]:
@@ -186,8 +195,9 @@ def resolve_step(workdir: str, step: int | None = None) -> int:
     if step is None:
         return steps[-1]
     if step not in steps:
-        raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; it has steps '
-                                f'{", ".join(map(str, steps))}')
+        raise FileNotFoundError(
+            f'no checkpoint of step {step} in {directory}; it has steps {", ".join(map(str, steps))}'
+        )
     return step
 
 
@@ -206,8 +216,10 @@ def load_tree(workdir: str, step: int):
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                              checkpointer.metadata(path).item_metadata.tree)
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            checkpointer.metadata(path).item_metadata.tree,
+        )
         return checkpointer.restore(path, target)
     finally:
         absl_logging.set_verbosity(verbosity)

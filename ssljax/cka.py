@@ -19,6 +19,7 @@ to pick another) with both encoders, each through its own run's evaluation view,
 writes DIR/cka.json (layer names, the matrix cka[i][j] = CKA(layer i of A, layer j of B), runs, steps) and the heat
 map DIR/cka.png. A and B may be the same workdir (at two steps, or one network against another).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,6 +60,7 @@ def cka_matrix(layers_a: Sequence, layers_b: Sequence) -> np.ndarray:
     n x n), then cka[i, j] = <G_a_i, G_b_j>_F; only the Grams of B and one of A are held at a time.
     """
     import jax.numpy as jnp
+
     unit_gram = _unit_gram()
     n = {np.shape(x)[0] for x in (*layers_a, *layers_b)}
     if len(n) != 1:
@@ -83,6 +85,7 @@ def _unit_gram():
         x = x - jnp.mean(x, axis=0)
         k = x @ x.T
         return k / jnp.linalg.norm(k)
+
     return unit_gram
 
 
@@ -94,12 +97,13 @@ def encode_layers(restored, images, batch_size: int = 256, token_pool: str = 'me
     count = len(images)
     parts: dict[str, list] = {}
     for start in range(0, count, batch_size):
-        block = np.asarray(images[start:start + batch_size])
+        block = np.asarray(images[start : start + batch_size])
         if block.shape[0] < batch_size:
             block = np.concatenate([block, np.zeros((batch_size - block.shape[0],) + block.shape[1:], block.dtype)])
         for name, value in fn(restored.variables, block).items():
             parts.setdefault(name, []).append(np.asarray(value))
     from ssljax.evaluation.analysis import layer_order
+
     names = sorted((n for n in parts if n != 'output'), key=layer_order) + ['output']
     return {name: np.concatenate(parts[name])[:count] for name in names}
 
@@ -118,16 +122,28 @@ def _encode_fn(module, size: int, mean: tuple, std: tuple, token_pool: str):
         x = augment.eval_view(block, size, mean, std)
         layers = layer_features(module, variables, x, token_pool)
         return {**layers, 'output': module.apply(variables, x, train=False)['pooled'].astype(jnp.float32)}
+
     return fn
 
 
-def compare(workdir_a: str, workdir_b: str, out: str, step_a: int | None = None, step_b: int | None = None,
-            network_a: str = '', network_b: str = '', max_examples: int = 2048, split: str = '',
-            token_pool: str = 'mean', batch_size: int = 256) -> dict:
+def compare(
+    workdir_a: str,
+    workdir_b: str,
+    out: str,
+    step_a: int | None = None,
+    step_b: int | None = None,
+    network_a: str = '',
+    network_b: str = '',
+    max_examples: int = 2048,
+    split: str = '',
+    token_pool: str = 'mean',
+    batch_size: int = 256,
+) -> dict:
     """Computes and writes the layer-by-layer CKA matrix of two runs' encoders (see the module doc) -> the JSON."""
     from ssljax import logging_lib
     from ssljax.data import pipeline
     from ssljax.export import restore_encoder
+
     if max_examples < 0 or max_examples == 1:
         raise ValueError(f'--max_examples must be 0 (all) or >= 2, got {max_examples}')
     a = restore_encoder(workdir_a, step_a, network_a)
@@ -138,12 +154,25 @@ def compare(workdir_a: str, workdir_b: str, out: str, step_a: int | None = None,
     feats_b = encode_layers(b, data.images, batch_size, token_pool)
     matrix = cka_matrix(list(feats_a.values()), list(feats_b.values()))
     result = {
-        'cka': matrix.tolist(), 'layers_a': list(feats_a), 'layers_b': list(feats_b),
-        'dims_a': [int(v.shape[1]) for v in feats_a.values()], 'dims_b': [int(v.shape[1]) for v in feats_b.values()],
-        'num_examples': len(data.labels), 'images': f'{a.config.dataset}:{split}', 'token_pool': token_pool,
-        **{f'{key}_{side}': value for side, r, w in (('a', a, workdir_a), ('b', b, workdir_b))
-           for key, value in (('workdir', os.path.abspath(w)), ('step', r.step), ('network', r.network),
-                              ('method', r.config.method), ('backbone', r.config.model.backbone))},
+        'cka': matrix.tolist(),
+        'layers_a': list(feats_a),
+        'layers_b': list(feats_b),
+        'dims_a': [int(v.shape[1]) for v in feats_a.values()],
+        'dims_b': [int(v.shape[1]) for v in feats_b.values()],
+        'num_examples': len(data.labels),
+        'images': f'{a.config.dataset}:{split}',
+        'token_pool': token_pool,
+        **{
+            f'{key}_{side}': value
+            for side, r, w in (('a', a, workdir_a), ('b', b, workdir_b))
+            for key, value in (
+                ('workdir', os.path.abspath(w)),
+                ('step', r.step),
+                ('network', r.network),
+                ('method', r.config.method),
+                ('backbone', r.config.model.backbone),
+            )
+        },
     }
     os.makedirs(out, exist_ok=True)
     logging_lib.write_json(os.path.join(out, 'cka.json'), result)
@@ -154,6 +183,7 @@ def compare(workdir_a: str, workdir_b: str, out: str, step_a: int | None = None,
 def plot_cka(result: dict, path: str) -> None:
     """Heat map of ``result['cka']`` (rows: layers of A, columns: layers of B, colour scale [0, 1])."""
     from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+
     matrix = np.asarray(result['cka'], np.float64)
     rows, cols = result['layers_a'], result['layers_b']
     fig = Figure(figsize=(1.6 + 0.42 * max(len(cols), 4), 1.4 + 0.38 * max(len(rows), 4)))
@@ -161,15 +191,26 @@ def plot_cka(result: dict, path: str) -> None:
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap='magma', origin='lower')
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha='right', fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    label = lambda s: (f"{result[f'method_{s}']} {result[f'backbone_{s}']} "  # noqa: E731
-                       f"({result[f'network_{s}']}, step {result[f'step_{s}']})")
+
+    def label(s):
+        return (
+            f"{result[f'method_{s}']} {result[f'backbone_{s}']} ({result[f'network_{s}']}, step {result[f'step_{s}']})"
+        )
+
     ax.set_xlabel(f'B: {label("b")}', fontsize=8)
     ax.set_ylabel(f'A: {label("a")}', fontsize=8)
     if len(rows) * len(cols) <= 64:
         for i in range(len(rows)):
             for j in range(len(cols)):
-                ax.text(j, i, f'{matrix[i, j]:.2f}', ha='center', va='center', fontsize=6,
-                        color='black' if matrix[i, j] > 0.6 else 'white')
+                ax.text(
+                    j,
+                    i,
+                    f'{matrix[i, j]:.2f}',
+                    ha='center',
+                    va='center',
+                    fontsize=6,
+                    color='black' if matrix[i, j] > 0.6 else 'white',
+                )
     ax.set_title(f"linear CKA on {result['num_examples']} images of {result['images']}", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
@@ -177,6 +218,7 @@ def plot_cka(result: dict, path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ command line
+
 
 def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(prog='python -m ssljax.cka', description=__doc__.splitlines()[0])
@@ -199,12 +241,26 @@ def run(argv: list[str]) -> int:
     args = parse_args(argv)
 
     def compare_from_args():
-        result = compare(args.workdir_a, args.workdir_b, args.out, args.step_a, args.step_b, args.network_a,
-                         args.network_b, args.max_examples, args.split, args.token_pool, args.batch_size)
-        print(f"cka {len(result['layers_a'])} x {len(result['layers_b'])} on {result['num_examples']} images -> "
-              f"{os.path.join(args.out, 'cka.json')}, cka.png")
+        result = compare(
+            args.workdir_a,
+            args.workdir_b,
+            args.out,
+            args.step_a,
+            args.step_b,
+            args.network_a,
+            args.network_b,
+            args.max_examples,
+            args.split,
+            args.token_pool,
+            args.batch_size,
+        )
+        print(
+            f"cka {len(result['layers_a'])} x {len(result['layers_b'])} on {result['num_examples']} images -> "
+            f"{os.path.join(args.out, 'cka.json')}, cka.png"
+        )
 
     from ssljax.cli import run_reporting_errors
+
     return run_reporting_errors(compare_from_args)
 
 

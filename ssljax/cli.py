@@ -9,6 +9,7 @@ that cannot start or cannot go on ends with one line ``ssljax: error: ...`` and 
 Exit codes: 2 for a config, file or workdir problem (checked before anything runs), 1 for other errors, 130 when
 interrupted (a KeyboardInterrupt that escaped the train loop's own Ctrl-C handling, e.g. a second Ctrl-C).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ def parse_known(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argpa
     for item in rest:
         if not item.startswith('--config.'):
             parser.error(f'unrecognised argument {item!r} (overrides are --config.KEY=VALUE)')
-        overrides.append(item[len('--config.'):])
+        overrides.append(item[len('--config.') :])
     return args, overrides
 
 
@@ -32,6 +33,7 @@ def run_reporting_errors(fn: Callable[[], object]) -> int:
     """Runs ``fn()``; a failure prints one line ``ssljax: error: ...`` and returns the exit code (0 on success)."""
     from ssljax import config_lib
     from ssljax import workdir as workdir_lib
+
     usage_errors = (config_lib.ConfigError, FileNotFoundError, workdir_lib.WorkdirError)
     try:
         fn()
@@ -44,8 +46,11 @@ def run_reporting_errors(fn: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         if os.environ.get('SSLJAX_TRACEBACK'):
             raise
-        print('ssljax: interrupted (KeyboardInterrupt); checkpoints already written are kept: rerun the same command '
-              'to resume from the latest', file=sys.stderr)
+        print(
+            'ssljax: interrupted (KeyboardInterrupt); checkpoints already written are kept: rerun the same command '
+            'to resume from the latest',
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -5,6 +5,7 @@ against the registries (methods, backbones, datasets, samplers, evaluators) live
 ``ssljax.configure``. Every error names the offending key (or file) in one line: an unknown key (with the closest
 known ones), a value that does not parse as the key's type, a number outside its range (``RANGES``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -72,8 +73,7 @@ def parse_value(key: str, text: str, current):
             return text
     except (ValueError, SyntaxError):
         pass
-    raise ConfigError(f'config key {key!r} expects a {type(current).__name__} '
-                      f'(e.g. {current!r}), got {text!r}')
+    raise ConfigError(f'config key {key!r} expects a {type(current).__name__} (e.g. {current!r}), got {text!r}')
 
 
 def _initials(name: str) -> str:
@@ -149,16 +149,16 @@ RANGES = (
     ('checkpoint_every', '[0, inf)', False),
     ('eval_every', '[0, inf)', False),
     ('*batch_size', '[1, inf)', False),
-    ('total_steps', '[0, inf)', False),            # 0: from epochs
+    ('total_steps', '[0, inf)', False),  # 0: from epochs
     ('epochs', '[0, inf)', False),
-    ('*_epochs', '[0, inf)', False),               # warm-up epochs, warmup_teacher_temp_epochs, linear_epochs
+    ('*_epochs', '[0, inf)', False),  # warm-up epochs, warmup_teacher_temp_epochs, linear_epochs
     ('*.epochs', '[1, inf)', False),
     ('seed', '[0, inf)', False),
     ('image_size', '[1, inf)', False),
-    ('num_classes', '[0, inf)', False),            # 0: from the dataset
+    ('num_classes', '[0, inf)', False),  # 0: from the dataset
     ('device_data_max_mb', '[0, inf)', False),
     ('augment.size', '[1, inf)', False),
-    ('augment.blur_prob', '[0, 1]', True),         # negative: each view's own value
+    ('augment.blur_prob', '[0, 1]', True),  # negative: each view's own value
     ('augment.crop_min_scale', '(0, 1]', True),
     ('augment.*crop_scale', '(0, 1]', False),
     ('augment.*crop_ratio', '(0, inf)', False),
@@ -168,25 +168,25 @@ RANGES = (
     ('augment.*prob', '[0, 1]', False),
     ('augment.*threshold', '[0, 1]', False),
     ('augment.*mask_ratio', '[0, 1)', False),
-    ('augment.*size', '[0, inf)', False),          # per-view size, local_size: 0 = the default
+    ('augment.*size', '[0, inf)', False),  # per-view size, local_size: 0 = the default
     ('augment.*count', '[0, inf)', False),
     ('augment.n_local', '[0, inf)', False),
     ('augment.*kernel', '[0, inf)', False),
-    ('augment.*', '[0, inf)', False),              # colour-jitter strengths, hue
-    ('optimizer.warmup_steps', None, False),       # negative: from warmup_epochs
-    ('optimizer.weight_decay_end', None, False),   # negative: constant weight decay
+    ('augment.*', '[0, inf)', False),  # colour-jitter strengths, hue
+    ('optimizer.warmup_steps', None, False),  # negative: from warmup_epochs
+    ('optimizer.weight_decay_end', None, False),  # negative: constant weight decay
     ('optimizer.warmup_init_lr', '[0, inf)', False),
     ('optimizer.final_lr', '[0, inf)', False),
-    ('*lr', '(0, inf)', False),                    # optimizer.lr, probe and linear-eval learning rates
+    ('*lr', '(0, inf)', False),  # optimizer.lr, probe and linear-eval learning rates
     ('*weight_decay', '[0, inf)', False),
-    ('objective.ema_*', '[0, 1]', False),          # EMA schedule ends (BYOL's target reaches 1)
+    ('objective.ema_*', '[0, 1]', False),  # EMA schedule ends (BYOL's target reaches 1)
     ('*momentum*', '[0, 1)', False),
     ('optimizer.b1', '[0, 1)', False),
     ('optimizer.b2', '[0, 1)', False),
     ('optimizer.lars_eta', '(0, inf)', False),
-    ('optimizer.clip_grad', '[0, inf)', False),    # 0: off
-    ('*temp*', '(0, inf)', False),                 # softmax temperatures
-    ('evals.*.every', '[-1, inf)', False),         # -1: eval_every
+    ('optimizer.clip_grad', '[0, inf)', False),  # 0: off
+    ('*temp*', '(0, inf)', False),  # softmax temperatures
+    ('evals.*.every', '[-1, inf)', False),  # -1: eval_every
     ('*knn_k', '[1, inf)', False),
     ('evals.*.k', '[1, inf)', False),
     ('*max_examples', '[0, inf)', False),

@@ -6,6 +6,7 @@ names the first bad key in one line (a ``ConfigError``, exit 2 at the command li
 the evaluators ``evals.NAME.type=TYPE`` names, sizing image folders from their images). The parsing itself
 (files, overrides, ranges) is ``ssljax.config_lib``, a leaf.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,10 +14,9 @@ from typing import Callable
 
 import ml_collections
 
-from ssljax import config_lib
+from ssljax import config_lib, evaluation
 from ssljax.config_lib import ConfigError, load_config
 from ssljax.data import samplers, sources
-from ssljax import evaluation
 from ssljax.models import registry
 from ssljax.objectives import OBJECTIVES
 
@@ -34,8 +34,10 @@ def add_evaluators(config: ml_collections.ConfigDict, overrides: list[str]) -> l
         if name in config.evals:
             continue
         if kind not in evaluation.EVALUATORS:
-            raise ConfigError(f'config key "{key}": unknown evaluator type {kind!r}; known: '
-                              f'{", ".join(sorted(evaluation.EVALUATORS))}')
+            raise ConfigError(
+                f'config key "{key}": unknown evaluator type {kind!r}; known: '
+                f'{", ".join(sorted(evaluation.EVALUATORS))}'
+            )
         settings = {**evaluation.COMMON_SETTINGS, **evaluation.EVALUATORS[kind].defaults, 'type': kind}
         with config.evals.unlocked():
             config.evals[name] = ml_collections.ConfigDict(settings)
@@ -49,8 +51,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     return config_lib.apply_overrides(config, overrides)
 
 
-def load_config_with_overrides(spec: str, overrides: list[str],
-                               log: Callable[[str], None] | None = None) -> ml_collections.ConfigDict:
+def load_config_with_overrides(
+    spec: str, overrides: list[str], log: Callable[[str], None] | None = None
+) -> ml_collections.ConfigDict:
     """``load_config(spec)`` with ``overrides`` applied, its shape keys following the dataset it ends up with.
 
     Image folders take their image size from the data: with ``dataset=image_folder`` and no ``image_size`` given
@@ -88,8 +91,10 @@ def load_config_with_overrides(spec: str, overrides: list[str],
         source = sources.FolderSource(config.data_dir, 'train', bad_images=config.get('bad_images', 'error'))
         side = source.typical_side()
         size = min(side, sources.FOLDER_MAX_SIDE)
-        why = (f'the median shorter side of the images in {source.split_dir} ({side} px'
-               f'{f", capped at {sources.FOLDER_MAX_SIDE}" if side > size else ""})')
+        why = (
+            f'the median shorter side of the images in {source.split_dir} ({side} px'
+            f'{f", capped at {sources.FOLDER_MAX_SIDE}" if side > size else ""})'
+        )
     if size == config.get('image_size') or size <= 0:
         return config
     try:
@@ -114,33 +119,57 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
         if not ok:
             raise ConfigError(message)
 
-    need(config.method in OBJECTIVES, f'unknown method {config.method!r} (config key "method"); '
-         f'known: {", ".join(sorted(OBJECTIVES))}')
-    need(config.model.backbone in registry.BACKBONES, f'unknown backbone {config.model.backbone!r} '
-         f'(config key "model.backbone"); known: {", ".join(sorted(registry.BACKBONES))}')
-    need(config.dataset in sources.DATASETS, f'unknown dataset {config.dataset!r} (config key "dataset"); '
-         f'known: {", ".join(sorted(sources.DATASETS))}')
-    need(config.dtype in ('float32', 'bfloat16'), f'config key "dtype" must be float32 or bfloat16, got {config.dtype!r}')
+    need(
+        config.method in OBJECTIVES,
+        f'unknown method {config.method!r} (config key "method"); known: {", ".join(sorted(OBJECTIVES))}',
+    )
+    need(
+        config.model.backbone in registry.BACKBONES,
+        f'unknown backbone {config.model.backbone!r} '
+        f'(config key "model.backbone"); known: {", ".join(sorted(registry.BACKBONES))}',
+    )
+    need(
+        config.dataset in sources.DATASETS,
+        f'unknown dataset {config.dataset!r} (config key "dataset"); known: {", ".join(sorted(sources.DATASETS))}',
+    )
+    need(
+        config.dtype in ('float32', 'bfloat16'), f'config key "dtype" must be float32 or bfloat16, got {config.dtype!r}'
+    )
     need(config.batch_size > 0, f'config key "batch_size" must be positive, got {config.batch_size}')
-    need(config.batch_size % num_devices == 0, f'batch_size {config.batch_size} is not divisible by the number of '
-         f'devices ({num_devices}); use a multiple of {num_devices}')
+    need(
+        config.batch_size % num_devices == 0,
+        f'batch_size {config.batch_size} is not divisible by the number of '
+        f'devices ({num_devices}); use a multiple of {num_devices}',
+    )
     need(config.total_steps > 0 or config.epochs > 0, 'set config key "total_steps" or "epochs" to a positive value')
-    need(config.checkpoint_every >= 0 and config.eval_every >= 0 and config.log_every > 0,
-         'checkpoint_every and eval_every must be >= 0 and log_every > 0')
+    need(
+        config.checkpoint_every >= 0 and config.eval_every >= 0 and config.log_every > 0,
+        'checkpoint_every and eval_every must be >= 0 and log_every > 0',
+    )
     if check_data and config.dataset not in EMBEDDED:
-        need(bool(config.data_dir), f'dataset {config.dataset!r} needs config key "data_dir" (the tfds data_dir or '
-             f'the image-folder root)')
+        need(
+            bool(config.data_dir),
+            f'dataset {config.dataset!r} needs config key "data_dir" (the tfds data_dir or the image-folder root)',
+        )
         need(os.path.isdir(config.data_dir), f'data_dir {config.data_dir!r} does not exist (config key "data_dir")')
     if 'bad_images' in config:
-        need(config.bad_images in ('error', 'skip'), f'config key "bad_images" must be error or skip, '
-             f'got {config.bad_images!r}')
+        need(
+            config.bad_images in ('error', 'skip'),
+            f'config key "bad_images" must be error or skip, got {config.bad_images!r}',
+        )
     if 'sampler' in config:
-        need(config.sampler.name in samplers.SAMPLERS, f'unknown sampler {config.sampler.name!r} (config key '
-             f'"sampler.name"); known: {", ".join(sorted(samplers.SAMPLERS))}')
+        need(
+            config.sampler.name in samplers.SAMPLERS,
+            f'unknown sampler {config.sampler.name!r} (config key '
+            f'"sampler.name"); known: {", ".join(sorted(samplers.SAMPLERS))}',
+        )
     if 'evals' in config:
         evaluation.validate_evals(config)  # the one check of config.evals in a run
     if config.dataset == 'image_folder':
-        need(config.image_size > 0, 'config key "image_size" is 0 (from the data), but the config was not loaded '
-             'with configure.load_config_with_overrides, which looks at the images: set it to the stored side')
+        need(
+            config.image_size > 0,
+            'config key "image_size" is 0 (from the data), but the config was not loaded '
+            'with configure.load_config_with_overrides, which looks at the images: set it to the stored side',
+        )
     config_lib.check_ranges(config)
     OBJECTIVES[config.method].check_config(config, num_devices)  # the method's own keys, before any data is read

@@ -14,6 +14,7 @@ is not in the run's config adds ``evals.NAME`` with TYPE's default settings, whi
 
     python -m ssljax.evaluate --workdir DIR --config.evals.part.type=part_probe --only part
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ def load_run_config(workdir: str, overrides: list[str]):
     import ml_collections
 
     from ssljax import configure
+
     path = os.path.join(workdir, 'config.json')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no config.json in {workdir} (is it the --workdir of a run?)')
@@ -45,8 +47,10 @@ def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple
     # config.evals is checked once, by configure.validate in train.setup below (before any data is read)
     unknown = [n for n in (names or ()) if n not in config.evals]
     if unknown:
-        raise config_lib.ConfigError(f'--only names {", ".join(map(repr, unknown))}, which config.evals does not '
-                                     f'define; defined: {", ".join(config.evals)}')
+        raise config_lib.ConfigError(
+            f'--only names {", ".join(map(repr, unknown))}, which config.evals does not '
+            f'define; defined: {", ".join(config.evals)}'
+        )
     step = ckpt_lib.resolve_step(workdir, step)
     run = train.setup(config, workdir)
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
@@ -76,11 +80,13 @@ def _earlier_values(path: str, ran: tuple, defined: tuple) -> dict:
     def owner(key):
         names = [n for n in defined if key.startswith(f'{n}_')]
         return max(names, key=len) if names else None
+
     return {k: v for k, v in earlier.items() if k != 'step' and owner(k) not in ran}
 
 
 def parse_args(argv: list[str]):
     from ssljax.cli import parse_known
+
     parser = argparse.ArgumentParser(prog='python -m ssljax.evaluate', description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (config.json, checkpoints/)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
@@ -93,11 +99,13 @@ def run(argv: list[str]) -> int:
 
     def evaluate_from_args():
         from ssljax import logging_lib
+
         names = [n.strip() for n in args.only.split(',') if n.strip()] or None
         step, results = evaluate(load_run_config(args.workdir, overrides), args.workdir, args.step, names)
         print(logging_lib.dumps({'step': step, **results}, sort_keys=True))
 
     from ssljax.cli import run_reporting_errors
+
     return run_reporting_errors(evaluate_from_args)
 
 

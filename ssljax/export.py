@@ -20,6 +20,7 @@ gives the features the run's evaluators scored (the evaluation view of uint8 ima
 crop, an antialiased bilinear resize to S = image_size, then (x - mean) / std). Nothing but the workdir is read: no
 data, so a workdir copied to another machine exports too. Errors end with one line ``ssljax: error: ...``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,19 +47,21 @@ _SEP = '/'
 @dataclasses.dataclass
 class RestoredEncoder:
     """A run's evaluated encoder at one checkpoint: the module, its {'params', 'batch_stats'} and how to feed it."""
-    config: Any                # the run's ConfigDict (DIR/config.json)
-    module: Any                # flax module: apply(variables, x, train=False)['pooled'] -> [B, feature_dim]
-    variables: dict            # {'params': ..., 'batch_stats': ...} (jax arrays on the first device)
+
+    config: Any  # the run's ConfigDict (DIR/config.json)
+    module: Any  # flax module: apply(variables, x, train=False)['pooled'] -> [B, feature_dim]
+    variables: dict  # {'params': ..., 'batch_stats': ...} (jax arrays on the first device)
     step: int
-    network: str               # 'online', 'target', 'teacher'
+    network: str  # 'online', 'target', 'teacher'
     feature_dim: int
-    image_size: int            # side of the evaluation view
-    mean: tuple                # normalisation of the evaluation view (the run's first train view's)
+    image_size: int  # side of the evaluation view
+    mean: tuple  # normalisation of the evaluation view (the run's first train view's)
     std: tuple
 
 
-def restore_encoder(workdir: str, step: int | None = None, network: str = '',
-                    overrides: list[str] | tuple = ()) -> RestoredEncoder:
+def restore_encoder(
+    workdir: str, step: int | None = None, network: str = '', overrides: list[str] | tuple = ()
+) -> RestoredEncoder:
     """The encoder ``network`` ('' = the method's ``eval_network``) of ``workdir``'s checkpoint at ``step`` (latest
     when None), read without building the run: DIR/config.json (``KEY=VALUE`` overrides applied) gives the module,
     the checkpoint is restored whole onto this process's first device (`checkpoint.load_tree`) and the encoder's
@@ -70,8 +73,9 @@ def restore_encoder(workdir: str, step: int | None = None, network: str = '',
     config = evaluate.load_run_config(workdir, list(overrides))
     step = ckpt_lib.resolve_step(workdir, step)
     if config.method not in OBJECTIVES:
-        raise ValueError(f'unknown method {config.method!r} in {workdir}/config.json; known: '
-                         f'{", ".join(sorted(OBJECTIVES))}')
+        raise ValueError(
+            f'unknown method {config.method!r} in {workdir}/config.json; known: {", ".join(sorted(OBJECTIVES))}'
+        )
     cls = OBJECTIVES[config.method]
     network = network or cls.eval_network
     absl_logger = logging.getLogger('absl')  # orbax warns that a standalone read has no manager metadata
@@ -83,16 +87,27 @@ def restore_encoder(workdir: str, step: int | None = None, network: str = '',
         absl_logger.setLevel(level)
     # encoder_variables reads only the method's name and eval_network; no objective (and no data) is built.
     stub = types.SimpleNamespace(name=cls.name, eval_network=cls.eval_network)
-    variables = cls.encoder_variables(stub, tree['params'], tree.get('batch_stats') or {},
-                                      tree.get('objective_state') or {}, network)
+    variables = cls.encoder_variables(
+        stub, tree['params'], tree.get('batch_stats') or {}, tree.get('objective_state') or {}, network
+    )
     variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
     module, feature_dim = registry.encoder_from_config(config)
     views, _ = views_lib.views_from_config(config)
-    return RestoredEncoder(config, module, variables, int(step), network, int(feature_dim), int(config.augment.size),
-                           tuple(float(v) for v in views[0].mean), tuple(float(v) for v in views[0].std))
+    return RestoredEncoder(
+        config,
+        module,
+        variables,
+        int(step),
+        network,
+        int(feature_dim),
+        int(config.augment.size),
+        tuple(float(v) for v in views[0].mean),
+        tuple(float(v) for v in views[0].std),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- the files
+
 
 def _leaves(tree, prefix: str = ''):
     """(path joined by '/', leaf) of every leaf of a nested mapping."""
@@ -124,19 +139,32 @@ def unflatten_variables(flat: dict[str, np.ndarray]) -> dict:
 def describe(restored: RestoredEncoder, flat: dict[str, np.ndarray]) -> dict:
     """The JSON description of an exported encoder (what `load_encoder` needs to rebuild the module)."""
     import ssljax
+
     config = restored.config
     model = {k: _jsonable(v) for k, v in config.model.items()}
     count = lambda group: int(sum(v.size for k, v in flat.items() if k.startswith(group + _SEP)))  # noqa: E731
     return {
-        'format': FORMAT, 'format_version': FORMAT_VERSION, 'ssljax_version': ssljax.__version__,
-        'backbone': config.model.backbone, 'model': model, 'dtype': config.dtype,
-        'image_size': restored.image_size, 'channels': 3, 'feature_dim': restored.feature_dim,
-        'preprocess': {'mean': list(restored.mean), 'std': list(restored.std),
-                       'eval_view': 'x / 255, centre square crop, antialiased bilinear resize to image_size, '
-                                    '(x - mean) / std'},
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'ssljax_version': ssljax.__version__,
+        'backbone': config.model.backbone,
+        'model': model,
+        'dtype': config.dtype,
+        'image_size': restored.image_size,
+        'channels': 3,
+        'feature_dim': restored.feature_dim,
+        'preprocess': {
+            'mean': list(restored.mean),
+            'std': list(restored.std),
+            'eval_view': 'x / 255, centre square crop, antialiased bilinear resize to image_size, (x - mean) / std',
+        },
         'output': "module.apply(variables, x, train=False)['pooled']: float32 [B, feature_dim]",
-        'method': config.method, 'network': restored.network, 'step': restored.step, 'dataset': config.dataset,
-        'num_params': count('params'), 'num_batch_stats': count('batch_stats'),
+        'method': config.method,
+        'network': restored.network,
+        'step': restored.step,
+        'dataset': config.dataset,
+        'num_params': count('params'),
+        'num_batch_stats': count('batch_stats'),
         'files': dict(FILES),
     }
 
@@ -159,6 +187,7 @@ def save_encoder(out: str, flat: dict[str, np.ndarray], description: dict) -> di
     if not _have_safetensors():
         raise RuntimeError('writing encoder.safetensors needs the safetensors package: pip install safetensors')
     from safetensors.numpy import save_file
+
     os.makedirs(out, exist_ok=True)
     text = json.dumps(description, sort_keys=True)
     paths = {kind: os.path.join(out, name) for kind, name in FILES.items()}
@@ -172,6 +201,7 @@ def save_encoder(out: str, flat: dict[str, np.ndarray], description: dict) -> di
 def export_encoder(workdir: str, out: str | None = None, step: int | None = None, network: str = '') -> dict:
     """Exports ``workdir``'s evaluated encoder (see the module doc) -> its description, with 'paths' added."""
     import jax
+
     restored = restore_encoder(workdir, step, network)
     flat = flatten_variables(jax.device_get(restored.variables))
     description = describe(restored, flat)
@@ -198,6 +228,7 @@ def _resolve(path: str) -> tuple[str, str]:
 
 def _have_safetensors() -> bool:
     import importlib.util
+
     return importlib.util.find_spec('safetensors') is not None
 
 
@@ -208,9 +239,12 @@ def read_encoder_file(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         raise FileNotFoundError(f'no exported encoder at {path!r} (looked for {weights})')
     if kind == 'safetensors':
         if not _have_safetensors():
-            raise RuntimeError(f'reading {weights} needs the safetensors package (pip install safetensors); or load '
-                               'the encoder.npz beside it')
+            raise RuntimeError(
+                f'reading {weights} needs the safetensors package (pip install safetensors); or load '
+                'the encoder.npz beside it'
+            )
         from safetensors import safe_open
+
         flat = {}
         with safe_open(weights, framework='np') as f:
             text = (f.metadata() or {}).get('ssljax')
@@ -233,10 +267,15 @@ def build_module(description: dict, dtype: str | None = None):
     import jax.numpy as jnp
 
     from ssljax.models import registry
+
     settings = {k: _hashable(v) for k, v in description['model'].items() if k != 'backbone'}
     dtype = dtype or description.get('dtype', 'float32')
-    module, _ = registry.create_encoder(description['backbone'], image_size=description['image_size'],
-                                        dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32, **settings)
+    module, _ = registry.create_encoder(
+        description['backbone'],
+        image_size=description['image_size'],
+        dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32,
+        **settings,
+    )
     return module
 
 
@@ -252,6 +291,7 @@ def load_encoder(path: str, dtype: str | None = None):
     """
     import jax
     import jax.numpy as jnp
+
     description, flat = read_encoder_file(path)
     module = build_module(description, dtype)
     variables = jax.tree.map(jnp.asarray, unflatten_variables(flat))
@@ -261,19 +301,26 @@ def load_encoder(path: str, dtype: str | None = None):
     have = {k: (tuple(v.shape), str(v.dtype)) for k, v in flat.items()}
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()))[:3]
-        raise ValueError(f'{path}: the arrays do not match the {description["backbone"]} module built from its '
-                         f'description (first differences: {diff})')
+        raise ValueError(
+            f'{path}: the arrays do not match the {description["backbone"]} module built from its '
+            f'description (first differences: {diff})'
+        )
     return module, variables
 
 
 # ------------------------------------------------------------------------------------------------ command line
 
+
 def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(prog='python -m ssljax.export', description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (config.json, checkpoints/)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
-    parser.add_argument('--network', default='', choices=('', 'online', 'target', 'teacher'),
-                        help="the encoder to export (default: the one evaluation scores)")
+    parser.add_argument(
+        '--network',
+        default='',
+        choices=('', 'online', 'target', 'teacher'),
+        help="the encoder to export (default: the one evaluation scores)",
+    )
     parser.add_argument('--out', default=None, help='output folder (default: WORKDIR/export)')
     return parser.parse_args(argv)
 
@@ -283,9 +330,11 @@ def run(argv: list[str]) -> int:
 
     def export_from_args():
         from ssljax import logging_lib
+
         print(logging_lib.dumps(export_encoder(args.workdir, args.out, args.step, args.network), sort_keys=True))
 
     from ssljax.cli import run_reporting_errors
+
     return run_reporting_errors(export_from_args)
 
 

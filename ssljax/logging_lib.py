@@ -3,6 +3,7 @@
 Every JSON file ssljax writes is strict JSON (``allow_nan=False``): NaN and infinities become ``null``, so any JSON
 parser reads them. ``write_json`` is the one way to write a JSON file into a workdir (atomic, process 0 only).
 """
+
 from __future__ import annotations
 
 import json
@@ -79,6 +80,7 @@ class MetricWriter:
             truncate_metrics(self.path, start_step)
         self.jsonl = open(self.path, 'a')
         from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+
         self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
 
     def write(self, step: int, metrics: dict) -> None:
@@ -151,8 +153,11 @@ class Progress:
         if jax.process_index() == 0:
             extras = ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items() if k != 'loss')
             eta_text = _format_duration(eta) if np.isfinite(eta) else '?'
-            print(f'step {step:>6d}/{self.total} | loss {metrics["loss"]:.4f} | {rate:8.1f} samples/s '
-                  f'({rate / self.devices:.1f}/device) | ETA {eta_text} | {extras}', flush=True)
+            print(
+                f'step {step:>6d}/{self.total} | loss {metrics["loss"]:.4f} | {rate:8.1f} samples/s '
+                f'({rate / self.devices:.1f}/device) | ETA {eta_text} | {extras}',
+                flush=True,
+            )
         return rate
 
 

@@ -18,6 +18,7 @@ normalisation scales (every parameter with ndim <= 1) are excluded from weight d
 ``optimizer.exclude_bias_and_norm``. ``create_optimizer(..., freeze_steps={'head/last_layer': N})`` freezes a subtree
 for the first N optimizer steps (DINO's last layer): see ``create_optimizer``.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -43,12 +44,18 @@ def learning_rate(config) -> float:
     raise ValueError(f'optimizer.lr_scaling must be "linear" or "none", got {o.lr_scaling!r}')
 
 
-def warmup_cosine(peak: float, total_steps: int, warmup_steps: int, init_lr: float = 0.0,
-                  final_lr: float = 0.0) -> optax.Schedule:
+def warmup_cosine(
+    peak: float, total_steps: int, warmup_steps: int, init_lr: float = 0.0, final_lr: float = 0.0
+) -> optax.Schedule:
     """Linear warm-up from init_lr to peak over warmup_steps, then cosine decay to final_lr at total_steps."""
     warmup_steps = min(warmup_steps, total_steps)
-    return optax.warmup_cosine_decay_schedule(init_value=init_lr, peak_value=peak, warmup_steps=warmup_steps,
-                                              decay_steps=max(total_steps, warmup_steps + 1), end_value=final_lr)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=init_lr,
+        peak_value=peak,
+        warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, warmup_steps + 1),
+        end_value=final_lr,
+    )
 
 
 def weight_decay_schedule(config, total_steps: int) -> ScalarOrSchedule:
@@ -87,8 +94,15 @@ class LarsDirectionState(NamedTuple):
     count: jax.Array  # optimizer steps taken: the index of lr_t and wd_t
 
 
-def lars_direction(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule, eta: float, mask, clip: bool,
-                   variant: str = 'solo_learn', eps: float = 1e-8) -> optax.GradientTransformation:
+def lars_direction(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule,
+    eta: float,
+    mask,
+    clip: bool,
+    variant: str = 'solo_learn',
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
     """The trust-ratio-scaled direction d of LARS, per tensor w with gradient g (before momentum).
 
     ``mask`` (a bool tree or a function of params) marks the adapted tensors. With lr = lr_t, wd = wd_t:
@@ -132,14 +146,21 @@ def lars_direction(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedu
             return (lr * ratio * g).astype(g.dtype)
 
         direction = solo_learn if variant == 'solo_learn' else tf
-        return jax.tree.map(direction, updates, params, masks), LarsDirectionState(
-            optax.safe_increment(state.count))
+        return jax.tree.map(direction, updates, params, masks), LarsDirectionState(optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def lars(schedule: ScalarOrSchedule, weight_decay: ScalarOrSchedule, momentum: float, eta: float, mask, clip: bool,
-         variant: str = 'solo_learn', eps: float = 1e-8) -> optax.GradientTransformation:
+def lars(
+    schedule: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule,
+    momentum: float,
+    eta: float,
+    mask,
+    clip: bool,
+    variant: str = 'solo_learn',
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
     """LARS (You et al. 2017); ``variant`` 'solo_learn' (default) or 'tf'. d is ``lars_direction``'s.
 
     - 'solo_learn': solo-learn's ``solo/utils/lars.py`` (PyTorch SGD placement, dampening 0, no Nesterov):
@@ -156,6 +177,7 @@ def lars(schedule: ScalarOrSchedule, weight_decay: ScalarOrSchedule, momentum: f
 
 def clip_per_tensor(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
     """DINO's ``clip_gradients``: each tensor g <- g c / (||g|| + eps) where that factor is < 1, else g."""
+
     def update_fn(updates, state, params=None):
         del params
 
@@ -168,8 +190,9 @@ def clip_per_tensor(max_norm: float, eps: float = 1e-6) -> optax.GradientTransfo
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def base_transform(config, schedule: optax.Schedule, mask,
-                   weight_decay: ScalarOrSchedule | None = None) -> optax.GradientTransformation:
+def base_transform(
+    config, schedule: optax.Schedule, mask, weight_decay: ScalarOrSchedule | None = None
+) -> optax.GradientTransformation:
     """The configured optimizer for one parameter group, driven by ``schedule`` (lr_t) and ``weight_decay`` (wd_t;
     ``optimizer.weight_decay`` when None)."""
     o = config.optimizer
@@ -193,8 +216,9 @@ def validate(config) -> None:
     if o.lars_variant not in LARS_VARIANTS:
         raise ValueError(f'optimizer.lars_variant must be one of {", ".join(LARS_VARIANTS)}, got {o.lars_variant!r}')
     if o.clip_grad_mode not in CLIP_GRAD_MODES:
-        raise ValueError(f'optimizer.clip_grad_mode must be one of {", ".join(CLIP_GRAD_MODES)}, '
-                         f'got {o.clip_grad_mode!r}')
+        raise ValueError(
+            f'optimizer.clip_grad_mode must be one of {", ".join(CLIP_GRAD_MODES)}, got {o.clip_grad_mode!r}'
+        )
     if not o.clip_grad >= 0:
         raise ValueError(f'optimizer.clip_grad must be >= 0 (0 = no clipping), got {o.clip_grad!r}')
     if not o.weight_decay >= 0:
@@ -221,7 +245,7 @@ def _path(keys) -> tuple[str, ...]:
 
 def _frozen_for(path: tuple[str, ...], table: dict[tuple[str, ...], int]) -> int:
     """Steps for the longest prefix in ``table`` that ``path`` starts with (0: none)."""
-    matches = [p for p in table if path[:len(p)] == p]
+    matches = [p for p in table if path[: len(p)] == p]
     return table[max(matches, key=len)] if matches else 0
 
 
@@ -229,9 +253,13 @@ def _shifted(value: ScalarOrSchedule, offset: int) -> ScalarOrSchedule:
     return (lambda count: value(count + offset)) if callable(value) else value
 
 
-def create_optimizer(config, total_steps: int, steps_per_epoch: int, frozen_heads: tuple[str, ...] = (),
-                     freeze_steps: Mapping[str, int] | None = None
-                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(
+    config,
+    total_steps: int,
+    steps_per_epoch: int,
+    frozen_heads: tuple[str, ...] = (),
+    freeze_steps: Mapping[str, int] | None = None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """-> (optimizer over the whole params tree, the main learning-rate schedule for logging).
 
     Groups are assigned from the params tree when the optimizer is initialised; call ``check_param_groups`` once the
@@ -275,34 +303,42 @@ def create_optimizer(config, total_steps: int, steps_per_epoch: int, frozen_head
 
     def labels(params):
         _check_freeze_paths(params, table)
-        return {head: jax.tree_util.tree_map_with_path(lambda keys, _, h=head: label(h, keys), sub)
-                for head, sub in params.items()}
+        return {
+            head: jax.tree_util.tree_map_with_path(lambda keys, _, h=head: label(h, keys), sub)
+            for head, sub in params.items()
+        }
 
     tx = optax.multi_transform(transforms, labels)
     if o.clip_grad > 0:
         if o.clip_grad_mode == 'per_tensor':
             clip = clip_per_tensor(o.clip_grad)
         else:
-            clip = optax.masked(optax.clip_by_global_norm(o.clip_grad),
-                                lambda p: {h: jax.tree.map(lambda _, h=h: h not in frozen_heads, sub)
-                                           for h, sub in p.items()})
+            clip = optax.masked(
+                optax.clip_by_global_norm(o.clip_grad),
+                lambda p: {h: jax.tree.map(lambda _, h=h: h not in frozen_heads, sub) for h, sub in p.items()},
+            )
         tx = optax.chain(clip, tx)
     return tx, schedule
 
 
 def _check_freeze_paths(params, table) -> None:
     paths = [_path(keys) for keys, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    unknown = ['/'.join(p) for p in table if not any(path[:len(p)] == p for path in paths)]
+    unknown = ['/'.join(p) for p in table if not any(path[: len(p)] == p for path in paths)]
     if unknown:
-        raise ValueError(f'freeze_steps names parameter paths {unknown} that the model does not have; '
-                         f'its parameter groups are {sorted(params)}')
+        raise ValueError(
+            f'freeze_steps names parameter paths {unknown} that the model does not have; '
+            f'its parameter groups are {sorted(params)}'
+        )
 
 
-def check_param_groups(config, params, frozen_heads: tuple[str, ...] = (),
-                       freeze_steps: Mapping[str, int] | None = None) -> None:
+def check_param_groups(
+    config, params, frozen_heads: tuple[str, ...] = (), freeze_steps: Mapping[str, int] | None = None
+) -> None:
     """Every head named by an optimizer group, and every ``freeze_steps`` prefix, must exist in ``params``."""
     unknown = [h for h in tuple(config.optimizer.constant_lr_heads) + tuple(frozen_heads) if h not in params]
     if unknown:
-        raise ValueError(f'optimizer groups name heads {unknown} that the model does not have; '
-                         f'its parameter groups are {sorted(params)} (config key "optimizer.constant_lr_heads")')
+        raise ValueError(
+            f'optimizer groups name heads {unknown} that the model does not have; '
+            f'its parameter groups are {sorted(params)} (config key "optimizer.constant_lr_heads")'
+        )
     _check_freeze_paths(params, _freeze_table(freeze_steps))

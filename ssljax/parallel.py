@@ -3,13 +3,15 @@
 Losses are written on the global batch and jit over the mesh inserts the collectives, so contrastive negatives
 and BatchNorm statistics span all devices. Multi-host start-up goes through ``jax.distributed.initialize``.
 """
+
 from __future__ import annotations
 
 import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = 'data'
 _INITIALIZED = False  # initialize_distributed ran (it must run once, before anything touches a device)
@@ -32,8 +34,10 @@ def initialize_distributed(config) -> None:
         num = d.num_processes or int(os.environ.get('JAX_NUM_PROCESSES', '0'))
         pid = d.process_id if d.process_id >= 0 else int(os.environ.get('JAX_PROCESS_ID', '-1'))
         if num <= 0 or pid < 0:
-            raise ValueError('a coordinator address needs distributed.num_processes and distributed.process_id '
-                             '(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)')
+            raise ValueError(
+                'a coordinator address needs distributed.num_processes and distributed.process_id '
+                '(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)'
+            )
         jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
     elif 'SLURM_NTASKS' in os.environ and int(os.environ['SLURM_NTASKS']) > 1:
         jax.distributed.initialize()
@@ -56,8 +60,9 @@ def check_batch(global_batch: int, mesh: Mesh) -> None:
     """The global batch must split evenly over devices and hosts."""
     n = mesh.devices.size
     if global_batch % n:
-        raise ValueError(f'batch_size {global_batch} is not divisible by the number of devices ({n}); '
-                         f'use a multiple of {n}')
+        raise ValueError(
+            f'batch_size {global_batch} is not divisible by the number of devices ({n}); use a multiple of {n}'
+        )
 
 
 def global_batch_from_host(local: dict, mesh: Mesh) -> dict:

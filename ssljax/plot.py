@@ -17,6 +17,7 @@ Writes, into ``--out`` (default ``DIR/figures``):
 The run is set up exactly as ``python -m ssljax.evaluate`` sets it up (``train.setup`` with DIR/config.json), so the
 features are the ones its evaluators scored. Errors end with one line ``ssljax: error: ...`` (exit 1 or 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ def read_metrics(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             for key, value in row.items():
                 if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
                     series[key].append((step, float(value)))
-    return {k: (np.array([s for s, _ in v], np.float64), np.array([x for _, x in v], np.float64))
-            for k, v in series.items()}
+    return {
+        k: (np.array([s for s, _ in v], np.float64), np.array([x for _, x in v], np.float64)) for k, v in series.items()
+    }
 
 
 def _is_accuracy(name: str) -> bool:
@@ -104,10 +106,18 @@ def plot_curves(metrics: dict, path: str, title: str = '') -> list[str]:
     colors = matplotlib_rc()['axes.prop_cycle'].by_key()['color']
     for ax, (panel, items) in zip(axes.flat, panels):
         line_colors = {}
-        for i, (label, steps, values, kind) in enumerate(x for x in items if x[3] == 'line'):
+        for i, (label, steps, values, _kind) in enumerate(x for x in items if x[3] == 'line'):
             line_colors[label.partition('/')[2]] = colors[i % len(colors)]
-            ax.plot(steps, values, '-', marker='.' if len(steps) < 30 else None, ms=4, lw=1.3,
-                    color=colors[i % len(colors)], label=label)
+            ax.plot(
+                steps,
+                values,
+                '-',
+                marker='.' if len(steps) < 30 else None,
+                ms=4,
+                lw=1.3,
+                color=colors[i % len(colors)],
+                label=label,
+            )
         for label, steps, values, kind in items:
             if kind == 'final':
                 color = line_colors.get(label.partition('/')[2], 'k')
@@ -122,7 +132,7 @@ def plot_curves(metrics: dict, path: str, title: str = '') -> list[str]:
         ax.grid(True, alpha=0.3)
         if len(items) > 1:
             ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis('off')
     if title:
         fig.suptitle(title, fontsize=10)
@@ -138,12 +148,14 @@ def load_run(workdir: str, overrides=()):
     """-> (config, run): DIR/config.json (with ``KEY=VALUE`` overrides) set up by ``train.setup`` as the loop and
     ``ssljax.evaluate`` set it up; ``run.state`` is the initial state (the encoder at initialisation)."""
     from ssljax import evaluate, train
+
     config = evaluate.load_run_config(workdir, list(overrides))
     return config, train.setup(config, workdir)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
     from ssljax import checkpoint as ckpt_lib
+
     directory = os.path.join(workdir, 'checkpoints')
     return ckpt_lib.list_steps(workdir) if os.path.isdir(directory) else []
 
@@ -151,6 +163,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
 def restore(config, run, workdir: str, step: int):
     """The train state of checkpoint ``step``, restored into the structure of ``run.state``."""
     from ssljax import checkpoint as ckpt_lib
+
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
     try:
         return ckpt.restore(run.state, step)
@@ -172,6 +185,7 @@ def split_features(run, state, network: str = '', split: str = 'test') -> tuple[
 def diagnostics_rows(config, n: int) -> np.ndarray:
     """The test rows the run's ``diagnostics`` evaluator scores (``evaluation.builtin.diagnostics_rows``)."""
     from ssljax.evaluation import builtin
+
     max_examples = builtin.Diagnostics.defaults['max_examples']
     for settings in config.get('evals', {}).values():
         if settings.get('type') == 'diagnostics':
@@ -182,6 +196,7 @@ def diagnostics_rows(config, n: int) -> np.ndarray:
 
 def rankme_of(z: np.ndarray) -> float:
     from ssljax.evaluation import diagnostics
+
     return float(diagnostics.rankme(z))
 
 
@@ -236,13 +251,21 @@ def umap_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
     except ImportError:
         raise RuntimeError('the UMAP figure needs umap-learn: pip install umap-learn (or pass --no-umap)') from None
     n = features.shape[0]
-    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), min_dist=0.1, metric='cosine',
-                        random_state=seed, n_jobs=1, init='spectral' if n > 16 else 'random')
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=max(2, min(15, n - 1)),
+        min_dist=0.1,
+        metric='cosine',
+        random_state=seed,
+        n_jobs=1,
+        init='spectral' if n > 16 else 'random',
+    )
     return np.asarray(reducer.fit_transform(np.asarray(features, np.float32)))
 
 
 def plot_umap(embedding: np.ndarray, labels: np.ndarray, path: str, title: str) -> None:
     import matplotlib
+
     classes = np.unique(labels)
     cmap = matplotlib.colormaps['tab10' if classes.size <= 10 else 'tab20' if classes.size <= 20 else 'nipy_spectral']
     fig = new_figure((5.6, 5.0))
@@ -264,11 +287,13 @@ def new_figure(size: tuple[float, float]):
     """A matplotlib Figure outside pyplot: saving it needs no backend, so a notebook's own backend (inline) and
     figures are left alone."""
     from matplotlib.figure import Figure
+
     return Figure(figsize=size)
 
 
 def matplotlib_rc():
     import matplotlib
+
     return matplotlib.rcParams
 
 
@@ -288,8 +313,17 @@ def logged_rankme(metrics: dict) -> tuple[np.ndarray, np.ndarray] | None:
     return steps, values
 
 
-def make_plots(workdir: str, out: str | None = None, step: int | None = None, overrides=(), network: str = '',
-               rankme: str = 'auto', umap: bool = True, umap_max: int = 2000, log=print) -> dict:
+def make_plots(
+    workdir: str,
+    out: str | None = None,
+    step: int | None = None,
+    overrides=(),
+    network: str = '',
+    rankme: str = 'auto',
+    umap: bool = True,
+    umap_max: int = 2000,
+    log=print,
+) -> dict:
     """Writes the figures of the module docstring for ``workdir`` into ``out``; returns what was drawn (also
     written to ``out/plots.json``)."""
     out = out or os.path.join(workdir, 'figures')
@@ -303,8 +337,10 @@ def make_plots(workdir: str, out: str | None = None, step: int | None = None, ov
 
     steps = checkpoint_steps(workdir)
     if not steps:
-        raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}: the curves are drawn, '
-                                'the feature figures need a checkpoint')
+        raise FileNotFoundError(
+            f'no checkpoint in {os.path.join(workdir, "checkpoints")}: the curves are drawn, '
+            'the feature figures need a checkpoint'
+        )
     if step is None:
         step = steps[-1]
     elif step not in steps:
@@ -318,8 +354,7 @@ def make_plots(workdir: str, out: str | None = None, step: int | None = None, ov
     spectra = {f'step {step}': singular_values(feats), 'random init': singular_values(init_feats)}
     ranks = {'step %d' % step: rankme_of(feats), 'random init': rankme_of(init_feats)}
     path = os.path.join(out, 'spectrum.png')
-    plot_spectrum(spectra, ranks, path, f'{name}: test features ({feats.shape[0]} x {feats.shape[1]}), '
-                                        f'{config.method}')
+    plot_spectrum(spectra, ranks, path, f'{name}: test features ({feats.shape[0]} x {feats.shape[1]}), {config.method}')
     result['figures']['spectrum'] = path
     result['singular_values'] = {k: v.tolist() for k, v in spectra.items()}
     result['rankme_all_test'] = ranks
@@ -328,8 +363,9 @@ def make_plots(workdir: str, out: str | None = None, step: int | None = None, ov
     if rankme != 'off':
         logged = logged_rankme(metrics) if rankme in ('auto', 'logged') else None
         if rankme == 'logged' and logged is None:
-            raise ValueError('--rankme=logged: the run logged no RankMe during training (a diagnostics evaluator '
-                             'with every > 0)')
+            raise ValueError(
+                '--rankme=logged: the run logged no RankMe during training (a diagnostics evaluator with every > 0)'
+            )
         if logged is not None:
             r_steps, r_values, source = logged[0], logged[1], 'logged during training (metrics.jsonl)'
         else:
@@ -341,17 +377,22 @@ def make_plots(workdir: str, out: str | None = None, step: int | None = None, ov
                 r_values.append(rankme_of(z[rows]))
             source = f'from the {len(steps)} kept checkpoints and the initialisation ({rows.size} test images)'
         path = os.path.join(out, 'rankme.png')
-        plot_rankme(r_steps, r_values, path, f'{name}: RankMe over training, {source}',
-                    max_rank=int(min(feats.shape)))
+        plot_rankme(r_steps, r_values, path, f'{name}: RankMe over training, {source}', max_rank=int(min(feats.shape)))
         result['figures']['rankme'] = path
-        result['rankme'] = {'source': source, 'steps': [int(s) for s in r_steps],
-                            'values': [float(v) for v in r_values]}
+        result['rankme'] = {
+            'source': source,
+            'steps': [int(s) for s in r_steps],
+            'values': [float(v) for v in r_values],
+        }
         log(f'wrote {path}')
 
     if umap:
         n = feats.shape[0]
-        rows = np.arange(n) if n <= umap_max else np.sort(
-            np.random.default_rng(int(config.seed)).choice(n, umap_max, replace=False))
+        rows = (
+            np.arange(n)
+            if n <= umap_max
+            else np.sort(np.random.default_rng(int(config.seed)).choice(n, umap_max, replace=False))
+        )
         embedding = umap_embedding(feats[rows], seed=int(config.seed))
         path = os.path.join(out, 'umap.png')
         plot_umap(embedding, labels[rows], path, f'{name}: UMAP of {rows.size} test features at step {step}')
@@ -365,13 +406,18 @@ def make_plots(workdir: str, out: str | None = None, step: int | None = None, ov
 
 def parse_args(argv: list[str]):
     from ssljax.cli import parse_known
+
     parser = argparse.ArgumentParser(prog='python -m ssljax.plot', description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (metrics.jsonl, config.json, checkpoints/)')
     parser.add_argument('--out', default=None, help='where the PNGs go (default: WORKDIR/figures)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint of the feature figures (default: latest)')
     parser.add_argument('--network', default='', help="'' (the method's evaluation network), online, target, teacher")
-    parser.add_argument('--rankme', default='auto', choices=('auto', 'logged', 'checkpoints', 'off'),
-                        help='RankMe over training: logged values when there are (auto), or from the checkpoints')
+    parser.add_argument(
+        '--rankme',
+        default='auto',
+        choices=('auto', 'logged', 'checkpoints', 'off'),
+        help='RankMe over training: logged values when there are (auto), or from the checkpoints',
+    )
     parser.add_argument('--no-umap', action='store_true', help='skip the UMAP figure')
     parser.add_argument('--umap-max', type=int, default=2000, help='test images in the UMAP (seeded subset)')
     return parse_known(parser, argv)
@@ -380,8 +426,12 @@ def parse_args(argv: list[str]):
 def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
     from ssljax.cli import run_reporting_errors
-    return run_reporting_errors(lambda: make_plots(
-        args.workdir, args.out, args.step, overrides, args.network, args.rankme, not args.no_umap, args.umap_max))
+
+    return run_reporting_errors(
+        lambda: make_plots(
+            args.workdir, args.out, args.step, overrides, args.network, args.rankme, not args.no_umap, args.umap_max
+        )
+    )
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ stop if any was signalled. Between those steps it answers False without communic
 collective (and one wait for the queued steps) per ``sync_every`` steps; a signalled run goes on for at most
 ``sync_every - 1`` steps, which must fit within the scheduler's grace period. One process answers at once.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ class StopFlag:
         self.sync_every = sync_every
         self.announce = announce
         self.signal_name: str | None = None  # the first signal received here: 'SIGTERM' or 'SIGINT'
-        self.stopped_by: str | None = None   # what stopped the run, once should_stop said so (names the process)
+        self.stopped_by: str | None = None  # what stopped the run, once should_stop said so (names the process)
         self.interrupts = 0
         self._previous: dict = {}
 
@@ -94,6 +95,7 @@ class StopFlag:
         if self.stopped_by is not None:
             return True
         import jax
+
         if jax.process_count() == 1:
             if self.received:
                 self.stopped_by = self.signal_name
@@ -102,6 +104,7 @@ class StopFlag:
             return False
         import numpy as np
         from jax.experimental import multihost_utils
+
         local = signal.Signals[self.signal_name].value if self.received else 0
         codes = np.asarray(multihost_utils.process_allgather(np.asarray([local], np.int32))).reshape(-1)
         signalled = np.flatnonzero(codes)

@@ -30,6 +30,7 @@ Written after every method (so a partial table is always there) and at the end:
 ``--methods``, else those of the last table.json, else every workdir found in DIR). ``--export DIR2`` writes them
 (and the grids) to DIR2 as well, e.g. into experiments/ where they are committed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ RECORD = 'reproduce.json'
 LOG = 'log.txt'
 PART_SUFFIX, WHOLE_SUFFIX = '_part_top1', '_whole_top1'
 # summary keys shown (after kNN and linear) when some row has them: (key, header)
-OPTIONAL = (('online_probe_top1', 'online probe'), ('finetune_top1', 'fine-tune top-1'),
-            ('reconstruction_error', 'recon. error'))
+OPTIONAL = (
+    ('online_probe_top1', 'online probe'),
+    ('finetune_top1', 'fine-tune top-1'),
+    ('reconstruction_error', 'recon. error'),
+)
 
 
 # =====================================================================================================================
@@ -96,8 +100,13 @@ def build_command(spec: str, workdir: str, config_arg: str = '', overrides=()) -
     name, spec_arg, own = parse_spec(spec)
     arg = ','.join(filter(None, [config_arg, spec_arg]))
     config = config_path(name) + (f':{arg}' if arg else '')
-    return ['-m', 'ssljax.main', f'--config={config}', f'--workdir={display_path(workdir)}',
-            *(f'--config.{o}' for o in [*overrides, *own])]
+    return [
+        '-m',
+        'ssljax.main',
+        f'--config={config}',
+        f'--workdir={display_path(workdir)}',
+        *(f'--config.{o}' for o in [*overrides, *own]),
+    ]
 
 
 def command_text(argv_after_python: list[str]) -> str:
@@ -123,8 +132,10 @@ def load_average() -> float | None:
 def probe_devices(timeout: float = 120.0) -> dict:
     """{'platform', 'device_kind', 'device_count'} of the JAX backend a child run will see, asked in a separate
     process (this process never starts a backend, so it holds no accelerator memory the runs need)."""
-    code = ('import json, jax; d = jax.devices(); print("DEVICES", json.dumps({"platform": d[0].platform, '
-            '"device_kind": d[0].device_kind, "device_count": len(d)}))')
+    code = (
+        'import json, jax; d = jax.devices(); print("DEVICES", json.dumps({"platform": d[0].platform, '
+        '"device_kind": d[0].device_kind, "device_count": len(d)}))'
+    )
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
     try:
         r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout, env=env)
@@ -182,16 +193,28 @@ def run_method(spec: str, workdir: str, argv: list[str], machine: dict, echo: bo
     os.makedirs(workdir, exist_ok=True)
     previous = read_json(os.path.join(workdir, RECORD)) or {}
     command = command_text(argv)
-    record = {'method': spec, 'command': command, 'date': now_text(), 'machine': dict(machine),
-              'load_start': load_average()}
+    record = {
+        'method': spec,
+        'command': command,
+        'date': now_text(),
+        'machine': dict(machine),
+        'load_start': load_average(),
+    }
     start = time.time()
     output: list[str] = []
     with open(os.path.join(workdir, LOG), 'a') as log:
         log.write(f'=== {record["date"]}: {command}\n')
         log.flush()
         # unbuffered: a pipe would otherwise hold the child's progress lines until it exits
-        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+        )
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -206,8 +229,12 @@ def run_method(spec: str, workdir: str, argv: list[str], machine: dict, echo: bo
             returncode = proc.wait()
             if returncode == 0:
                 returncode = 130
-    record.update(returncode=returncode, wall_s=round(time.time() - start, 2), load_end=load_average(),
-                  error=None if returncode == 0 else last_error_line(''.join(output), returncode))
+    record.update(
+        returncode=returncode,
+        wall_s=round(time.time() - start, 2),
+        load_end=load_average(),
+        error=None if returncode == 0 else last_error_line(''.join(output), returncode),
+    )
     earlier = previous.get('attempts', []) if previous.get('command') == command else []
     record['attempts'] = [*earlier, {k: record[k] for k in ('date', 'wall_s', 'returncode')}]
     _write_json(os.path.join(workdir, RECORD), record)
@@ -230,8 +257,12 @@ def collect_row(spec: str, workdir: str, planned: str | None = None) -> dict:
     record says so) or 'missing' (not run, or still running / interrupted). ``command``: the one recorded when it
     ran, else ``planned`` (the one that would run it), else None."""
     record = read_json(os.path.join(workdir, RECORD)) or {}
-    row = {'method': spec, 'workdir': display_path(workdir), 'record': record,
-           'command': record.get('command') or planned}
+    row = {
+        'method': spec,
+        'workdir': display_path(workdir),
+        'record': record,
+        'command': record.get('command') or planned,
+    }
     summary = finished(workdir)
     if summary is not None:
         return dict(row, status='ok', grid=last_grid(workdir), summary=with_later_evaluations(workdir, summary))
@@ -249,9 +280,11 @@ def with_later_evaluations(workdir: str, summary: dict) -> dict:
 
 def last_grid(workdir: str) -> str | None:
     """The reconstruction grid of the run's latest evaluation (``figures/<name>_grid_<step>.png``), if any."""
+
     def step(path):
         found = re.search(r'_grid_(\d+)\.png$', path)
         return int(found.group(1)) if found else -1
+
     grids = sorted(glob.glob(os.path.join(workdir, 'figures', '*_grid_*.png')), key=step)
     return grids[-1] if grids else None
 
@@ -272,7 +305,7 @@ def number(x, fmt: str) -> str:
 def _prefix(key: str) -> str:
     for suffix in (PART_SUFFIX, WHOLE_SUFFIX):
         if key.endswith(suffix):
-            return key[:-len(suffix)]
+            return key[: -len(suffix)]
     return key
 
 
@@ -285,9 +318,10 @@ def columns(rows: list[dict], extra=()) -> list[tuple[str, object]]:
     reconstruction grid) only when some row has them."""
     summaries = [r['summary'] for r in rows if r['status'] == 'ok']
     keys = set().union(*(s.keys() for s in summaries)) if summaries else set()
-    part_keys = sorted((k for k in keys
-                        if k.endswith((PART_SUFFIX, WHOLE_SUFFIX)) and not k.startswith('random_init_')),
-                       key=lambda k: (_prefix(k), not k.endswith(WHOLE_SUFFIX)))
+    part_keys = sorted(
+        (k for k in keys if k.endswith((PART_SUFFIX, WHOLE_SUFFIX)) and not k.startswith('random_init_')),
+        key=lambda k: (_prefix(k), not k.endswith(WHOLE_SUFFIX)),
+    )
 
     def value(key, fmt=pct):
         return lambda r: fmt(r['summary'].get(key))
@@ -300,14 +334,19 @@ def columns(rows: list[dict], extra=()) -> list[tuple[str, object]]:
     cols += [(header, value(key, _fmt(key))) for key, header in OPTIONAL if key in keys]
     cols += [(part_header(k), value(k)) for k in part_keys]
     cols += [(key, value(key, _fmt(key))) for key in extra if key in keys]
-    cols += [('random-init kNN', value('random_init_knn_top1')),
-             ('random-init linear', value('random_init_linear_top1'))]
-    cols += [(f'random-init {part_header(k)}', value(f'random_init_{k}')) for k in part_keys
-             if f'random_init_{k}' in keys]
-    cols += [('final loss', value('final_loss', lambda x: number(x, '.4f'))),
-             ('steps', value('steps', lambda x: number(x, 'd'))),
-             ('wall s', value('wall_s', lambda x: number(x, '.1f'))),
-             ('train samples/s', value('train_samples_per_s', lambda x: number(x, '.0f')))]
+    cols += [
+        ('random-init kNN', value('random_init_knn_top1')),
+        ('random-init linear', value('random_init_linear_top1')),
+    ]
+    cols += [
+        (f'random-init {part_header(k)}', value(f'random_init_{k}')) for k in part_keys if f'random_init_{k}' in keys
+    ]
+    cols += [
+        ('final loss', value('final_loss', lambda x: number(x, '.4f'))),
+        ('steps', value('steps', lambda x: number(x, 'd'))),
+        ('wall s', value('wall_s', lambda x: number(x, '.1f'))),
+        ('train samples/s', value('train_samples_per_s', lambda x: number(x, '.0f'))),
+    ]
     if any(r.get('grid') for r in rows):
         cols.append(('grid', lambda r: f'[png]({grid_link(r)})' if r.get('grid') else '-'))
     return cols
@@ -331,22 +370,25 @@ def machine_lines(rows: list[dict]) -> list[str]:
     kinds = []
     for rec in records:
         m = rec.get('machine', {})
-        text = (f'{m.get("cpu_count", "?")} CPU cores, {m.get("device_count", "?")} x {m.get("device_kind", "?")} '
-                f'({m.get("platform", "?")})')
+        text = (
+            f'{m.get("cpu_count", "?")} CPU cores, {m.get("device_count", "?")} x {m.get("device_kind", "?")} '
+            f'({m.get("platform", "?")})'
+        )
         if text not in kinds:
             kinds.append(text)
     dates = sorted(rec.get('date', '') for rec in records)
     when = dates[0] if dates[0] == dates[-1] else f'{dates[0]} to {dates[-1]}'
-    return [f'Machine: {"; ".join(kinds)}. Runs started {when} (each row\'s date and the 1-minute load average '
-            f'before and after it are listed with its command).']
+    return [
+        f'Machine: {"; ".join(kinds)}. Runs started {when} (each row\'s date and the 1-minute load average '
+        f'before and after it are listed with its command).'
+    ]
 
 
 def make_table(rows: list[dict], title: str, extra=()) -> tuple[str, list[dict]]:
     """-> (markdown text, rows as data with their cells)."""
     cols = columns(rows, extra)
     headers = ['method'] + [h for h, _ in cols]
-    lines = [f'# {title}', '', *machine_lines(rows), '',
-             '| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+    lines = [f'# {title}', '', *machine_lines(rows), '', '| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
     data = []
     for r in rows:
         if r['status'] == 'ok':
@@ -366,12 +408,16 @@ def make_table(rows: list[dict], title: str, extra=()) -> tuple[str, list[dict]]
             lines.append(f'- {r["method"]}: not run')
             continue
         if r['command'] is None:
-            lines.append(f'- {r["method"]}: command not recorded (its workdir {r["workdir"]} was not made by '
-                         'ssljax.reproduce)')
+            lines.append(
+                f'- {r["method"]}: command not recorded (its workdir {r["workdir"]} was not made by ssljax.reproduce)'
+            )
             continue
         attempts = rec.get('attempts', [])
-        tries = (f'; {len(attempts)} attempts, {sum(a["wall_s"] for a in attempts):.0f} s in all'
-                 if len(attempts) > 1 else '')
+        tries = (
+            f'; {len(attempts)} attempts, {sum(a["wall_s"] for a in attempts):.0f} s in all'
+            if len(attempts) > 1
+            else ''
+        )
         when = f' ({rec.get("date")}, {_load_text(rec)}{tries})' if rec else ' (not run yet)'
         lines.append(f'- {r["method"]}: `{r["command"]}`{when}')
     return '\n'.join(lines) + '\n', data
@@ -386,14 +432,23 @@ def plot_table(rows: list[dict], path: str, title: str) -> None:
     fig = Figure(figsize=(max(5.0, 1.1 * n + 2), 4.2))
     ax = fig.subplots()
     width = 0.38
-    kinds = (('knn_top1', 'kNN top-1', 'tab:blue', -width / 2),
-             ('linear_top1', 'linear top-1', 'tab:orange', width / 2))
+    kinds = (
+        ('knn_top1', 'kNN top-1', 'tab:blue', -width / 2),
+        ('linear_top1', 'linear top-1', 'tab:orange', width / 2),
+    )
     labelled = set()
     for i, r in enumerate(rows):
         s = r['summary']
         if r['status'] != 'ok':
-            ax.text(i, 2, 'failed' if r['status'] == 'failed' else 'not run', ha='center', va='bottom', rotation=90,
-                    color='tab:red')
+            ax.text(
+                i,
+                2,
+                'failed' if r['status'] == 'failed' else 'not run',
+                ha='center',
+                va='bottom',
+                rotation=90,
+                color='tab:red',
+            )
             continue
         for key, label, color, dx in kinds:
             if s.get(key) is not None:
@@ -403,8 +458,15 @@ def plot_table(rows: list[dict], path: str, title: str) -> None:
                 labelled.add(label)
             base = s.get(f'random_init_{key}')
             if base is not None:
-                ax.hlines(100 * base, i + dx - width / 2, i + dx + width / 2, colors='k', linestyles='--', lw=1.5,
-                          label=None if 'random' in labelled else 'random init (same encoder)')
+                ax.hlines(
+                    100 * base,
+                    i + dx - width / 2,
+                    i + dx + width / 2,
+                    colors='k',
+                    linestyles='--',
+                    lw=1.5,
+                    label=None if 'random' in labelled else 'random init (same encoder)',
+                )
                 labelled.add('random')
     ax.set_xticks(np.arange(n))
     ax.set_xticklabels([r['method'] for r in rows], rotation=30, ha='right', fontsize=8)
@@ -454,9 +516,18 @@ def discover_methods(out: str) -> list[str]:
 # =====================================================================================================================
 # The table run
 # =====================================================================================================================
-def reproduce(methods: list[str], out: str, config_arg: str = '', overrides=(), title: str = 'Methods at one equal '
-              'budget', rerun: bool = False, table_only: bool = False, echo: bool = True, extra=(),
-              export: str | None = None) -> list[dict]:
+def reproduce(
+    methods: list[str],
+    out: str,
+    config_arg: str = '',
+    overrides=(),
+    title: str = 'Methods at one equal budget',
+    rerun: bool = False,
+    table_only: bool = False,
+    echo: bool = True,
+    extra=(),
+    export: str | None = None,
+) -> list[dict]:
     """Runs every method not yet finished in ``out`` (all of them with ``rerun``; none with ``table_only``), then
     writes the table (to ``export`` too, when given; ``extra``: summary keys shown as further columns); returns its
     rows. Stops after a method that was interrupted (exit 130), table written."""
@@ -468,8 +539,11 @@ def reproduce(methods: list[str], out: str, config_arg: str = '', overrides=(), 
     workdirs = {spec: os.path.join(out, workdir_name(spec)) for spec in methods}
     if len(set(workdirs.values())) != len(workdirs):
         raise ValueError(f'two methods of {methods} would share a workdir; give each a distinct spec')
-    planned = {} if table_only else {
-        spec: command_text(build_command(spec, workdirs[spec], config_arg, overrides)) for spec in methods}
+    planned = (
+        {}
+        if table_only
+        else {spec: command_text(build_command(spec, workdirs[spec], config_arg, overrides)) for spec in methods}
+    )
     machine = None
     interrupted = False
     for spec in methods:
@@ -479,8 +553,11 @@ def reproduce(methods: list[str], out: str, config_arg: str = '', overrides=(), 
             continue
         if finished(workdir) and not rerun:
             recorded = (read_json(os.path.join(workdir, RECORD)) or {}).get('command')
-            note = '' if recorded in (None, command_text(argv)) else (
-                f'; note: it was made by `{recorded}`, not by this command (--rerun runs this one)')
+            note = (
+                ''
+                if recorded in (None, command_text(argv))
+                else (f'; note: it was made by `{recorded}`, not by this command (--rerun runs this one)')
+            )
             print(f'== {spec}: finished in {workdir} (summary.json), kept{note}', flush=True)
             continue
         if rerun and finished(workdir):
@@ -505,25 +582,39 @@ def reproduce(methods: list[str], out: str, config_arg: str = '', overrides=(), 
 
 def parse_args(argv: list[str]):
     from ssljax.cli import parse_known
+
     parser = argparse.ArgumentParser(prog='python -m ssljax.reproduce', description=__doc__.splitlines()[0])
-    parser.add_argument('--methods', default='',
-                        help="space-separated specs: a config name under configs/ (or a config file path), "
-                             "optionally NAME:key=value,... and @KEY=VALUE overrides of that method alone, e.g. "
-                             "'simclr mocov2 directpred:predictor=linear simclr@objective.temperature=0.5'")
+    parser.add_argument(
+        '--methods',
+        default='',
+        help="space-separated specs: a config name under configs/ (or a config file path), "
+        "optionally NAME:key=value,... and @KEY=VALUE overrides of that method alone, e.g. "
+        "'simclr mocov2 directpred:predictor=linear simclr@objective.temperature=0.5'",
+    )
     parser.add_argument('--out', required=True, help='one workdir per method goes here, and table.md/json/png')
     parser.add_argument('--config-arg', default='', help='variant argument passed to every config (after the colon)')
     parser.add_argument('--title', default='Methods at one equal budget')
-    parser.add_argument('--rerun', action='store_true',
-                        help='run methods again even when their workdir has a finished summary.json (the old '
-                             'workdir is renamed <workdir>.replaced-<date>, not deleted)')
-    parser.add_argument('--table-only', action='store_true',
-                        help='run nothing: rebuild table.md/json/png from the workdirs already in --out')
+    parser.add_argument(
+        '--rerun',
+        action='store_true',
+        help='run methods again even when their workdir has a finished summary.json (the old '
+        'workdir is renamed <workdir>.replaced-<date>, not deleted)',
+    )
+    parser.add_argument(
+        '--table-only',
+        action='store_true',
+        help='run nothing: rebuild table.md/json/png from the workdirs already in --out',
+    )
     parser.add_argument('--quiet', action='store_true', help="do not echo the runs' output (it is in log.txt)")
-    parser.add_argument('--columns', default='',
-                        help='comma-separated summary keys shown as further columns when some run has them, e.g. '
-                             'finetune15_top1 (a value python -m ssljax.evaluate added later)')
-    parser.add_argument('--export', default=None,
-                        help='also write table.md/json/png and the reconstruction grids to this directory')
+    parser.add_argument(
+        '--columns',
+        default='',
+        help='comma-separated summary keys shown as further columns when some run has them, e.g. '
+        'finetune15_top1 (a value python -m ssljax.evaluate added later)',
+    )
+    parser.add_argument(
+        '--export', default=None, help='also write table.md/json/png and the reconstruction grids to this directory'
+    )
     args, overrides = parse_known(parser, argv)
     if not args.methods.split() and not args.table_only:
         parser.error('--methods is required (unless --table-only)')
@@ -533,10 +624,21 @@ def parse_args(argv: list[str]):
 def run(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
     from ssljax.cli import run_reporting_errors
-    return run_reporting_errors(lambda: reproduce(
-        args.methods.split(), args.out, args.config_arg, overrides, args.title, rerun=args.rerun,
-        table_only=args.table_only, echo=not args.quiet, extra=tuple(filter(None, args.columns.split(','))),
-        export=args.export))
+
+    return run_reporting_errors(
+        lambda: reproduce(
+            args.methods.split(),
+            args.out,
+            args.config_arg,
+            overrides,
+            args.title,
+            rerun=args.rerun,
+            table_only=args.table_only,
+            echo=not args.quiet,
+            extra=tuple(filter(None, args.columns.split(','))),
+            export=args.export,
+        )
+    )
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ config names the views (``augment.views``, optional patch masks included), the b
 data, on-device augmentation, the optimizer, the online probe, checkpoints, logging, evaluation. Hooks
 (``after_step``, ``after_checkpoint``) let a caller watch or interrupt the run without touching this file.
 """
+
 from __future__ import annotations
 
 import collections
@@ -44,16 +45,17 @@ class NonFiniteLossError(RuntimeError):
 @flax.struct.dataclass
 class TrainState:
     """Everything that must survive a restart. The data position is ``step`` (and the sampler's state)."""
-    step: jax.Array               # int32 scalar: optimizer steps taken
-    params: Any                   # {'encoder': ..., <head name>: ...}
-    batch_stats: Any              # same top-level names, BatchNorm running statistics
+
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any  # {'encoder': ..., <head name>: ...}
+    batch_stats: Any  # same top-level names, BatchNorm running statistics
     opt_state: Any
-    objective_state: Any          # target network, correlation matrix, queue, centre, per-sample tables, ...
-    probe_params: Any             # online linear probe trained on stop-gradient features
+    objective_state: Any  # target network, correlation matrix, queue, centre, per-sample tables, ...
+    probe_params: Any  # online linear probe trained on stop-gradient features
     probe_opt_state: Any
-    rng: jax.Array                # uint32 key data; per-step keys are fold_in(key, step)
-    nonfinite_step: jax.Array     # int32: first step whose loss was not finite, -1 while all are
-    sampler_state: Any = None     # the batch sampler's state (pseudo-labels, ...); {} for the default sampler
+    rng: jax.Array  # uint32 key data; per-step keys are fold_in(key, step)
+    nonfinite_step: jax.Array  # int32: first step whose loss was not finite, -1 while all are
+    sampler_state: Any = None  # the batch sampler's state (pseudo-labels, ...); {} for the default sampler
 
 
 # =====================================================================================================================
@@ -81,16 +83,39 @@ def build_experiment(config, mesh, num_examples: int, num_classes: int) -> Exper
     dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
     encoder, feature_dim = registry.encoder_from_config(config)
     total_steps, steps_per_epoch = config_lib.total_steps(config, num_examples)
-    ctx = Context(encoder=encoder, feature_dim=feature_dim, total_steps=total_steps, global_batch=config.batch_size,
-                  num_examples=num_examples, dtype=dtype, mesh=mesh, steps_per_epoch=steps_per_epoch)
+    ctx = Context(
+        encoder=encoder,
+        feature_dim=feature_dim,
+        total_steps=total_steps,
+        global_batch=config.batch_size,
+        num_examples=num_examples,
+        dtype=dtype,
+        mesh=mesh,
+        steps_per_epoch=steps_per_epoch,
+    )
     objective = create_objective(config, ctx)
     views, masks = views_lib.views_from_config(config)
-    tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch, objective.frozen_heads,
-                                          freeze_steps=objective.freeze_steps)
+    tx, schedule = optim.create_optimizer(
+        config, total_steps, steps_per_epoch, objective.frozen_heads, freeze_steps=objective.freeze_steps
+    )
     probe_peak = config.eval.online_probe_lr * config.batch_size / 256
     probe_tx = optax.sgd(optax.cosine_decay_schedule(probe_peak, total_steps), momentum=0.9)
-    return Experiment(config, mesh, encoder, feature_dim, objective, views, config.augment.size, total_steps,
-                      steps_per_epoch, num_classes, tx, schedule, probe_tx, masks)
+    return Experiment(
+        config,
+        mesh,
+        encoder,
+        feature_dim,
+        objective,
+        views,
+        config.augment.size,
+        total_steps,
+        steps_per_epoch,
+        num_classes,
+        tx,
+        schedule,
+        probe_tx,
+        masks,
+    )
 
 
 def state_shardings(exp: Experiment, state: TrainState) -> TrainState:
@@ -98,8 +123,12 @@ def state_shardings(exp: Experiment, state: TrainState) -> TrainState:
     replicated = parallel.replicated(exp.mesh)
     specs = exp.objective.state_partition(state.objective_state)
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
-    objective = jax.tree.map(lambda spec, sub: jax.tree.map(lambda _: jax.sharding.NamedSharding(exp.mesh, spec), sub),
-                             specs, state.objective_state, is_leaf=is_spec)
+    objective = jax.tree.map(
+        lambda spec, sub: jax.tree.map(lambda _: jax.sharding.NamedSharding(exp.mesh, spec), sub),
+        specs,
+        state.objective_state,
+        is_leaf=is_spec,
+    )
     return jax.tree.map(lambda _: replicated, state).replace(objective_state=objective)
 
 
@@ -120,11 +149,18 @@ def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState
     params, batch_stats, objective_state = jax.jit(init_fn)()
     optim.check_param_groups(config, params, exp.objective.frozen_heads)
     probe_params = linear_probe.online_probe_init(probe_key, exp.feature_dim, exp.num_classes)
-    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
-                       opt_state=exp.tx.init(params), objective_state=objective_state, probe_params=probe_params,
-                       probe_opt_state=exp.probe_tx.init(probe_params), rng=jax.random.key_data(key),
-                       nonfinite_step=jnp.full([], -1, jnp.int32),
-                       sampler_state=jax.tree.map(jnp.asarray, dict(sampler_state or {})))
+    state = TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=exp.tx.init(params),
+        objective_state=objective_state,
+        probe_params=probe_params,
+        probe_opt_state=exp.probe_tx.init(probe_params),
+        rng=jax.random.key_data(key),
+        nonfinite_step=jnp.full([], -1, jnp.int32),
+        sampler_state=jax.tree.map(jnp.asarray, dict(sampler_state or {})),
+    )
     return jax.device_put(state, state_shardings(exp, state))
 
 
@@ -158,17 +194,30 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
         params, objective_state = objective.update(params, out.objective_state, state.step + 1)
 
         (probe_loss, probe_acc), probe_grads = jax.value_and_grad(linear_probe.online_probe_loss, has_aux=True)(
-            state.probe_params, out.probe_features, batch['label'])
+            state.probe_params, out.probe_features, batch['label']
+        )
         probe_updates, probe_opt_state = probe_tx.update(probe_grads, state.probe_opt_state, state.probe_params)
         probe_params = optax.apply_updates(state.probe_params, probe_updates)
 
         finite = jnp.isfinite(loss)
         nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=out.batch_stats,
-                                  opt_state=opt_state, objective_state=objective_state, probe_params=probe_params,
-                                  probe_opt_state=probe_opt_state, nonfinite_step=nonfinite_step)
-        metrics = {'loss': loss, 'lr': schedule(state.step), 'probe_loss': probe_loss, 'probe_acc': probe_acc,
-                   **out.metrics}
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=out.batch_stats,
+            opt_state=opt_state,
+            objective_state=objective_state,
+            probe_params=probe_params,
+            probe_opt_state=probe_opt_state,
+            nonfinite_step=nonfinite_step,
+        )
+        metrics = {
+            'loss': loss,
+            'lr': schedule(state.step),
+            'probe_loss': probe_loss,
+            'probe_acc': probe_acc,
+            **out.metrics,
+        }
         return new_state, metrics
 
     replicated = parallel.replicated(exp.mesh)
@@ -189,9 +238,12 @@ def _traced_once(fn):
         nonlocal traces
         traces += 1
         if traces > 1:
-            raise AssertionError('the train step is being compiled a second time: an input changed shape, dtype or '
-                                 'structure between steps (silent recompiles are refused)')
+            raise AssertionError(
+                'the train step is being compiled a second time: an input changed shape, dtype or '
+                'structure between steps (silent recompiles are refused)'
+            )
         return fn(*args)
+
     return wrapped
 
 
@@ -222,10 +274,15 @@ def _check_finite(state: TrainState, ckpt: ckpt_lib.Checkpointer) -> None:
     bad = int(jax.device_get(state.nonfinite_step))
     if bad >= 0:
         kept = ckpt.latest_step()
-        where = (f'checkpoints up to step {kept} are kept in {ckpt.directory}' if kept is not None
-                 else 'no checkpoint had been written yet')
-        raise NonFiniteLossError(f'the loss became NaN/inf at step {bad}; stopping without saving that state '
-                                 f'({where}). Lower optimizer.lr, use dtype=float32, or check the data.')
+        where = (
+            f'checkpoints up to step {kept} are kept in {ckpt.directory}'
+            if kept is not None
+            else 'no checkpoint had been written yet'
+        )
+        raise NonFiniteLossError(
+            f'the loss became NaN/inf at step {bad}; stopping without saving that state '
+            f'({where}). Lower optimizer.lr, use dtype=float32, or check the data.'
+        )
 
 
 def _last_logged_loss(workdir: str) -> float:
@@ -263,6 +320,7 @@ class _Timer:
 @dataclasses.dataclass
 class Run:
     """A run's data, experiment and initial state: what the loop and ``python -m ssljax.evaluate`` both need."""
+
     exp: Experiment
     state: TrainState
     train_data: pipeline.TrainData
@@ -324,14 +382,18 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
     run = setup(config, workdir, before_data=claim_workdir)
     exp, state, train_data, runner = run.exp, run.state, run.train_data, run.runner
     num_devices = exp.mesh.devices.size
-    log(f'data: {config.dataset} {train_data.num_examples} train images, {len(run.eval_test.labels)} test '
+    log(
+        f'data: {config.dataset} {train_data.num_examples} train images, {len(run.eval_test.labels)} test '
         f'{run.eval_test.images.shape[1:]}, {exp.num_classes} classes, '
-        f'{"on device" if train_data.on_device else "streamed from host"}, sampler {config.sampler.name}')
+        f'{"on device" if train_data.on_device else "streamed from host"}, sampler {config.sampler.name}'
+    )
     n_params = sum(x.size for x in jax.tree.leaves(state.params['encoder']))
-    log(f'{config.method} | {config.model.backbone} ({n_params / 1e6:.2f}M encoder params, features {exp.feature_dim}) '
+    log(
+        f'{config.method} | {config.model.backbone} ({n_params / 1e6:.2f}M encoder params, features {exp.feature_dim}) '
         f'| {num_devices} devices on {jax.process_count()} processes | global batch {config.batch_size} '
         f'| {exp.total_steps} steps ({exp.steps_per_epoch}/epoch) | {len(exp.views)} views | '
-        f'evals {", ".join(runner.names)}')
+        f'evals {", ".join(runner.names)}'
+    )
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
     random_path = os.path.join(workdir, 'random_init.json')
     timer = _Timer()
@@ -374,12 +436,15 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
             if stop.should_stop(step):  # every process, every step: all hosts stop at the same step
                 save(step)
                 ckpt.wait()
-                raise Preempted(f'stopped by {stop.stopped_by} at step {step}; saved a checkpoint there in '
-                                f'{ckpt.directory}: rerun the same command to resume')
+                raise Preempted(
+                    f'stopped by {stop.stopped_by} at step {step}; saved a checkpoint there in '
+                    f'{ckpt.directory}: rerun the same command to resume'
+                )
             if train_data.sampler.refresh_steps(step):
                 with timer('sampler'):
-                    tools = samplers.SamplerTools(lambda network='': runner.train_features(state, network,
-                                                                                         train_data.source))
+                    tools = samplers.SamplerTools(
+                        lambda network='': runner.train_features(state, network, train_data.source)
+                    )
                     new = train_data.sampler.refresh(step, train_data.sampler_state, tools)
                     train_data.sampler_state = jax.tree.map(np.asarray, new)
                     state = state.replace(sampler_state=parallel.put_replicated(train_data.sampler_state, exp.mesh))
@@ -398,8 +463,11 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
                 last_metrics = {k: float(v) / count for k, v in jax.device_get(sums).items()}
                 sums, count = None, 0
                 rate = progress.update(step, last_metrics)
-                writer.write(step, {f'train/{k}': v for k, v in last_metrics.items()}
-                             | ({'train/samples_per_s': rate} if rate else {}))
+                writer.write(
+                    step,
+                    {f'train/{k}': v for k, v in last_metrics.items()}
+                    | ({'train/samples_per_s': rate} if rate else {}),
+                )
             paused = timer.total()
             if step < exp.total_steps and runner.due(step):
                 with timer('eval'):
@@ -431,11 +499,19 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
     baseline = json.load(open(random_path)) if os.path.exists(random_path) else {}
     samples_per_s = timed_steps * config.batch_size / train_time if train_time > 0 else float('nan')
     summary = {
-        'method': config.method, 'dataset': config.dataset, 'backbone': config.model.backbone,
-        'steps': int(step), 'epochs': step / exp.steps_per_epoch, 'global_batch': config.batch_size,
-        'devices': num_devices, 'processes': jax.process_count(), 'platform': jax.devices()[0].platform,
-        'wall_s': round(time.time() - wall_start, 2), 'train_s_this_run': round(train_time, 2),
-        'eval_s': round(timer.get('eval'), 2), 'checkpoint_s': round(timer.get('checkpoint'), 2),
+        'method': config.method,
+        'dataset': config.dataset,
+        'backbone': config.model.backbone,
+        'steps': int(step),
+        'epochs': step / exp.steps_per_epoch,
+        'global_batch': config.batch_size,
+        'devices': num_devices,
+        'processes': jax.process_count(),
+        'platform': jax.devices()[0].platform,
+        'wall_s': round(time.time() - wall_start, 2),
+        'train_s_this_run': round(train_time, 2),
+        'eval_s': round(timer.get('eval'), 2),
+        'checkpoint_s': round(timer.get('checkpoint'), 2),
         'train_samples_per_s': round(samples_per_s, 2),
         'train_samples_per_s_per_device': round(samples_per_s / num_devices, 2),
         'final_loss': last_metrics['loss'] if last_metrics else _last_logged_loss(workdir),

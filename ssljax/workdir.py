@@ -20,6 +20,7 @@ with ``allow_changes`` (``--allow-config-changes`` on the command line) the diff
 start while a live process holds it; a lock left by a dead process of this host is taken over with a one-line
 warning; a lock of another host cannot be checked and is refused (the message says how to remove it).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -35,9 +36,24 @@ from ssljax import config_lib, logging_lib
 ALLOW_CHANGES_FLAG = '--allow-config-changes'
 
 RUN_KEYS = (
-    'method', 'dataset', 'data_dir', 'train_split', 'image_size', 'num_classes', 'seed', 'batch_size',
-    'total_steps', 'epochs', 'dtype', 'model.*', 'augment.*', 'optimizer.*', 'objective.*', 'sampler.*',
-    'eval.online_probe_lr', 'stream',
+    'method',
+    'dataset',
+    'data_dir',
+    'train_split',
+    'image_size',
+    'num_classes',
+    'seed',
+    'batch_size',
+    'total_steps',
+    'epochs',
+    'dtype',
+    'model.*',
+    'augment.*',
+    'optimizer.*',
+    'objective.*',
+    'sampler.*',
+    'eval.online_probe_lr',
+    'stream',
 )
 _ABSENT = '(absent)'
 
@@ -120,8 +136,10 @@ def check_resume_config(workdir: str, config_dict: dict, allow_changes: bool = F
                 raise ValueError('not a JSON object')
         except (OSError, ValueError) as e:
             if not allow_changes:
-                raise ConfigMismatchError(f'cannot read the config this workdir was started with ({path}: {e}); '
-                                          f'rerun with {ALLOW_CHANGES_FLAG} to replace it') from None
+                raise ConfigMismatchError(
+                    f'cannot read the config this workdir was started with ({path}: {e}); '
+                    f'rerun with {ALLOW_CHANGES_FLAG} to replace it'
+                ) from None
             old = None
         if old is not None:
             changes = config_changes(old, new)
@@ -129,9 +147,11 @@ def check_resume_config(workdir: str, config_dict: dict, allow_changes: bool = F
             changes = {'config.json': ('unreadable', 'replaced')}
         if changes and not allow_changes:
             listing = ', '.join(f'{k} {_short(a)} -> {_short(b)}' for k, (a, b) in changes.items())
-            raise ConfigMismatchError(f'workdir {workdir} holds a run started with another config: {listing}; '
-                                      f'rerun with {ALLOW_CHANGES_FLAG} to continue it with the new values '
-                                      f'(recorded in config_history.jsonl), or use another --workdir')
+            raise ConfigMismatchError(
+                f'workdir {workdir} holds a run started with another config: {listing}; '
+                f'rerun with {ALLOW_CHANGES_FLAG} to continue it with the new values '
+                f'(recorded in config_history.jsonl), or use another --workdir'
+            )
         if changes:
             _append_history(os.path.join(workdir, 'config_history.jsonl'), changes)
     logging_lib.write_json(path, new)
@@ -140,11 +160,15 @@ def check_resume_config(workdir: str, config_dict: dict, allow_changes: bool = F
 
 def _append_history(path: str, changes: dict) -> None:
     import jax
+
     if jax.process_index() != 0:
         return
-    entry = {'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-             'changes': {k: {'old': None if a == _ABSENT else a, 'new': None if b == _ABSENT else b}
-                         for k, (a, b) in changes.items()}}
+    entry = {
+        'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'changes': {
+            k: {'old': None if a == _ABSENT else a, 'new': None if b == _ABSENT else b} for k, (a, b) in changes.items()
+        },
+    }
     with open(path, 'a') as f:
         f.write(logging_lib.dumps(entry, sort_keys=True) + '\n')
         f.flush()
@@ -210,8 +234,11 @@ class WorkdirLock:
             return
         check_workdir(self.workdir)
         host = socket.gethostname()
-        self.info = {'pid': os.getpid(), 'host': host,
-                     'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
+        self.info = {
+            'pid': os.getpid(),
+            'host': host,
+            'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        }
         for _ in range(3):  # a lost race with another starter is retried, then reported
             if self._create():
                 return
@@ -223,11 +250,15 @@ class WorkdirLock:
                 self._take_over(held, f'unreadable lock file {self.path}')
                 continue
             if other != host:
-                raise WorkdirError(f'workdir {self.workdir} is in use by pid {pid} on host {other} (since '
-                                   f'{held.get("started", "?")}); if that run is gone, delete {self.path}')
+                raise WorkdirError(
+                    f'workdir {self.workdir} is in use by pid {pid} on host {other} (since '
+                    f'{held.get("started", "?")}); if that run is gone, delete {self.path}'
+                )
             if pid != os.getpid() and _pid_alive(pid):
-                raise WorkdirError(f'workdir {self.workdir} is in use by pid {pid} on host {other} (since '
-                                   f'{held.get("started", "?")}); stop that run or use another --workdir')
+                raise WorkdirError(
+                    f'workdir {self.workdir} is in use by pid {pid} on host {other} (since '
+                    f'{held.get("started", "?")}); stop that run or use another --workdir'
+                )
             why = 'no such process' if pid != os.getpid() else 'left by an earlier run in this process'
             self._take_over(held, f'stale lock of pid {pid} on host {other} ({why})')
         raise WorkdirError(f'could not take the lock {self.path}: another process keeps creating it')

@@ -9,6 +9,7 @@ DIR/object_part.md and DIR/object_part.png: for every method the whole-image and
 of the ``part_probe`` evaluator named ``--evaluator``, the ratio part / whole, and, with ``--baseline`` (a run
 whose random-init baseline included that evaluator), the same numbers for the encoder at random initialisation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,13 @@ def baseline_of(run: str, evaluator: str) -> dict | None:
 
 def write(rows: list[dict], baseline: dict | None, out: str, title: str, command: str) -> None:
     from matplotlib.figure import Figure
+
     os.makedirs(out, exist_ok=True)
     lines = [f'# {title}', '', '| method | whole-image top-1 | part-level top-1 | part / whole |', '|---|---|---|---|']
     for r in rows + ([baseline] if baseline else []):
-        lines.append(f"| {r['method']} | {100 * r['whole']:.1f} | {100 * r['part']:.1f} | "
-                     f"{r['part'] / r['whole']:.3f} |")
+        lines.append(
+            f"| {r['method']} | {100 * r['whole']:.1f} | {100 * r['part']:.1f} | {r['part'] / r['whole']:.3f} |"
+        )
     lines += ['', f'Made by `{command}`.', '']
     with open(os.path.join(out, 'object_part.md'), 'w') as f:
         f.write('\n'.join(lines))
@@ -65,6 +68,7 @@ def write(rows: list[dict], baseline: dict | None, out: str, title: str, command
 
 def main() -> None:
     import sys
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--tables', nargs='+', required=True)
     p.add_argument('--out', required=True)

@@ -11,6 +11,7 @@ checkpoints) of each config below, at one commit, then at another, and compare:
 and exits 1 if any differ. Values are compared as the float64 numbers metrics.jsonl holds (bit-identical on the
 same machine and JAX build). ``--only simclr,byol`` records a subset; ``--steps`` changes the budget.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Every method config, and the variant arguments that switch a method's code path.
 SPECS = (
-    'simclr', 'mocov2', 'mocov3', 'mocov3:backbone=vit_test', 'mochi', 'dcl', 'dclw', 'triplet',
-    'triplet:negative=truncated', 'isogclr', 'contrastive_clustering', 'gsimclr', 'densecl',
-    'byol', 'simsiam', 'directpred', 'directpred:predictor=directcopy', 'directpred:predictor=linear',
-    'barlow_twins', 'vicreg', 'dino', 'mae', 'simmim', 'simmim:backbone=resnet_mini', 'masked_contrastive',
+    'simclr',
+    'mocov2',
+    'mocov3',
+    'mocov3:backbone=vit_test',
+    'mochi',
+    'dcl',
+    'dclw',
+    'triplet',
+    'triplet:negative=truncated',
+    'isogclr',
+    'contrastive_clustering',
+    'gsimclr',
+    'densecl',
+    'byol',
+    'simsiam',
+    'directpred',
+    'directpred:predictor=directcopy',
+    'directpred:predictor=linear',
+    'barlow_twins',
+    'vicreg',
+    'dino',
+    'mae',
+    'simmim',
+    'simmim:backbone=resnet_mini',
+    'masked_contrastive',
     'masked_contrastive:term=byol',
 )
 
@@ -46,15 +68,20 @@ def record_one(spec: str, steps: int) -> list[dict]:
     import ml_collections
 
     from ssljax import train
-    config = _load(spec, [f'total_steps={steps}', 'log_every=1', 'checkpoint_every=0',
-                          'eval.random_init_baseline=False'])
+
+    config = _load(
+        spec, [f'total_steps={steps}', 'log_every=1', 'checkpoint_every=0', 'eval.random_init_baseline=False']
+    )
     with config.unlocked():
         config.evals = ml_collections.ConfigDict()
     with tempfile.TemporaryDirectory() as workdir:
         train.train_and_evaluate(config, workdir)
         rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-    return [{k: v for k, v in r.items() if k.startswith('train/') and k != 'train/samples_per_s'} | {'step': r['step']}
-            for r in rows if any(k.startswith('train/') for k in r)]
+    return [
+        {k: v for k, v in r.items() if k.startswith('train/') and k != 'train/samples_per_s'} | {'step': r['step']}
+        for r in rows
+        if any(k.startswith('train/') for k in r)
+    ]
 
 
 def record(args) -> None:
@@ -65,8 +92,11 @@ def record(args) -> None:
             continue
         start = time.time()
         out[spec] = record_one(spec, args.steps)
-        print(f'{spec}: {len(out[spec])} rows, final loss {out[spec][-1]["train/loss"]:.6f} '
-              f'({time.time() - start:.0f} s)', flush=True)
+        print(
+            f'{spec}: {len(out[spec])} rows, final loss {out[spec][-1]["train/loss"]:.6f} '
+            f'({time.time() - start:.0f} s)',
+            flush=True,
+        )
         with open(args.out, 'w') as f:
             json.dump(out, f, indent=0)
 
@@ -86,8 +116,10 @@ def compare(args) -> int:
             for key in sorted(set(ra) | set(rb)):
                 if diff is None and ra.get(key) != rb.get(key):
                     diff = f'step {ra["step"]} {key}: {ra.get(key)!r} vs {rb.get(key)!r}'
-        print(f'{spec}: {"identical" if diff is None else "DIFFERS, " + diff} '
-              f'({len(a[spec])} steps, final loss {a[spec][-1].get("train/loss")!r})')
+        print(
+            f'{spec}: {"identical" if diff is None else "DIFFERS, " + diff} '
+            f'({len(a[spec])} steps, final loss {a[spec][-1].get("train/loss")!r})'
+        )
         bad += diff is not None
     print(f'{len(set(a) | set(b)) - bad} identical, {bad} differ')
     return 1 if bad else 0

@@ -19,6 +19,7 @@ Prints one JSON line: wall and CPU milliseconds per image of each (best of three
 other work the CPU time is the steadier of the two). BENCHMARKS.md ("Streaming input pipeline") records a run and
 the choice it supports.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,17 +39,19 @@ def main(argv=None) -> None:
     parser.add_argument('--data_dir', required=True)
     parser.add_argument('--count', type=int, default=400)
     args = parser.parse_args(argv)
-    files = sorted(glob.glob(os.path.join(args.data_dir, 'train', '*', '*')))[:args.count]
+    files = sorted(glob.glob(os.path.join(args.data_dir, 'train', '*', '*')))[: args.count]
     blobs = [open(f, 'rb').read() for f in files]
     two = [streaming.CropSpec(224, (0.08, 1.0), (3 / 4, 4 / 3))] * 2
-    multi = [streaming.CropSpec(224, (0.4, 1.0), (3 / 4, 4 / 3))] * 2 + \
-        [streaming.CropSpec(96, (0.05, 0.4), (3 / 4, 4 / 3))] * 6
+    multi = [streaming.CropSpec(224, (0.4, 1.0), (3 / 4, 4 / 3))] * 2 + [
+        streaming.CropSpec(96, (0.05, 0.4), (3 / 4, 4 / 3))
+    ] * 6
 
     def views(specs):
         out = np.empty(decode.packed_size([v.size for v in specs]), np.uint8)
 
         def run(i, data):
             decode.decode_views(data, decode.crop_uniforms(0, 0, i, len(specs)), specs, out)
+
         return run
 
     def full(i, data):
@@ -61,10 +64,18 @@ def main(argv=None) -> None:
         img, _ = decode._decode_reduced(img, k)  # pylint: disable=protected-access
         np.frombuffer(img.resize((256, 256), Image.BILINEAR).tobytes(), np.uint8)
 
-    cases = {'decode': full, 'views_2x224': views(two), 'views_multicrop': views(multi),
-             'stored_256': lambda i, data: decode.decode_resized(data, 256), 'stored_256_whole': squashed}
-    result = {'images': len(blobs), 'mean_kb': round(sum(map(len, blobs)) / len(blobs) / 1e3, 1),
-              'loadavg_start': round(os.getloadavg()[0], 2)}
+    cases = {
+        'decode': full,
+        'views_2x224': views(two),
+        'views_multicrop': views(multi),
+        'stored_256': lambda i, data: decode.decode_resized(data, 256),
+        'stored_256_whole': squashed,
+    }
+    result = {
+        'images': len(blobs),
+        'mean_kb': round(sum(map(len, blobs)) / len(blobs) / 1e3, 1),
+        'loadavg_start': round(os.getloadavg()[0], 2),
+    }
     for name, fn in cases.items():
         for i, data in enumerate(blobs[:20]):  # warm-up
             fn(i, data)

@@ -12,6 +12,7 @@ somewhat faster). 3,500 files take about 13 s and 175 MB. Laid out ``OUT/<split>
 class chosen round-robin, so
 ``--config.dataset=image_folder --config.data_dir=OUT`` reads it. Deterministic in ``--seed``.
 """
+
 from __future__ import annotations
 
 import argparse

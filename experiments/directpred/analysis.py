@@ -12,6 +12,7 @@ For every checkpoint, with F = U diag(s) U^T (s descending):
 Writes eigen_alignment.png (alignment over training, top eigenvectors), eigenvalues.png (p_j against s_j at the
 last checkpoint, log-log, with the best fit of p = c s^alpha and the alpha = 1/2 line) and analysis.json (the numbers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,9 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     cmap = plt.get_cmap('viridis')
     for j in range(top):
-        ax.plot(steps, cos[:, j], color=cmap(j / max(top - 1, 1)), lw=1.2, label=f'j={j + 1}' if j in (0, top - 1) else None)
+        ax.plot(
+            steps, cos[:, j], color=cmap(j / max(top - 1, 1)), lw=1.2, label=f'j={j + 1}' if j in (0, top - 1) else None
+        )
     ax.plot(steps, cos.mean(1), 'k--', lw=2, label=f'mean of top {top}')
     ax.set_xlabel('training step')
     ax.set_ylabel(r'eigen-alignment $\cos(W_p u_j, u_j)$')
@@ -74,9 +77,9 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.loglog(last['s'][keep], last['p'][keep], 'o', ms=4, label=r'$p_j = u_j^T W_p u_j$')
     grid = np.exp(np.linspace(log_s.min(), log_s.max(), 50))
-    ax.loglog(grid, np.exp(log_c) * grid ** alpha, 'r-', label=rf'fit: $p \propto s^{{{alpha:.2f}}}$')
+    ax.loglog(grid, np.exp(log_c) * grid**alpha, 'r-', label=rf'fit: $p \propto s^{{{alpha:.2f}}}$')
     anchor = np.exp(np.median(log_p) - 0.5 * np.median(log_s))
-    ax.loglog(grid, anchor * grid ** 0.5, 'k--', label=r'$p \propto s^{1/2}$ (DirectPred)')
+    ax.loglog(grid, anchor * grid**0.5, 'k--', label=r'$p \propto s^{1/2}$ (DirectPred)')
     ax.set_xlabel(r'eigenvalue $s_j$ of F')
     ax.set_ylabel(r'predictor eigenvalue $p_j$')
     ax.set_title(f'Step {steps[-1]}')
@@ -84,10 +87,14 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, 'eigenvalues.png'), dpi=120)
 
-    summary = {'workdir': args.workdir, 'steps': steps,
-               'mean_alignment_top': {int(s): float(results[s]['cos'][:top].mean()) for s in steps},
-               'mean_alignment_all': {int(s): float(results[s]['cos'].mean()) for s in steps},
-               'fit_exponent_alpha': float(alpha), 'eigenvalues_used_in_fit': int(keep.sum())}
+    summary = {
+        'workdir': args.workdir,
+        'steps': steps,
+        'mean_alignment_top': {int(s): float(results[s]['cos'][:top].mean()) for s in steps},
+        'mean_alignment_all': {int(s): float(results[s]['cos'].mean()) for s in steps},
+        'fit_exponent_alpha': float(alpha),
+        'eigenvalues_used_in_fit': int(keep.sum()),
+    }
     with open(os.path.join(args.out, 'analysis.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary))

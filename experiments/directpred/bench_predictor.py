@@ -16,6 +16,7 @@ Prints one JSON object per line:
 CPU timings do not predict accelerator timings: on a CPU a d x d product and an eigendecomposition are both
 compute-bound LAPACK/Eigen calls, while on a GPU eigh is a latency-bound solver and products run on tensor cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,23 +76,49 @@ def bench_predictor(dims, repeats: int) -> None:
 
 def family_objective(args, predictor: str, solver: str, freq: int):
     encoder, feature_dim = create_encoder(args.backbone, cifar_stem=True)
-    cfg = ml_collections.ConfigDict(dict(
-        method='directpred', batch_size=args.batch,
-        objective=dict(OBJECTIVES['directpred'].config_defaults(), projector_hidden=(args.step_hidden,),
-                       projector_dim=args.step_dim, projector_bn=True, predictor=predictor,
-                       predictor_hidden=(args.step_hidden,), predictor_dim=args.step_dim, predictor_bn=True,
-                       ema_base=0.99, ema_final=1.0, rho=0.3, eps=0.01, freq=freq, center=False, transform='sqrt',
-                       solver=solver, directcopy_norm='spectral')))
-    ctx = Context(encoder=encoder, feature_dim=feature_dim, total_steps=10 * args.steps, global_batch=args.batch,
-                  num_examples=args.batch * 100)
+    cfg = ml_collections.ConfigDict(
+        dict(
+            method='directpred',
+            batch_size=args.batch,
+            objective=dict(
+                OBJECTIVES['directpred'].config_defaults(),
+                projector_hidden=(args.step_hidden,),
+                projector_dim=args.step_dim,
+                projector_bn=True,
+                predictor=predictor,
+                predictor_hidden=(args.step_hidden,),
+                predictor_dim=args.step_dim,
+                predictor_bn=True,
+                ema_base=0.99,
+                ema_final=1.0,
+                rho=0.3,
+                eps=0.01,
+                freq=freq,
+                center=False,
+                transform='sqrt',
+                solver=solver,
+                directcopy_norm='spectral',
+            ),
+        )
+    )
+    ctx = Context(
+        encoder=encoder,
+        feature_dim=feature_dim,
+        total_steps=10 * args.steps,
+        global_batch=args.batch,
+        num_examples=args.batch * 100,
+    )
     return create_objective(cfg, ctx)
 
 
 def bench_step(args) -> None:
     key = jax.random.PRNGKey(0)
     views = [jax.random.normal(jax.random.fold_in(key, i), (args.batch, args.size, args.size, 3)) for i in range(2)]
-    variants = [('linear', 'eigh', 1)] + [('directpred', s, f) for s in ('eigh', 'newton_schulz') for f in (1, 10)] \
+    variants = (
+        [('linear', 'eigh', 1)]
+        + [('directpred', s, f) for s in ('eigh', 'newton_schulz') for f in (1, 10)]
         + [('directcopy', 'eigh', 1)]
+    )
     baseline = None
     for predictor, solver, freq in variants:
         objective = family_objective(args, predictor, solver, freq)
@@ -104,10 +131,12 @@ def bench_step(args) -> None:
         def step(params, stats, state, t):
             def loss_fn(p):
                 return objective.loss({'params': p, 'batch_stats': stats}, state, views, {}, key)
+
             (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             frozen = set(objective.frozen_heads)
-            params = {k: v if k in frozen else jax.tree.map(lambda p, g: p - 1e-3 * g, v, grads[k])
-                      for k, v in params.items()}
+            params = {
+                k: v if k in frozen else jax.tree.map(lambda p, g: p - 1e-3 * g, v, grads[k]) for k, v in params.items()
+            }
             params, state = objective.update(params, out.objective_state, t)
             return params, out.batch_stats, state, loss
 
@@ -119,10 +148,24 @@ def bench_step(args) -> None:
         jax.block_until_ready(carry)
         ms = 1e3 * (time.perf_counter() - t0) / args.steps
         baseline = baseline or ms
-        print(json.dumps({'bench': 'step', 'predictor': predictor, 'solver': solver, 'freq': freq,
-                          'd': args.step_dim, 'backbone': args.backbone, 'batch': args.batch, 'size': args.size,
-                          'ms_per_step': round(ms, 3), 'vs_linear': round(ms / baseline, 3),
-                          'loss': float(carry[3])}), flush=True)
+        print(
+            json.dumps(
+                {
+                    'bench': 'step',
+                    'predictor': predictor,
+                    'solver': solver,
+                    'freq': freq,
+                    'd': args.step_dim,
+                    'backbone': args.backbone,
+                    'batch': args.batch,
+                    'size': args.size,
+                    'ms_per_step': round(ms, 3),
+                    'vs_linear': round(ms / baseline, 3),
+                    'loss': float(carry[3]),
+                }
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -137,8 +180,12 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=20, help='timed steps per variant (a multiple of 10)')
     parser.add_argument('--skip-step', action='store_true')
     args = parser.parse_args()
-    print(json.dumps({'bench': 'env', 'backend': jax.default_backend(), 'device': str(jax.devices()[0]),
-                      'jax': jax.__version__}), flush=True)
+    print(
+        json.dumps(
+            {'bench': 'env', 'backend': jax.default_backend(), 'device': str(jax.devices()[0]), 'jax': jax.__version__}
+        ),
+        flush=True,
+    )
     bench_predictor([int(d) for d in args.dims.split(',')], args.repeats)
     if not args.skip_step:
         bench_step(args)

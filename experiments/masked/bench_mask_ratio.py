@@ -12,6 +12,7 @@ of ``repeats`` timed calls is reported, with the ratio to r = 0 and the fraction
 fall at least as fast as that fraction once the fixed costs (patch embedding of all N patches, the mask) are small.
 Prints one JSON line per measurement and a markdown table at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,22 +53,37 @@ def measure(model: str, ratio: float, batch: int, image_size: int, repeats: int,
         t0 = time.perf_counter()
         jax.block_until_ready(step(params, jax.random.key(100 + i)))
         times.append(time.perf_counter() - t0)
-    return dict(model=model, ratio=ratio, batch=batch, image_size=image_size, patches=n, visible=visible,
-                token_fraction=(visible + 1) / (n + 1), step_ms=1000 * statistics.median(times),
-                min_ms=1000 * min(times), repeats=repeats, device=str(jax.devices()[0].device_kind),
-                platform=jax.default_backend())
+    return dict(
+        model=model,
+        ratio=ratio,
+        batch=batch,
+        image_size=image_size,
+        patches=n,
+        visible=visible,
+        token_fraction=(visible + 1) / (n + 1),
+        step_ms=1000 * statistics.median(times),
+        min_ms=1000 * min(times),
+        repeats=repeats,
+        device=str(jax.devices()[0].device_kind),
+        platform=jax.default_backend(),
+    )
 
 
 def table(rows: list[dict]) -> str:
-    lines = ['| model | mask ratio | visible patches | tokens seen (incl. [CLS]) | step ms (median) | min ms | '
-             'time / time at 0 |', '|---|---|---|---|---|---|---|']
+    lines = [
+        '| model | mask ratio | visible patches | tokens seen (incl. [CLS]) | step ms (median) | min ms | '
+        'time / time at 0 |',
+        '|---|---|---|---|---|---|---|',
+    ]
     base = {}
     for r in rows:
         base.setdefault(r['model'], r['step_ms'] if r['ratio'] == 0 else None)
         b = base[r['model']]
         rel = f'{r["step_ms"] / b:.2f}' if b else '-'
-        lines.append(f'| {r["model"]} | {r["ratio"]:.2f} | {r["visible"]} / {r["patches"]} | '
-                     f'{r["token_fraction"]:.2f} | {r["step_ms"]:.1f} | {r["min_ms"]:.1f} | {rel} |')
+        lines.append(
+            f'| {r["model"]} | {r["ratio"]:.2f} | {r["visible"]} / {r["patches"]} | '
+            f'{r["token_fraction"]:.2f} | {r["step_ms"]:.1f} | {r["min_ms"]:.1f} | {rel} |'
+        )
     return '\n'.join(lines)
 
 
@@ -85,8 +101,10 @@ def main() -> None:
             row = measure(model, ratio, args.batch, args.image_size, args.repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f'\n{platform.node()} {jax.default_backend()} {jax.devices()[0].device_kind}, jax {jax.__version__}, '
-          f'batch {args.batch}, {args.image_size} px, patch 16\n')
+    print(
+        f'\n{platform.node()} {jax.default_backend()} {jax.devices()[0].device_kind}, jax {jax.__version__}, '
+        f'batch {args.batch}, {args.image_size} px, patch 16\n'
+    )
     print(table(rows))
 
 

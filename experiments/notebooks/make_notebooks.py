@@ -16,6 +16,7 @@ this script writes (edit the cells here, not in the .ipynb, then rerun it).
 The plotting cells start with ``%matplotlib inline``: the evaluators save their figures through pyplot with the Agg
 backend during training, which would otherwise leave the notebook drawing nowhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,10 @@ def code(text: str, tags=()):
 
 
 def preamble(name: str, epochs, extra: str = '', evals=('knn', 'online_probe', 'linear', 'diagnostics')):
-    return [code(PARAMETERS.format(epochs=epochs, extra=extra), tags=('parameters',)),
-            code(SETUP.format(name=name, evals=tuple(evals)))]
+    return [
+        code(PARAMETERS.format(epochs=epochs, extra=extra), tags=('parameters',)),
+        code(SETUP.format(name=name, evals=tuple(evals))),
+    ]
 
 
 # =====================================================================================================================
@@ -231,10 +234,13 @@ $p_j \\approx \\sqrt{s_j}$; DirectPred then sets $W_p$ from $F$ in closed form. 
 state), keep checkpoints along training, and measure for each one, with $F = \\sum_j s_j u_j u_j^\\top$:
 the eigen-alignment $\\cos(W_p u_j, u_j)$ (`ssljax.evaluation.eigen_alignment`) and $p_j = u_j^\\top W_p u_j$.
 '''),
-    *preamble('directpred_spectrum', 5.0,
-              extra='\nCHECKPOINT_EVERY = 10    # steps between the checkpoints analysed below (15 steps = 1 epoch)\n'
-                    'TOP = 16                 # eigenvectors of F shown in the alignment plot',
-              evals=('knn', 'online_probe', 'linear')),
+    *preamble(
+        'directpred_spectrum',
+        5.0,
+        extra='\nCHECKPOINT_EVERY = 10    # steps between the checkpoints analysed below (15 steps = 1 epoch)\n'
+        'TOP = 16                 # eigenvectors of F shown in the alignment plot',
+        evals=('knn', 'online_probe', 'linear'),
+    ),
     code('''
 run_dir = os.path.join(ROOT, 'linear')
 config = make_config('directpred.py:predictor=linear', 'keep_checkpoints=1000',
@@ -360,8 +366,11 @@ plt.show()
 '''),
 ]
 
-NOTEBOOKS = {'new_objective.ipynb': NEW_OBJECTIVE, 'directpred_spectrum.ipynb': DIRECTPRED,
-             'ablation_sweep.ipynb': ABLATION}
+NOTEBOOKS = {
+    'new_objective.ipynb': NEW_OBJECTIVE,
+    'directpred_spectrum.ipynb': DIRECTPRED,
+    'ablation_sweep.ipynb': ABLATION,
+}
 
 
 def build(cells) -> nbformat.NotebookNode:

@@ -30,12 +30,37 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "GRAY_WEIGHTS", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD", "RECIPES",
-    "ViewConfig", "recipe", "augment_views", "augment_image", "eval_view", "packed_size", "unpack_views",
-    "crop_box", "crop_box_from_uniforms", "resized_crop", "random_resized_crop", "hflip",
-    "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
-    "jitter_params", "jitter_params_from_uniforms", "apply_color_jitter", "color_jitter",
-    "grayscale", "blur_kernel_size", "gaussian_blur", "solarize", "normalize",
+    "GRAY_WEIGHTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "RECIPES",
+    "ViewConfig",
+    "recipe",
+    "augment_views",
+    "augment_image",
+    "eval_view",
+    "packed_size",
+    "unpack_views",
+    "crop_box",
+    "crop_box_from_uniforms",
+    "resized_crop",
+    "random_resized_crop",
+    "hflip",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "adjust_hue",
+    "jitter_params",
+    "jitter_params_from_uniforms",
+    "apply_color_jitter",
+    "color_jitter",
+    "grayscale",
+    "blur_kernel_size",
+    "gaussian_blur",
+    "solarize",
+    "normalize",
 ]
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
@@ -53,6 +78,7 @@ _PROB_FIELDS = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "sola
 # View recipe
 # ----------------------------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class ViewConfig:
     """One view's augmentation recipe. Frozen and hashable, so it can be a static jit argument.
@@ -66,6 +92,7 @@ class ViewConfig:
     solarize_prob: probability of x -> 1 - x where x >= solarize_threshold.
     mean, std: per-channel normalisation applied last.
     """
+
     size: int
     crop_scale: tuple = (0.08, 1.0)
     crop_ratio: tuple = (3 / 4, 4 / 3)
@@ -120,49 +147,96 @@ class ViewConfig:
 
 def _simclr_views(image_size, strength=1.0):
     s = float(strength)
-    view = ViewConfig(size=image_size, brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s,
-                      hue=min(0.2 * s, 0.5), jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, flip_prob=0.5)
+    view = ViewConfig(
+        size=image_size,
+        brightness=0.8 * s,
+        contrast=0.8 * s,
+        saturation=0.8 * s,
+        hue=min(0.2 * s, 0.5),
+        jitter_prob=0.8,
+        grayscale_prob=0.2,
+        blur_prob=0.5,
+        flip_prob=0.5,
+    )
     return (view, view)
 
 
 def _byol_views(image_size):
     base = ViewConfig(size=image_size)  # jitter (0.4, 0.4, 0.2, 0.1) p 0.8, gray 0.2, flip 0.5
-    return (dataclasses.replace(base, blur_prob=1.0, solarize_prob=0.0),
-            dataclasses.replace(base, blur_prob=0.1, solarize_prob=0.2))
+    return (
+        dataclasses.replace(base, blur_prob=1.0, solarize_prob=0.0),
+        dataclasses.replace(base, blur_prob=0.1, solarize_prob=0.2),
+    )
 
 
 def _solo_simclr_cifar_views(image_size):
     # solo-learn blurs with PIL's full Gaussian (radius = sigma up to 2), not SimCLR's 10%-of-side kernel, which is
     # 3 taps at 32 px: a 2 ceil(3 sigma_max) + 1 = 13-tap kernel matches it (capped for tiny images).
-    view = ViewConfig(size=image_size, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_prob=0.8,
-                      grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0, flip_prob=0.5,
-                      blur_kernel=min(13, 2 * (image_size - 1) + 1), mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    view = ViewConfig(
+        size=image_size,
+        brightness=0.8,
+        contrast=0.8,
+        saturation=0.8,
+        hue=0.2,
+        jitter_prob=0.8,
+        grayscale_prob=0.2,
+        blur_prob=0.5,
+        solarize_prob=0.0,
+        flip_prob=0.5,
+        blur_kernel=min(13, 2 * (image_size - 1) + 1),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    )
     return (view, view)
 
 
 def _solo_byol_cifar_views(image_size):
-    base = ViewConfig(size=image_size, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, jitter_prob=0.8,
-                      grayscale_prob=0.2, blur_prob=0.0, flip_prob=0.5, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    base = ViewConfig(
+        size=image_size,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        jitter_prob=0.8,
+        grayscale_prob=0.2,
+        blur_prob=0.0,
+        flip_prob=0.5,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    )
     return (dataclasses.replace(base, solarize_prob=0.0), dataclasses.replace(base, solarize_prob=0.2))
 
 
-def _multicrop_views(image_size, n_local=6, local_size=None, global_crop_scale=(0.4, 1.0),
-                     local_crop_scale=(0.05, 0.4)):
+def _multicrop_views(
+    image_size, n_local=6, local_size=None, global_crop_scale=(0.4, 1.0), local_crop_scale=(0.05, 0.4)
+):
     if int(n_local) != n_local or n_local < 0:
         raise ValueError(f"recipe 'multicrop': n_local must be a non-negative integer, got {n_local!r}")
     if local_size is None:
         local_size = max(8, int(round(image_size * 96 / 224)))
     base = ViewConfig(size=image_size, crop_scale=tuple(global_crop_scale))
-    globals_ = (dataclasses.replace(base, blur_prob=1.0, solarize_prob=0.0),
-                dataclasses.replace(base, blur_prob=0.1, solarize_prob=0.2))
+    globals_ = (
+        dataclasses.replace(base, blur_prob=1.0, solarize_prob=0.0),
+        dataclasses.replace(base, blur_prob=0.1, solarize_prob=0.2),
+    )
     local = dataclasses.replace(base, size=int(local_size), crop_scale=tuple(local_crop_scale), blur_prob=0.5)
     return globals_ + (local,) * int(n_local)
 
 
 def _none_views(image_size):
     # Full image (centre square crop when not square), resized and normalised; nothing random is applied.
-    return (ViewConfig(size=image_size, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
-                       grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0),)
+    return (
+        ViewConfig(
+            size=image_size,
+            crop_scale=(1.0, 1.0),
+            crop_ratio=(1.0, 1.0),
+            flip_prob=0.0,
+            jitter_prob=0.0,
+            grayscale_prob=0.0,
+            blur_prob=0.0,
+            solarize_prob=0.0,
+        ),
+    )
 
 
 # name -> (builder, recipe-level override names)
@@ -203,8 +277,9 @@ def recipe(name: str, image_size: int, **overrides) -> tuple[ViewConfig, ...]:
     view_keys = tuple(f.name for f in dataclasses.fields(ViewConfig))
     unknown = sorted(set(overrides) - set(view_keys) - set(recipe_keys))
     if unknown:
-        raise ValueError(f"unknown override(s) {', '.join(unknown)} for recipe {name!r}; "
-                         f"valid: {', '.join(recipe_keys + view_keys)}")
+        raise ValueError(
+            f"unknown override(s) {', '.join(unknown)} for recipe {name!r}; valid: {', '.join(recipe_keys + view_keys)}"
+        )
     if int(image_size) != image_size or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     views = builder(int(image_size), **{k: v for k, v in overrides.items() if k in recipe_keys})
@@ -225,7 +300,7 @@ def crop_box_from_uniforms(u, height: int, width: int, scale=(0.08, 1.0), ratio=
     area = float(height * width)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:n])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[n:2 * n])
+    aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[n : 2 * n])
     w = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
     h = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
     valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -307,6 +382,7 @@ def hflip(image):
 # ----------------------------------------------------------------------------------------------------------------------
 # Colour ops (torchvision semantics on float images in [0, 1])
 # ----------------------------------------------------------------------------------------------------------------------
+
 
 def _gray_plane(image):
     w = jnp.asarray(GRAY_WEIGHTS, image.dtype)
@@ -396,6 +472,7 @@ def apply_color_jitter(image, factors, order, enabled=(True, True, True, True)):
     def blends(x, in_phase):
         def body(j, x):
             return _blend(x, jnp.where(in_phase[j] & on[j], factors[kinds[j]], 1.0), kinds[j])
+
         return jax.lax.fori_loop(0, 3, body, x)
 
     if not enabled[3]:
@@ -415,6 +492,7 @@ def color_jitter(image, key, brightness: float, contrast: float, saturation: flo
 # ----------------------------------------------------------------------------------------------------------------------
 # Blur, solarize, normalise
 # ----------------------------------------------------------------------------------------------------------------------
+
 
 def blur_kernel_size(size: int) -> int:
     """SimCLR's kernel side for an image of side `size`: 2 * ((size // 10) // 2) + 1, at least 3 (and < 2 size)."""
@@ -437,9 +515,9 @@ def gaussian_blur(image, sigma, kernel_size: int):
     k = (k / jnp.sum(k)).astype(image.dtype)
     height, width = image.shape[0], image.shape[1]
     x = jnp.pad(image, ((r, r), (0, 0), (0, 0)), mode="reflect")
-    x = sum(k[i] * x[i:i + height] for i in range(2 * r + 1))  # static loop over kernel taps
+    x = sum(k[i] * x[i : i + height] for i in range(2 * r + 1))  # static loop over kernel taps
     x = jnp.pad(x, ((0, 0), (r, r), (0, 0)), mode="reflect")
-    return sum(k[i] * x[:, i:i + width] for i in range(2 * r + 1))
+    return sum(k[i] * x[:, i : i + width] for i in range(2 * r + 1))
 
 
 def solarize(image, threshold):
@@ -485,8 +563,9 @@ def augment_image(image, key, view: ViewConfig, crop: bool = True):
         x = jnp.where(u[_U_FLIP] < view.flip_prob, hflip(x), x)
     enabled = (view.brightness > 0, view.contrast > 0, view.saturation > 0, view.hue > 0)
     if view.jitter_prob > 0 and any(enabled):
-        factors, order = jitter_params_from_uniforms(u[_U_JITTER], view.brightness, view.contrast, view.saturation,
-                                                     view.hue)
+        factors, order = jitter_params_from_uniforms(
+            u[_U_JITTER], view.brightness, view.contrast, view.saturation, view.hue
+        )
         x = jnp.where(u[_U_JITTER_P] < view.jitter_prob, apply_color_jitter(x, factors, order, enabled), x)
     if view.grayscale_prob > 0:
         x = jnp.where(u[_U_GRAY] < view.grayscale_prob, grayscale(x), x)
@@ -508,12 +587,14 @@ def unpack_views(packed, views: Sequence[ViewConfig]) -> list:
     """uint8 [B, packed_size(views)] -> one uint8 [B, size, size, 3] per view (view i's bytes follow view i - 1's,
     each HWC row-major: the layout ``ssljax.data.decode.decode_views`` writes)."""
     if packed.ndim != 2 or packed.shape[1] != packed_size(views):
-        raise ValueError(f"a packed batch for views of sizes {[v.size for v in views]} must be [B, "
-                         f"{packed_size(views)}], got {packed.shape}")
+        raise ValueError(
+            f"a packed batch for views of sizes {[v.size for v in views]} must be [B, "
+            f"{packed_size(views)}], got {packed.shape}"
+        )
     out, offset = [], 0
     for v in views:
         n = 3 * v.size * v.size
-        out.append(packed[:, offset:offset + n].reshape(packed.shape[0], v.size, v.size, 3))
+        out.append(packed[:, offset : offset + n].reshape(packed.shape[0], v.size, v.size, 3))
         offset += n
     return out
 
@@ -537,8 +618,9 @@ def augment_views(images, key, views: Sequence[ViewConfig]) -> list[jax.Array]:
     elif images.ndim == 4 and images.shape[-1] == 3:
         per_view, crop = [images] * len(views), True
     else:
-        raise ValueError(f"augment_views expects images of shape [B, H, W, 3] (or packed host crops [B, bytes]), got "
-                         f"{images.shape}")
+        raise ValueError(
+            f"augment_views expects images of shape [B, H, W, 3] (or packed host crops [B, bytes]), got {images.shape}"
+        )
     index = jnp.arange(images.shape[0], dtype=jnp.uint32)
     outputs = []
     # One traced pipeline per view, equal views included: measured on XLA:CPU, this compiles faster than vmapping
@@ -570,6 +652,7 @@ def eval_view(images, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 # ----------------------------------------------------------------------------------------------------------------------
 # Patch masks (masked image modeling)
 # ----------------------------------------------------------------------------------------------------------------------
+
 
 def random_patch_masks(key, num_samples: int, num_patches: int, num_masked: int) -> jax.Array:
     """bool [num_samples, num_patches], True = masked, exactly ``num_masked`` True per row, uniformly at random.

@@ -34,6 +34,7 @@ Crop randomness: ``crop_uniforms(seed, step, position, num_views)`` draws the cr
 batch: a sample's crops depend on (seed, step, row) only, not on the host, the worker or the number of workers, so
 a resumed run and a run on another number of hosts crop exactly alike.
 """
+
 from __future__ import annotations
 
 import io
@@ -146,7 +147,7 @@ def crop_box(u: np.ndarray, height: int, width: int, scale: Sequence[float], rat
     area = float(height * width)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:n])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = np.exp(log_lo + (log_hi - log_lo) * u[n:2 * n])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * u[n : 2 * n])
     w = np.round(np.sqrt(target * aspect)).astype(np.int64)
     h = np.round(np.sqrt(target / aspect)).astype(np.int64)
     valid = np.flatnonzero((w > 0) & (w <= width) & (h > 0) & (h <= height))
@@ -193,5 +194,5 @@ def decode_views(data, uniforms: np.ndarray, views: Sequence, out: np.ndarray) -
         box = (left * scale, top * scale, min((left + w) * scale, img.size[0]), min((top + h) * scale, img.size[1]))
         view = img.resize((v.size, v.size), Image.BILINEAR, box=box)
         n = 3 * v.size * v.size
-        out[offset:offset + n] = np.frombuffer(view.tobytes(), np.uint8)
+        out[offset : offset + n] = np.frombuffer(view.tobytes(), np.uint8)
         offset += n

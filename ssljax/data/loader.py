@@ -81,8 +81,9 @@ class _Failure:
 _DONE = object()
 
 
-def _make_batch(source, num_examples: int, global_batch: int, seed: int, slc: slice, step: int,
-                indices_fn=None) -> dict:
+def _make_batch(
+    source, num_examples: int, global_batch: int, seed: int, slc: slice, step: int, indices_fn=None
+) -> dict:
     rows = indices_fn(step) if indices_fn is not None else global_batch_indices(num_examples, global_batch, seed, step)
     idx = np.asarray(rows, np.int64)[slc]
     out = source.get(idx)
@@ -159,7 +160,12 @@ class HostLoader:
         if self.prefetch > 0:
             # The thread gets no reference to self, so an unclosed loader can still be collected (its __del__ stops it).
             make = functools.partial(
-                _make_batch, self.source, self.num_examples, self.global_batch, self.seed, self._slice,
+                _make_batch,
+                self.source,
+                self.num_examples,
+                self.global_batch,
+                self.seed,
+                self._slice,
                 indices_fn=indices_fn,
             )
             self._thread = threading.Thread(
@@ -176,8 +182,9 @@ class HostLoader:
 
     def batch_at(self, step: int) -> dict:
         """The batch of ``step`` for this host, computed synchronously (pure function of seed and step)."""
-        return _make_batch(self.source, self.num_examples, self.global_batch, self.seed, self._slice, step,
-                           self.indices_fn)
+        return _make_batch(
+            self.source, self.num_examples, self.global_batch, self.seed, self._slice, step, self.indices_fn
+        )
 
     def __iter__(self) -> 'HostLoader':
         return self

@@ -26,6 +26,7 @@ Evaluation of a streamed dataset never holds a split in memory: ``load_split`` r
 ``max_examples`` is given. Datasets in memory are loaded once and may be cached decoded (``cache_dir``: image
 folders and tfds datasets).
 """
+
 from __future__ import annotations
 
 import collections
@@ -48,18 +49,18 @@ DEVICE_PREFETCH = 2
 
 @dataclasses.dataclass
 class TrainData:
-    source: Any                    # sources.Split in memory, or a random-access source decoding on demand
+    source: Any  # sources.Split in memory, or a random-access source decoding on demand
     global_batch: int
     seed: int
     mesh: jax.sharding.Mesh
     on_device: bool
-    device_arrays: dict            # {'images', 'labels'} replicated on every device, or {} otherwise
+    device_arrays: dict  # {'images', 'labels'} replicated on every device, or {} otherwise
     sampler: samplers.Sampler = None
     sampler_state: dict = dataclasses.field(default_factory=dict)  # host copy; the loop keeps it in the train state
-    mode: str = ''                 # 'device' | 'host' | 'stream' ('' = 'device' if on_device else 'host')
-    views: tuple = ()              # stream: the views the host crops, in the step's order (views.views_from_config)
-    workers: int = 0               # stream: grain worker processes (0: threads of this process)
-    bad_images: str = 'error'      # stream: 'error' stops at an unreadable file, 'skip' reads the next one instead
+    mode: str = ''  # 'device' | 'host' | 'stream' ('' = 'device' if on_device else 'host')
+    views: tuple = ()  # stream: the views the host crops, in the step's order (views.views_from_config)
+    workers: int = 0  # stream: grain worker processes (0: threads of this process)
+    bad_images: str = 'error'  # stream: 'error' stops at an unreadable file, 'skip' reads the next one instead
 
     def __post_init__(self):
         if self.sampler is None:
@@ -79,19 +80,43 @@ class TrainData:
         """Global dataset indices of ``step`` under the current sampler state."""
         return self.sampler.indices(step, self.sampler_state)
 
-    def host_batches(self, start_step: int, num_steps: int | None = None, process_index: int | None = None,
-                     process_count: int | None = None) -> Iterator[dict]:
+    def host_batches(
+        self,
+        start_step: int,
+        num_steps: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> Iterator[dict]:
         """This host's numpy batches from ``start_step`` on (host and stream modes), as ``batches`` puts them on
         the mesh; ``process_index`` / ``process_count`` default to JAX's. Close it (``.close()``) when done early."""
         i = jax.process_index() if process_index is None else process_index
         p = jax.process_count() if process_count is None else process_count
         if self.mode == 'stream':
-            return streaming.stream_batches(self.source, self.sampler, self.sampler_state, self.global_batch,
-                                            self.views, self.seed, start_step, i, p, self.workers, self.bad_images,
-                                            num_steps)
+            return streaming.stream_batches(
+                self.source,
+                self.sampler,
+                self.sampler_state,
+                self.global_batch,
+                self.views,
+                self.seed,
+                start_step,
+                i,
+                p,
+                self.workers,
+                self.bad_images,
+                num_steps,
+            )
         if self.mode == 'host':
-            return loader.HostLoader(self.source, self.global_batch, self.seed, start_step, i, p,
-                                     num_steps=num_steps, indices_fn=self.indices)
+            return loader.HostLoader(
+                self.source,
+                self.global_batch,
+                self.seed,
+                start_step,
+                i,
+                p,
+                num_steps=num_steps,
+                indices_fn=self.indices,
+            )
         raise ValueError('device-resident data has no host batches: the step gathers them (gather_batch)')
 
     def batches(self, start_step: int) -> Iterator[dict]:
@@ -171,8 +196,11 @@ class LazyImages:
 
     def __getitem__(self, key) -> np.ndarray:
         rows = self.rows[key]
-        return self.get(np.arange(len(self.rows))[key])['image'] if np.ndim(rows) else \
-            self.source.get(rows[None])['image'][0]
+        return (
+            self.get(np.arange(len(self.rows))[key])['image']
+            if np.ndim(rows)
+            else self.source.get(rows[None])['image'][0]
+        )
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(f'LazyImages of {len(self)} streamed images cannot be read whole into memory; index a block')
@@ -196,8 +224,10 @@ def _check_config(config) -> None:
     if stream not in STREAM_CHOICES:
         raise ValueError(f'config key "stream" must be auto, always or never, got {stream!r}')
     if config.get('data_workers', -1) < -1:
-        raise ValueError(f'config key "data_workers" must be -1 (one per core), 0 (threads) or a number of processes, '
-                         f'got {config.data_workers}')
+        raise ValueError(
+            f'config key "data_workers" must be -1 (one per core), 0 (threads) or a number of processes, '
+            f'got {config.data_workers}'
+        )
 
 
 def _open(config, split: str):
@@ -233,7 +263,7 @@ def streams(config, train_source=None) -> bool:
     if key not in _DECISIONS:
         source = train_source if train_source is not None else _open(config, config.train_split)
         side = config.image_size
-        _DECISIONS[key] = len(source) * side * side * 3 > config.get('host_data_max_mb', 8192) * 2 ** 20
+        _DECISIONS[key] = len(source) * side * side * 3 > config.get('host_data_max_mb', 8192) * 2**20
     return _DECISIONS[key]
 
 
@@ -247,8 +277,12 @@ def subsample(source, max_examples: int, seed: int, name: str = '') -> sources.S
         return source
     keep = _subsample_rows(n, max_examples, seed)
     batch = source.get(keep)
-    return sources.Split(images=batch['image'], labels=np.asarray(batch['label'], np.int32),
-                         class_names=tuple(getattr(source, 'class_names', ())), name=name)
+    return sources.Split(
+        images=batch['image'],
+        labels=np.asarray(batch['label'], np.int32),
+        class_names=tuple(getattr(source, 'class_names', ())),
+        name=name,
+    )
 
 
 def _subsample_rows(n: int, max_examples: int, seed: int) -> np.ndarray:
@@ -280,14 +314,17 @@ def load_split(config, split: str, max_examples: int = 0, workdir: str = '') -> 
             kwargs['bad_images'] = config.bad_images
         if config.cache_dir and config.dataset in ('image_folder', *sources.TFDS_DATASETS):
             kwargs['cache_dir'] = config.cache_dir
-        data = sources.load_split(config.dataset, split, config.data_dir or None, image_size=stored_size(config),
-                                  **kwargs)
+        data = sources.load_split(
+            config.dataset, split, config.data_dir or None, image_size=stored_size(config), **kwargs
+        )
         if getattr(data, 'bad_files', None) and jax.process_index() == 0 and workdir:
             sources.write_bad_images_report(os.path.join(workdir, f'bad_images-{split}.txt'), data.bad_files)
         return subsample(data, max_examples, config.seed, data.name)
     if not max_examples and split == config.eval_train_split:
-        raise ValueError(f'{config.dataset} is streamed: set config key "eval.max_train_examples" to the number of '
-                         f'{split} images for the kNN bank and linear probe (it has {len(source)})')
+        raise ValueError(
+            f'{config.dataset} is streamed: set config key "eval.max_train_examples" to the number of '
+            f'{split} images for the kNN bank and linear probe (it has {len(source)})'
+        )
     sources.report_problems(source, bad_images_report(workdir, split))
     rows = _subsample_rows(len(source), max_examples, config.seed)
     if isinstance(source, sources.Split):
@@ -295,8 +332,12 @@ def load_split(config, split: str, max_examples: int = 0, workdir: str = '') -> 
     else:
         side = stored_size(config)
         shape = (side, side, 3)
-    return sources.Split(images=LazyImages(source, rows, shape), labels=_labels(source, rows),
-                         class_names=tuple(getattr(source, 'class_names', ())), name=f'{config.dataset}:{split}')
+    return sources.Split(
+        images=LazyImages(source, rows, shape),
+        labels=_labels(source, rows),
+        class_names=tuple(getattr(source, 'class_names', ())),
+        name=f'{config.dataset}:{split}',
+    )
 
 
 def data_workers(config) -> int:
@@ -313,14 +354,34 @@ def load_train_data(config, mesh, workdir: str = '') -> TrainData:
         sources.report_problems(source, bad_images_report(workdir, config.train_split))
         sampler = samplers.create_sampler(config, len(source))
         views, _ = views_lib.views_from_config(config)
-        return TrainData(source, config.batch_size, config.seed, mesh, False, {}, sampler, sampler.init_state(),
-                         mode='stream', views=tuple(views), workers=data_workers(config),
-                         bad_images=config.bad_images)
+        return TrainData(
+            source,
+            config.batch_size,
+            config.seed,
+            mesh,
+            False,
+            {},
+            sampler,
+            sampler.init_state(),
+            mode='stream',
+            views=tuple(views),
+            workers=data_workers(config),
+            bad_images=config.bad_images,
+        )
     source = load_split(config, config.train_split, workdir=workdir)
-    on_device = source.images.nbytes <= config.device_data_max_mb * 2 ** 20
+    on_device = source.images.nbytes <= config.device_data_max_mb * 2**20
     arrays = {}
     if on_device:
         arrays = parallel.put_replicated({'images': source.images, 'labels': source.labels.astype(np.int32)}, mesh)
     sampler = samplers.create_sampler(config, len(source))
-    return TrainData(source, config.batch_size, config.seed, mesh, on_device, arrays, sampler, sampler.init_state(),
-                     mode='device' if on_device else 'host')
+    return TrainData(
+        source,
+        config.batch_size,
+        config.seed,
+        mesh,
+        on_device,
+        arrays,
+        sampler,
+        sampler.init_state(),
+        mode='device' if on_device else 'host',
+    )

@@ -12,6 +12,7 @@ and resume stays exact. The loop calls ``refresh(step, state, tools)`` before dr
 Write a new one with ``@register_sampler`` on a :class:`Sampler` subclass; its settings are the other keys of
 ``config.sampler`` (add them in the config file so that command-line overrides are checked).
 """
+
 from __future__ import annotations
 
 import abc
@@ -31,6 +32,7 @@ class SamplerTools:
 
 class Sampler(abc.ABC):
     """Maps (seed, step, state) to the dataset indices of the global batch; deterministic on every host."""
+
     name: ClassVar[str] = 'sampler'
 
     def __init__(self, settings, num_examples: int, global_batch: int, seed: int):
@@ -77,6 +79,7 @@ def create_sampler(config, num_examples: int) -> Sampler:
 class EpochShuffle(Sampler):
     """Epoch e = step // spe uses the permutation default_rng([seed, e]).permutation(N); step takes its slice
     [(step % spe) B, (step % spe + 1) B) with spe = N // B (the last N % B images of each permutation are dropped)."""
+
     name = 'epoch_shuffle'
 
     def indices(self, step: int, state: Any) -> np.ndarray:

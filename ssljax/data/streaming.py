@@ -34,6 +34,7 @@ measured on 2 cores busy with other work; the decode and the two crops alone tak
 workers, and the training process about 1% of that. A 16-core host with 15 workers therefore delivers about
 5,000-6,000 images/s, twice what a ResNet-50 consumes on one H100 (about 2,800 images/s).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,11 +45,12 @@ import numpy as np
 from ssljax.data import decode, loader, sources
 
 # Steps a pipeline covers when no end is given (training is bounded by total_steps, not by the dataset).
-_HORIZON = 2 ** 40
+_HORIZON = 2**40
 
 
 class CropSpec(NamedTuple):
     """What the host needs of a view (``augment.ViewConfig`` carries jax; workers should not import it)."""
+
     size: int
     crop_scale: tuple
     crop_ratio: tuple
@@ -77,8 +79,9 @@ class BatchMaker:
       bad_images: 'error' or 'skip' (see module doc).
     """
 
-    def __init__(self, source, sampler, sampler_state: dict, rows: slice, views: Sequence, seed: int,
-                 bad_images: str = 'error'):
+    def __init__(
+        self, source, sampler, sampler_state: dict, rows: slice, views: Sequence, seed: int, bad_images: str = 'error'
+    ):
         if bad_images not in sources.BAD_IMAGES_MODES:
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
         self.source, self.sampler, self.sampler_state = source, sampler, dict(sampler_state or {})
@@ -102,8 +105,9 @@ class BatchMaker:
                     raise sources.UnreadableImageError(self.source.describe(k), sources.short_reason(e)) from e
                 return lab
 
-            index[j], label[j] = sources.substitute_unreadable(int(i), n, read, self.source.describe, self.bad_images,
-                                                                   getattr(self.source, 'skipped_report', None))
+            index[j], label[j] = sources.substitute_unreadable(
+                int(i), n, read, self.source.describe, self.bad_images, getattr(self.source, 'skipped_report', None)
+            )
         return {'image': image, 'label': label, 'index': index}
 
 
@@ -138,8 +142,9 @@ class StreamLoader:
     ``close()`` stops the workers (also on garbage collection).
     """
 
-    def __init__(self, maker: BatchMaker, start_step: int, workers: int, prefetch: int = 2,
-                 num_steps: int | None = None):
+    def __init__(
+        self, maker: BatchMaker, start_step: int, workers: int, prefetch: int = 2, num_steps: int | None = None
+    ):
         import grain  # pylint: disable=import-outside-toplevel
         from absl import flags  # pylint: disable=import-outside-toplevel
 
@@ -153,7 +158,8 @@ class StreamLoader:
         if workers:
             it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)).mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
-                worker_init_fn=ExitWithParent(os.getpid()))
+                worker_init_fn=ExitWithParent(os.getpid()),
+            )
         else:
             it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
         self.step = start
@@ -200,9 +206,21 @@ def _flush_shared_memory_deletions() -> None:
         pool.apply(int)
 
 
-def stream_batches(source, sampler, sampler_state: dict, global_batch: int, views: Sequence, seed: int,
-                   start_step: int, process_index: int, process_count: int, workers: int,
-                   bad_images: str = 'error', num_steps: int | None = None, prefetch: int = 2) -> StreamLoader:
+def stream_batches(
+    source,
+    sampler,
+    sampler_state: dict,
+    global_batch: int,
+    views: Sequence,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+    workers: int,
+    bad_images: str = 'error',
+    num_steps: int | None = None,
+    prefetch: int = 2,
+) -> StreamLoader:
     """This host's streamed batches (numpy) from ``start_step`` on: see ``BatchMaker`` and ``StreamLoader``."""
     rows = loader.host_slice(global_batch, process_index, process_count)
     maker = BatchMaker(source, sampler, sampler_state, rows, views, seed, bad_images)

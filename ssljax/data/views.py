@@ -3,6 +3,7 @@
 ``views_from_config(config)`` reads the view recipe once, before anything compiles (every bad field is a
 ConfigError naming its key); ``make_views`` draws the views and their masks inside the jitted step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +17,7 @@ from ssljax.data import augment
 @dataclasses.dataclass(frozen=True)
 class MaskSpec:
     """A per-sample random patch mask for one view: ``num_masked`` of ``num_patches`` patches of ``patch_size`` px."""
+
     num_patches: int
     num_masked: int
     patch_size: int
@@ -35,15 +37,17 @@ def views_from_config(config) -> tuple[tuple[augment.ViewConfig, ...], tuple[Mas
     a = config.augment
     order, names = tuple(a.order), tuple(a.views.keys())
     if sorted(order) != sorted(names):
-        raise ConfigError(f'config key "augment.order" {order} must list each of augment.views '
-                                     f'{tuple(sorted(names))} exactly once')
+        raise ConfigError(
+            f'config key "augment.order" {order} must list each of augment.views {tuple(sorted(names))} exactly once'
+        )
     views, masks = [], []
     for name in order:
         entry, key = a.views[name], f'augment.views.{name}'
         unknown = sorted(set(entry.keys()) - set(_VIEW_FIELDS) - set(_VIEW_EXTRA))
         if unknown:
-            raise ConfigError(f'unknown config key "{key}.{unknown[0]}"; a view has: '
-                                         f'{", ".join(_VIEW_FIELDS + _VIEW_EXTRA)}')
+            raise ConfigError(
+                f'unknown config key "{key}.{unknown[0]}"; a view has: {", ".join(_VIEW_FIELDS + _VIEW_EXTRA)}'
+            )
         fields = {f: entry[f] for f in _VIEW_FIELDS if f in entry}
         fields['size'] = entry.get('size', 0) or a.size
         if a.blur_prob >= 0:
@@ -64,8 +68,10 @@ def views_from_config(config) -> tuple[tuple[augment.ViewConfig, ...], tuple[Mas
         if ratio > 0:
             patch = int(entry.get('mask_patch_size', 0) or config.model.get('patch_size', 0))
             if patch <= 0 or view.size % patch:
-                raise ConfigError(f'config key "{key}.mask_patch_size": the view side {view.size} must be '
-                                             f'a multiple of a positive patch size, got {patch}')
+                raise ConfigError(
+                    f'config key "{key}.mask_patch_size": the view side {view.size} must be '
+                    f'a multiple of a positive patch size, got {patch}'
+                )
             n = (view.size // patch) ** 2
             mask = MaskSpec(n, int(round(ratio * n)), patch)
         views += [view] * count
@@ -79,7 +85,10 @@ def make_views(images: jax.Array, key: jax.Array, views: tuple, masks: tuple) ->
     """Inside the step: the augmented views and their masks (bool [B, patches], True = masked; None: no mask)."""
     aug_key, mask_key = jax.random.split(key)
     out = augment.augment_views(images, aug_key, views)
-    drawn = tuple(None if m is None else augment.random_patch_masks(jax.random.fold_in(mask_key, i), images.shape[0],
-                                                                     m.num_patches, m.num_masked)
-                  for i, m in enumerate(masks))
+    drawn = tuple(
+        None
+        if m is None
+        else augment.random_patch_masks(jax.random.fold_in(mask_key, i), images.shape[0], m.num_patches, m.num_masked)
+        for i, m in enumerate(masks)
+    )
     return out, drawn

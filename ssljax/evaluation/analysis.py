@@ -14,6 +14,7 @@ evaluator's ``epochs``, ``lr`` and ``batch_size``, seeded by ``config.seed`` as 
 whole-image numbers equal that evaluator's under the same settings. Train examples labelled < 0 (unlabeled) are left
 out of every probe.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ def _seed_sequence(seed) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(v) for v in seed])
 
 
-def part_boxes(seed, n: int, height: int, width: int, area: Sequence[float] = (0.1, 0.3),
-               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> np.ndarray:
+def part_boxes(
+    seed, n: int, height: int, width: int, area: Sequence[float] = (0.1, 0.3), ratio: Sequence[float] = (3 / 4, 4 / 3)
+) -> np.ndarray:
     """``n`` random part boxes of an ``height`` x ``width`` image -> float32 [n, 4] rows (top, left, h, w).
 
     Box i takes four draws u_0..u_3 ~ U[0, 1) (row i of one [n, 4] draw, so box i does not depend on n):
@@ -84,6 +86,7 @@ def crop_parts(images: jax.Array, boxes: jax.Array, size: int, mean, std) -> jax
     of the box to size x size), then (x - mean) / std, as the evaluation view normalises whole images.
     """
     from ssljax.data import augment
+
     x = images.astype(jnp.float32) / 255.0
     crops = jax.vmap(lambda im, bx: jax.vmap(lambda b: augment.resized_crop(im, b, size))(bx))(x, boxes)
     crops = crops.reshape((-1, size, size, crops.shape[-1]))
@@ -91,6 +94,7 @@ def crop_parts(images: jax.Array, boxes: jax.Array, size: int, mean, std) -> jax
 
 
 # ------------------------------------------------------------------------------------------ few-label subsets
+
 
 def balanced_subset(labels, fraction: float, seed: int = 0) -> np.ndarray:
     """Indices (sorted, int64) of a class-balanced random subset of about ``fraction`` of the labelled examples.
@@ -179,8 +183,9 @@ def layer_features(encoder, variables: dict, x: jax.Array, token_pool: str = 'me
         else:
             found[f'block{int(_BLOCK.fullmatch(module).group(1))}'] = (0, output)
     if not found:
-        raise ValueError(f'{type(encoder).__name__} has no layer to probe (modules named stage<s>_block<b> or '
-                         'block<i>)')
+        raise ValueError(
+            f'{type(encoder).__name__} has no layer to probe (modules named stage<s>_block<b> or block<i>)'
+        )
     return {name: pool_layer(found[name][1], token_pool) for name in sorted(found, key=layer_order)}
 
 
@@ -194,6 +199,7 @@ def _flatten(tree, prefix=()):
 
 
 # ------------------------------------------------------------------------------------------------- evaluators
+
 
 def _check_probe(settings):
     for key in ('epochs', 'lr', 'batch_size'):
@@ -215,8 +221,16 @@ def _pair(settings, key, lo_open: float, hi: float | None):
 def _probe(settings, seed, x_train, y_train, x_test, y_test, num_classes) -> float:
     keep = y_train >= 0
     result = linear_probe.train_linear_probe(
-        x_train[keep], y_train[keep], x_test, y_test, num_classes, epochs=settings.epochs,
-        batch_size=settings.batch_size, lr=settings.lr, seed=seed)
+        x_train[keep],
+        y_train[keep],
+        x_test,
+        y_test,
+        num_classes,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=seed,
+    )
     return float(result['top1'])
 
 
@@ -241,6 +255,7 @@ class PartProbe(Evaluator):
         split.
     ``whole_top1 - part_top1`` is how much the representation depends on seeing the whole object.
     """
+
     type = 'part_probe'
     defaults = dict(area=(0.1, 0.3), ratio=(3 / 4, 4 / 3), parts_per_image=1, epochs=100, lr=0.1, batch_size=256)
 
@@ -265,8 +280,14 @@ class PartProbe(Evaluator):
         images = self.ctx.split(split).images
         n, height, width = images.shape[:3]
         p = self.settings.parts_per_image
-        boxes = part_boxes((self.ctx.seed, _PART_STREAM, SPLITS.index(split)), p * n, height, width,
-                           self.settings.area, self.settings.ratio)
+        boxes = part_boxes(
+            (self.ctx.seed, _PART_STREAM, SPLITS.index(split)),
+            p * n,
+            height,
+            width,
+            self.settings.area,
+            self.settings.ratio,
+        )
         return boxes.reshape(p, n, 4).transpose(1, 0, 2)  # part j of image i: box j n + i (more parts keep these)
 
     def part_features(self, state, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -279,8 +300,13 @@ class PartProbe(Evaluator):
         padded = np.zeros((ctx.num_blocks(n) * bsz, p, 4), np.float32)
         padded[:, :, 2:] = data.images.shape[1:3]  # padding rows: the whole (zero) image
         padded[:n] = boxes
-        outputs = ctx.map_blocks(self._parts_fn(), self.variables(state), data.images, key=split,
-                                 extra=lambda j: _put_rows(padded[j * bsz:(j + 1) * bsz], ctx.block_sharding))
+        outputs = ctx.map_blocks(
+            self._parts_fn(),
+            self.variables(state),
+            data.images,
+            key=split,
+            extra=lambda j: _put_rows(padded[j * bsz : (j + 1) * bsz], ctx.block_sharding),
+        )
         features = ctx.gather_rows(outputs, n)
         return features.reshape(n * p, -1), np.repeat(np.asarray(data.labels, np.int32), p)
 
@@ -292,6 +318,7 @@ class PartProbe(Evaluator):
                 x = crop_parts(images, boxes, size, mean, std)
                 pooled = encoder.apply(variables, x, train=False)['pooled'].astype(jnp.float32)
                 return pooled.reshape(images.shape[0], boxes.shape[1], -1)  # leading axis: the block's rows
+
             self._fn = fn
         return self._fn
 
@@ -311,6 +338,7 @@ class LayerProbe(Evaluator):
     ``linear`` evaluator's under the same settings. All layers are encoded in one pass, so the host holds
     N x (sum of the layer widths) floats per split (ViT-B, 12 x 768, on 50,000 train images: 1.8 GB).
     """
+
     type = 'layer_probe'
     defaults = dict(token_pool='mean', epochs=100, lr=0.1, batch_size=256)
 
@@ -325,8 +353,10 @@ class LayerProbe(Evaluator):
         train = self.layer_features(state, 'train')
         test = self.layer_features(state, 'test')
         names = list(train)
-        top1 = [_probe(self.settings, ctx.seed, train[name], ctx.train.labels, test[name], ctx.test.labels,
-                       ctx.num_classes) for name in names]
+        top1 = [
+            _probe(self.settings, ctx.seed, train[name], ctx.train.labels, test[name], ctx.test.labels, ctx.num_classes)
+            for name in names
+        ]
         self._report(names, [train[n].shape[1] for n in names], top1, step)
         return {f'layer{i + 1}_top1': value for i, value in enumerate(top1)}
 
@@ -341,11 +371,13 @@ class LayerProbe(Evaluator):
     def _layers_fn(self):
         if not hasattr(self, '_fn'):
             from ssljax.data import augment
+
             encoder, size, mean, std = self.ctx.encoder, self.ctx.eval_size, self.ctx.mean, self.ctx.std
             pool = self.settings.token_pool
 
             def fn(variables, images):
                 return layer_features(encoder, variables, augment.eval_view(images, size, mean, std), pool)
+
             self._fn = fn
         return self._fn
 
@@ -354,11 +386,20 @@ class LayerProbe(Evaluator):
         if path is None:
             return
         from ssljax import logging_lib
-        logging_lib.write_json(os.path.splitext(path)[0] + '.json',
-                               {'step': int(step), 'layers': names, 'dims': [int(d) for d in dims], 'top1': top1,
-                                'token_pool': self.settings.token_pool, 'network': self.ctx.resolve_network(
-                                    self.network)})
+
+        logging_lib.write_json(
+            os.path.splitext(path)[0] + '.json',
+            {
+                'step': int(step),
+                'layers': names,
+                'dims': [int(d) for d in dims],
+                'top1': top1,
+                'token_pool': self.settings.token_pool,
+                'network': self.ctx.resolve_network(self.network),
+            },
+        )
         from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+
         fig = Figure(figsize=(max(4.0, 0.45 * len(names) + 2), 3.2))
         ax = fig.subplots()
         ax.plot(range(1, len(names) + 1), top1, marker='o')
@@ -386,14 +427,16 @@ class FewLabel(Evaluator):
     (labels used by one subset) and, when ``repeats > 1``, ``<tag>_top1_std`` (population std over repeats).
     Full fine-tuning is ssljax/evaluation/finetune.py's.
     """
+
     type = 'few_label'
     defaults = dict(fractions=(0.01, 0.1), seed=0, repeats=1, epochs=100, lr=0.1, batch_size=256)
 
     @classmethod
     def check(cls, settings):
         fractions = tuple(settings.fractions)
-        if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
-                                for f in fractions):
+        if not fractions or any(
+            isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions
+        ):
             return 'fractions', f'must be a non-empty tuple of numbers in (0, 1], got {fractions!r}'
         if len({fraction_tag(f) for f in fractions}) != len(fractions):
             return 'fractions', f'has repeated values: {fractions!r}'
@@ -413,8 +456,11 @@ class FewLabel(Evaluator):
             for r in range(self.settings.repeats):
                 rows = balanced_subset(train.labels, float(fraction), self.settings.seed + r)
                 count = rows.size
-                tops.append(_probe(self.settings, ctx.seed, x_train[rows], train.labels[rows], x_test, test.labels,
-                                   ctx.num_classes))
+                tops.append(
+                    _probe(
+                        self.settings, ctx.seed, x_train[rows], train.labels[rows], x_test, test.labels, ctx.num_classes
+                    )
+                )
             out[f'{tag}_top1'] = float(np.mean(tops))
             out[f'{tag}_examples'] = float(count)
             if self.settings.repeats > 1:

@@ -5,6 +5,7 @@ does not import this module). ``config.evals.<name>.type`` picks one; its class'
 ``check`` rejects bad values (a ConfigError naming ``evals.<name>.<key>``, raised by `framework.validate_evals`).
 `diagnostics_rows` is shared with ``ssljax.plot`` (the test rows the ``diagnostics`` evaluator scores).
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,6 +30,7 @@ class KNN(Evaluator):
     """Weighted kNN top-1 (`knn.knn_predict`): votes_q[c] = sum_{i in topk(s_q.)} exp(s_qi / T) [y_i = c] over the
     train features as bank, pred_q = argmax_c votes_q[c]; top1 = mean_q [pred_q = y_q] on the test split. The bank
     stays sharded over the devices (`knn.knn_predict_sharded`)."""
+
     type = 'knn'
     defaults = dict(k=200, temperature=0.1)
 
@@ -38,10 +40,17 @@ class KNN(Evaluator):
 
     def run(self, state, step):
         train, test = self.features(state, 'train'), self.features(state, 'test')
-        preds = knn.knn_predict_sharded(train.values, train.device_labels(), test.flat(), self.ctx.num_classes,
-                                        self.ctx.mesh, k=self.settings.k, temperature=self.settings.temperature,
-                                        num_valid=train.count)
-        preds = to_host(preds)[:test.count]
+        preds = knn.knn_predict_sharded(
+            train.values,
+            train.device_labels(),
+            test.flat(),
+            self.ctx.num_classes,
+            self.ctx.mesh,
+            k=self.settings.k,
+            temperature=self.settings.temperature,
+            num_valid=train.count,
+        )
+        preds = to_host(preds)[: test.count]
         return {'top1': float(np.mean(preds == test.labels))}
 
 
@@ -54,12 +63,13 @@ def _probe_predict(probe, features):
 class OnlineProbe(Evaluator):
     """Test top-1 of the online probe trained inside the train step: pred = argmax(z W + b) with
     ``state.probe_params`` = {'kernel': W, 'bias': b} on the evaluated test features z."""
+
     type = 'online_probe'
     defaults = {}
 
     def run(self, state, step):
         test = self.features(state, 'test')
-        preds = to_host(_probe_predict(state.probe_params, test.flat()))[:test.count]
+        preds = to_host(_probe_predict(state.probe_params, test.flat()))[: test.count]
         return {'top1': float(np.mean(preds == test.labels))}
 
 
@@ -71,6 +81,7 @@ class Linear(Evaluator):
     Its initialisation and shuffles come from ``config.seed`` alone, so the same features give the same top1 at the
     end of training and in ``python -m ssljax.evaluate``. Unlabeled train examples (label < 0) are left out.
     """
+
     type = 'linear'
     defaults = dict(epochs=100, lr=0.1, batch_size=256)
 
@@ -82,8 +93,16 @@ class Linear(Evaluator):
         train, test = self.features(state, 'train'), self.features(state, 'test')
         keep = train.labels >= 0
         result = linear_probe.train_linear_probe(
-            train.host()[keep], train.labels[keep], test.host(), test.labels, self.ctx.num_classes,
-            epochs=self.settings.epochs, batch_size=self.settings.batch_size, lr=self.settings.lr, seed=self.ctx.seed)
+            train.host()[keep],
+            train.labels[keep],
+            test.host(),
+            test.labels,
+            self.ctx.num_classes,
+            epochs=self.settings.epochs,
+            batch_size=self.settings.batch_size,
+            lr=self.settings.lr,
+            seed=self.ctx.seed,
+        )
         return {'top1': float(result['top1'])}
 
 
@@ -97,6 +116,7 @@ class Clustering(Evaluator):
     Hook: an objective with ``cluster_assignments(variables, images) -> int [B]`` (variables: the whole state's
     {'params', 'batch_stats'}; images: eval-view float32 [B, size, size, 3]) supplies its own assignments instead.
     """
+
     type = 'clustering'
     defaults = dict(num_clusters=0)
 
@@ -123,6 +143,7 @@ class Clustering(Evaluator):
 
             def fn(variables, images):
                 return assign(variables, augment.eval_view(images, size, mean, std)).astype(jnp.int32)
+
             self._assign_fn = fn
         return self._assign_fn
 
@@ -143,6 +164,7 @@ class Diagnostics(Evaluator):
     feature_std = mean_d std_i n(z)_{i,d} (about 1/sqrt(D) when spread out, 0 when collapsed); n(x) = x / ||x||.
     The spectrum sigma_k / sigma_1 is drawn to ``workdir/figures/<name>_spectrum_<step>.png``.
     """
+
     type = 'diagnostics'
     defaults = dict(max_examples=2048)
 
@@ -159,8 +181,12 @@ class Diagnostics(Evaluator):
         z = test.host()[rows]
         za, zb = self._two_views(state, ctx.test.images[rows])
         sigma = np.linalg.svd(z.astype(np.float64), compute_uv=False)
-        values = {'rankme': float(diagnostics.rankme(z)), 'alignment': float(diagnostics.alignment(za, zb)),
-                  'uniformity': float(diagnostics.uniformity(z)), 'feature_std': float(diagnostics.feature_std(z))}
+        values = {
+            'rankme': float(diagnostics.rankme(z)),
+            'alignment': float(diagnostics.alignment(za, zb)),
+            'uniformity': float(diagnostics.uniformity(z)),
+            'feature_std': float(diagnostics.feature_std(z)),
+        }
         self._plot_spectrum(sigma, values['rankme'], step)
         return values
 
@@ -178,10 +204,12 @@ class Diagnostics(Evaluator):
                 else:
                     za, zb = (encoder.apply(variables, x, train=False)['pooled'].astype(jnp.float32) for x in (xa, xb))
                 return jnp.stack([za, zb], axis=1)  # [B, 2, D]: leading axis is the block's rows
+
             self._views_fn, self._views = fn, views
         key = jax.random.fold_in(jax.random.key(ctx.seed), 0x5EED)
-        outputs = ctx.map_blocks(self._views_fn, self.variables(state), images,
-                                 extra=lambda j: jax.random.fold_in(key, j))
+        outputs = ctx.map_blocks(
+            self._views_fn, self.variables(state), images, extra=lambda j: jax.random.fold_in(key, j)
+        )
         pairs = ctx.gather_rows(outputs, images.shape[0])
         return pairs[:, 0], pairs[:, 1]
 
@@ -190,6 +218,7 @@ class Diagnostics(Evaluator):
         if path is None:
             return
         from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+
         fig = Figure(figsize=(5, 3.5))
         ax = fig.subplots()
         rel = sigma / max(sigma[0], 1e-30)

@@ -12,6 +12,7 @@ Encoding runs one jitted function per block (the same compiled function for ever
 shape), dispatched back to back without reading anything back to the host; the per-block features are stacked on
 the device into [nb, B, D] with the same sharding, which the sharded kNN uses as its bank without moving it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ssljax import parallel
 from ssljax.data import augment, sources
@@ -57,6 +59,7 @@ class Features:
     values: float32 [nb, B, D] on the mesh, sharded P(None, 'data'); flat row r = jB + i is image r, rows from
       ``count`` on are padding (features of zero images). labels: int32 [count] on the host.
     """
+
     values: jax.Array
     labels: np.ndarray
     count: int
@@ -70,7 +73,7 @@ class Features:
     def host(self) -> np.ndarray:
         """float32 [count, D] numpy, in split order (fetched once)."""
         if self._host is None:
-            self._host = to_host(self.values).reshape(-1, self.dim)[:self.count]
+            self._host = to_host(self.values).reshape(-1, self.dim)[: self.count]
         return self._host
 
     def flat(self) -> jax.Array:
@@ -82,7 +85,7 @@ class Features:
         if self._device_labels is None:
             nb, b = self.values.shape[:2]
             padded = np.zeros(nb * b, np.int32)
-            padded[:self.count] = self.labels
+            padded[: self.count] = self.labels
             self._device_labels = _put(padded.reshape(nb, b), self.values.sharding)
         return self._device_labels
 
@@ -99,21 +102,22 @@ class EvalContext:
     The feature cache lives here: ``features(state, network, split)`` encodes a (network, split) once until
     ``clear_cache()``, which `EvalRunner.run` calls around every run, so evaluators of one run share the features.
     """
-    config: Any                      # the run's ConfigDict
+
+    config: Any  # the run's ConfigDict
     mesh: jax.sharding.Mesh
-    encoder: Any                     # flax module: apply(variables, x, train=False)['pooled'] -> [B, D]
-    objective: Any                   # ssljax.objectives.Objective (encoder_variables, eval_network)
-    eval_size: int                   # side of the evaluation view
-    mean: tuple                      # normalisation of the evaluation view (the first train view's)
+    encoder: Any  # flax module: apply(variables, x, train=False)['pooled'] -> [B, D]
+    objective: Any  # ssljax.objectives.Objective (encoder_variables, eval_network)
+    eval_size: int  # side of the evaluation view
+    mean: tuple  # normalisation of the evaluation view (the first train view's)
     std: tuple
-    views: tuple                     # the run's train views (ViewConfig), for alignment
-    train: sources.Split             # kNN bank / linear-probe training set
+    views: tuple  # the run's train views (ViewConfig), for alignment
+    train: sources.Split  # kNN bank / linear-probe training set
     test: sources.Split
     num_classes: int
-    workdir: str = ''                # figures go to workdir/figures ('' = no figures)
+    workdir: str = ''  # figures go to workdir/figures ('' = no figures)
     seed: int = 0
-    batch_size: int = 0              # images per encoder call (0: from config.eval.batch_size and the mesh)
-    encode_count: int = 0            # (network, split) encodings so far, for tests and logs
+    batch_size: int = 0  # images per encoder call (0: from config.eval.batch_size and the mesh)
+    encode_count: int = 0  # (network, split) encodings so far, for tests and logs
 
     def __post_init__(self):
         n = self.mesh.devices.size
@@ -147,8 +151,9 @@ class EvalContext:
 
     def encoder_variables(self, state, network: str = '') -> dict:
         """{'params', 'batch_stats'} of the encoder ``network`` in ``state`` (a TrainState)."""
-        return self.objective.encoder_variables(state.params, state.batch_stats, state.objective_state,
-                                                self.resolve_network(network))
+        return self.objective.encoder_variables(
+            state.params, state.batch_stats, state.objective_state, self.resolve_network(network)
+        )
 
     # ----- encoding -------------------------------------------------------------------------------------------------
     def num_blocks(self, count: int) -> int:
@@ -171,12 +176,12 @@ class EvalContext:
         template = None
         for start in range(0, count, bsz):
             if local is None:
-                block = images[start:start + bsz]
+                block = images[start : start + bsz]
             else:  # read on demand: this process decodes only the rows its devices hold, the rest stays zero
                 rows = local[start + local < count]
                 if len(rows) or template is None:  # (a process with no row in a block still needs the shape)
                     wanted = start + rows if len(rows) else np.array([start])
-                    read = read_rows(images, wanted)[:len(rows)]
+                    read = read_rows(images, wanted)[: len(rows)]
                     template = read[:0]
                 block = np.zeros((bsz, *template.shape[1:]), template.dtype)
                 block[rows] = read if len(rows) else template
@@ -184,7 +189,7 @@ class EvalContext:
                 block = np.concatenate([block, np.zeros((bsz - block.shape[0],) + block.shape[1:], block.dtype)])
             nbytes += block.nbytes
             out.append(_put(block, self.block_sharding))
-        if key is not None and nbytes <= self.config.device_data_max_mb * 2 ** 20:
+        if key is not None and nbytes <= self.config.device_data_max_mb * 2**20:
             self._resident[key] = (data, out)
         return out
 
@@ -220,8 +225,9 @@ class EvalContext:
         self._cache.clear()
         self._cache_state = None
 
-    def map_blocks(self, fn: Callable, args, images: np.ndarray, key: str | None = None,
-                   extra: Callable[[int], Any] | None = None) -> list:
+    def map_blocks(
+        self, fn: Callable, args, images: np.ndarray, key: str | None = None, extra: Callable[[int], Any] | None = None
+    ) -> list:
         """``jit(fn)(args, block[, extra(j)])`` for every block j of ``images``; returns the per-block outputs.
 
         ``fn`` must return arrays with a leading axis of ``batch_size`` (they are given the block sharding); the
@@ -242,7 +248,18 @@ def make_context(config, exp, train_split: sources.Split, test_split: sources.Sp
     """The evaluation context of a run from its `train.Experiment` (fields config, mesh, encoder, objective, views,
     eval_size, num_classes) and its evaluation splits."""
     view = exp.views[0]
-    return EvalContext(config=config, mesh=exp.mesh, encoder=exp.encoder, objective=exp.objective,
-                       eval_size=exp.eval_size, mean=tuple(view.mean), std=tuple(view.std), views=tuple(exp.views),
-                       train=train_split, test=test_split, num_classes=exp.num_classes, workdir=workdir or '',
-                       seed=int(config.seed))
+    return EvalContext(
+        config=config,
+        mesh=exp.mesh,
+        encoder=exp.encoder,
+        objective=exp.objective,
+        eval_size=exp.eval_size,
+        mean=tuple(view.mean),
+        std=tuple(view.std),
+        views=tuple(exp.views),
+        train=train_split,
+        test=test_split,
+        num_classes=exp.num_classes,
+        workdir=workdir or '',
+        seed=int(config.seed),
+    )

@@ -97,15 +97,19 @@ def clustering_metrics(labels_true, labels_pred) -> dict:
     t = np.asarray(labels_true).ravel()
     p = np.asarray(labels_pred).ravel()
     if t.shape != p.shape or t.size == 0:
-        raise ValueError(f"clustering_metrics: need two non-empty label arrays of equal length, got {t.shape} "
-                         f"and {p.shape}")
+        raise ValueError(
+            f"clustering_metrics: need two non-empty label arrays of equal length, got {t.shape} and {p.shape}"
+        )
     t_vals, t_idx = np.unique(t, return_inverse=True)
     p_vals, p_idx = np.unique(p, return_inverse=True)
     counts = np.zeros((p_vals.size, t_vals.size), np.int64)
     np.add.at(counts, (p_idx, t_idx), 1)
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    return dict(nmi=float(normalized_mutual_info_score(t, p)), ari=float(adjusted_rand_score(t, p)),
-                acc=float(counts[rows, cols].sum() / t.size))
+    return dict(
+        nmi=float(normalized_mutual_info_score(t, p)),
+        ari=float(adjusted_rand_score(t, p)),
+        acc=float(counts[rows, cols].sum() / t.size),
+    )
 
 
 def kmeans_cluster_eval(features, labels, num_clusters: int, seed: int = 0) -> dict:
@@ -117,8 +121,9 @@ def kmeans_cluster_eval(features, labels, num_clusters: int, seed: int = 0) -> d
 
     x = np.asarray(features, np.float64)
     if x.ndim != 2 or x.shape[0] != np.shape(labels)[0]:
-        raise ValueError(f"kmeans_cluster_eval: need features [N, D] and labels [N], got {x.shape} and "
-                         f"{np.shape(labels)}")
+        raise ValueError(
+            f"kmeans_cluster_eval: need features [N, D] and labels [N], got {x.shape} and {np.shape(labels)}"
+        )
     if not 1 <= num_clusters <= x.shape[0]:
         raise ValueError(f"kmeans_cluster_eval: num_clusters must be in [1, {x.shape[0]}], got {num_clusters}")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

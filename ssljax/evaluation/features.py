@@ -26,7 +26,7 @@ def extract_features(encode_fn, images_uint8: np.ndarray, batch_size: int, prepr
     n = images.shape[0]
     outputs = []
     for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         valid = batch.shape[0]
         if valid < batch_size:
             pad = np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)

@@ -18,6 +18,7 @@ Test top-1 of the final model on the evaluation view is reported as ``top1`` (an
 loss as ``train_loss``). Shuffles, crops, drop-path and head init come from ``config.seed``. The batch is sharded over
 the run's devices (``batch_size`` rounded down to a multiple of them); single-host only.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,21 +67,26 @@ def layer_scales(params: dict, layer_decay: float) -> dict:
         names = tuple(getattr(p, 'key', str(p)) for p in path)
         names = names[1:] if names[0] == 'encoder' else names
         return float(layer_decay) ** (num_layers - layer_id(names, num_layers))
+
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def decay_mask(params: dict) -> dict:
     """True for weights that take weight decay: ndim > 1 and not a token / position table."""
+
     def decays(path, p):
         names = [getattr(k, 'key', str(k)) for k in path]
         return p.ndim > 1 and not any(n in NO_DECAY for n in names)
+
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def scale_by_tree(scales: dict) -> optax.GradientTransformation:
     """Multiplies each update leaf by its (static) scale."""
+
     def update(updates, state, params=None):
         return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -96,9 +102,21 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
 @register_evaluator
 class Finetune(Evaluator):
     """Full fine-tuning with AdamW, layer-wise lr decay and drop-path (see the module docstring)."""
+
     type = 'finetune'
-    defaults = dict(epochs=20, lr=1e-3, batch_size=128, weight_decay=0.05, layer_decay=0.75, drop_path=0.1,
-                    warmup_epochs=1.0, label_smoothing=0.1, crop_min_scale=0.08, flip_prob=0.5, max_train_examples=0)
+    defaults = dict(
+        epochs=20,
+        lr=1e-3,
+        batch_size=128,
+        weight_decay=0.05,
+        layer_decay=0.75,
+        drop_path=0.1,
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        crop_min_scale=0.08,
+        flip_prob=0.5,
+        max_train_examples=0,
+    )
 
     @classmethod
     def check(cls, settings):
@@ -122,8 +140,10 @@ class Finetune(Evaluator):
         encoder, rate = self.ctx.encoder, float(self.settings.drop_path)
         if rate > 0:
             if not hasattr(encoder, 'drop_path_rate'):
-                raise ConfigError(f'config key "evals.{self.name}.drop_path": backbone {type(encoder).__name__} has '
-                                  f'no drop-path; set it to 0')
+                raise ConfigError(
+                    f'config key "evals.{self.name}.drop_path": backbone {type(encoder).__name__} has '
+                    f'no drop-path; set it to 0'
+                )
             encoder = encoder.clone(drop_path_rate=rate)
         return encoder
 
@@ -143,21 +163,33 @@ class Finetune(Evaluator):
         total = int(s.epochs) * steps_per_epoch
         warmup = int(round(s.warmup_epochs * steps_per_epoch))
         peak = float(s.lr) * bs / 256.0
-        schedule = optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 0), max(total, warmup + 1), 0.0) \
-            if warmup > 0 else optax.cosine_decay_schedule(peak, total)
+        schedule = (
+            optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 0), max(total, warmup + 1), 0.0)
+            if warmup > 0
+            else optax.cosine_decay_schedule(peak, total)
+        )
 
         key = jax.random.key(ctx.seed)
         head = nn.Dense(ctx.num_classes, kernel_init=nn.initializers.normal(2e-5), name='head')
         head_params = head.init(jax.random.fold_in(key, 1), jnp.zeros((1, encoder.feature_dim)))['params']
         params = {'encoder': jax.tree.map(jnp.asarray, to_host_tree(enc_vars['params'])), 'head': head_params}
         batch_stats = jax.tree.map(jnp.asarray, to_host_tree(enc_vars.get('batch_stats', {})))
-        tx = optax.chain(optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=float(s.weight_decay),
-                                     mask=decay_mask(params)),
-                         scale_by_tree(layer_scales(params, float(s.layer_decay))))
+        tx = optax.chain(
+            optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=float(s.weight_decay), mask=decay_mask(params)),
+            scale_by_tree(layer_scales(params, float(s.layer_decay))),
+        )
         opt_state = tx.init(params)
-        view = augment.ViewConfig(size=ctx.eval_size, crop_scale=(float(s.crop_min_scale), 1.0),
-                                  flip_prob=float(s.flip_prob), jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
-                                  solarize_prob=0.0, mean=ctx.mean, std=ctx.std)
+        view = augment.ViewConfig(
+            size=ctx.eval_size,
+            crop_scale=(float(s.crop_min_scale), 1.0),
+            flip_prob=float(s.flip_prob),
+            jitter_prob=0.0,
+            grayscale_prob=0.0,
+            blur_prob=0.0,
+            solarize_prob=0.0,
+            mean=ctx.mean,
+            std=ctx.std,
+        )
         smoothing = float(s.label_smoothing)
         has_bn = bool(jax.tree.leaves(batch_stats))
 
@@ -180,6 +212,7 @@ class Finetune(Evaluator):
             def loss_fn(p):
                 logits, new_stats = forward(p, batch_stats, x, True, drop_key)
                 return smoothed_cross_entropy(logits, y, smoothing), new_stats
+
             (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), new_stats, opt_state, loss
@@ -201,7 +234,7 @@ class Finetune(Evaluator):
             order = rng.permutation(rows)
             losses = []
             for i in range(steps_per_epoch):
-                idx = np.sort(order[i * bs:(i + 1) * bs])
+                idx = np.sort(order[i * bs : (i + 1) * bs])
                 images = jax.device_put(read_rows(ctx.train.images, idx), sharded)
                 y = jax.device_put(labels[idx], sharded)
                 step_key = jax.random.fold_in(key, 1000 + epoch * steps_per_epoch + i)
@@ -209,10 +242,13 @@ class Finetune(Evaluator):
                 losses.append(loss)
         test_labels = np.asarray(ctx.test.labels, np.int32)
         # the test split in the evaluators' blocks (padded, sharded, resident when it fits: shared with kNN / linear)
-        preds = ctx.gather_rows(ctx.map_blocks(predict, (params, batch_stats), ctx.test.images, key='test'),
-                                len(test_labels))
-        return {'top1': float(np.mean(preds == test_labels)),
-                'train_loss': float(np.mean([float(v) for v in losses])) if losses else float('nan')}
+        preds = ctx.gather_rows(
+            ctx.map_blocks(predict, (params, batch_stats), ctx.test.images, key='test'), len(test_labels)
+        )
+        return {
+            'top1': float(np.mean(preds == test_labels)),
+            'train_loss': float(np.mean([float(v) for v in losses])) if losses else float('nan'),
+        }
 
 
 def to_host_tree(tree):

@@ -25,6 +25,7 @@ Results are flat: evaluator ``name``'s value ``key`` is ``f'{name}_{key}'`` (knn
 online_probe_top1, clustering_nmi, diagnostics_rankme, ...). The features of a (network, split) are encoded once per
 ``run`` and shared by its evaluators.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,6 +49,7 @@ EVALUATORS: dict[str, type['Evaluator']] = {}
 def register_evaluator(cls_or_type):
     """Class decorator registering an evaluator under its ``type`` (``@register_evaluator``), or under the given
     name (``@register_evaluator('my_eval')``)."""
+
     def add(cls, name):
         if not name:
             raise ValueError(f'evaluator class {cls.__name__} has no type name')
@@ -66,6 +68,7 @@ class Evaluator:
     ``check(settings)`` may reject bad values; it returns ``(key, message)`` for the first bad one or None
     (`validate_evals` turns it into a ConfigError naming ``evals.<name>.<key>``).
     """
+
     type: ClassVar[str] = ''
     defaults: ClassVar[dict] = {}
 
@@ -103,6 +106,7 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------------------------------- settings, validation
+
 
 def settings_of(name: str, given):
     """The full settings of ``evals.<name>``: common and type defaults updated by ``given``. No checks: ``given``
@@ -149,36 +153,48 @@ def validate_evals(config) -> None:
             raise ConfigError(f'config key "{key}" must be a group with a "type", got {given!r}')
         kind = given.get('type', None)
         if not isinstance(kind, str) or kind not in EVALUATORS:
-            raise ConfigError(f'config key "{key}.type": unknown evaluator type {kind!r}; known: '
-                              f'{", ".join(sorted(EVALUATORS))}')
+            raise ConfigError(
+                f'config key "{key}.type": unknown evaluator type {kind!r}; known: {", ".join(sorted(EVALUATORS))}'
+            )
         cls = EVALUATORS[kind]
         allowed = {**COMMON_SETTINGS, **cls.defaults}
         for setting, value in given.items():
             if setting not in allowed:
-                raise ConfigError(f'config key "{key}.{setting}" is not a setting of evaluator type {kind!r}; '
-                                  f'its settings: {", ".join(sorted(allowed))}')
+                raise ConfigError(
+                    f'config key "{key}.{setting}" is not a setting of evaluator type {kind!r}; '
+                    f'its settings: {", ".join(sorted(allowed))}'
+                )
             if not _type_ok(value, allowed[setting]):
-                raise ConfigError(f'config key "{key}.{setting}" expects a {type(allowed[setting]).__name__} '
-                                  f'(e.g. {allowed[setting]!r}), got {value!r}')
+                raise ConfigError(
+                    f'config key "{key}.{setting}" expects a {type(allowed[setting]).__name__} '
+                    f'(e.g. {allowed[setting]!r}), got {value!r}'
+                )
         settings = settings_of(name, given)
         if settings.every < -1:
-            raise ConfigError(f'config key "{key}.every" must be >= 0 (0: only at the end) or -1 (eval_every), '
-                              f'got {settings.every}')
+            raise ConfigError(
+                f'config key "{key}.every" must be >= 0 (0: only at the end) or -1 (eval_every), got {settings.every}'
+            )
         if settings.network not in NETWORKS:
-            raise ConfigError(f'config key "{key}.network": unknown network {settings.network!r}; known: '
-                              f'{", ".join(repr(n) for n in NETWORKS)}')
+            raise ConfigError(
+                f'config key "{key}.network": unknown network {settings.network!r}; known: '
+                f'{", ".join(repr(n) for n in NETWORKS)}'
+            )
         bad = cls.check(settings)
         if bad is not None:
             raise ConfigError(f'config key "{key}.{bad[0]}" {bad[1]}')
-    baseline = tuple(config.eval.get('baseline_evals', ()) or ()) if config.eval.get('random_init_baseline', True) \
-        else ()  # without the baseline its evaluators need not exist
+    baseline = (
+        tuple(config.eval.get('baseline_evals', ()) or ()) if config.eval.get('random_init_baseline', True) else ()
+    )  # without the baseline its evaluators need not exist
     unknown = [n for n in baseline if n not in evals]
     if unknown:
-        raise ConfigError(f'config key "eval.baseline_evals" names {", ".join(map(repr, unknown))}, which '
-                          f'config.evals does not define; defined: {", ".join(evals)}')
+        raise ConfigError(
+            f'config key "eval.baseline_evals" names {", ".join(map(repr, unknown))}, which '
+            f'config.evals does not define; defined: {", ".join(evals)}'
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ the runner
+
 
 class EvalRunner:
     """The evaluators of ``ctx.config.evals`` (or those in ``names``), each with its period.
@@ -255,11 +271,12 @@ class EvalRunner:
         ctx = self.ctx
         source = ctx.train if source is None else source
         values = ctx.encode(ctx.encoder_variables(state, network), source, key=('source', id(source)))
-        return to_host(values).reshape(-1, values.shape[-1])[:len(source)]
+        return to_host(values).reshape(-1, values.shape[-1])[: len(source)]
 
 
-def make_runner(config, exp, train_split, test_split, workdir: str = '', names: Sequence[str] | None = None,
-                validated: bool = False) -> EvalRunner:
+def make_runner(
+    config, exp, train_split, test_split, workdir: str = '', names: Sequence[str] | None = None, validated: bool = False
+) -> EvalRunner:
     """`EvalRunner` over `make_context(config, exp, train_split, test_split, workdir)`; ``validated`` as there
     (False: ``config.evals`` is checked first)."""
     return EvalRunner(make_context(config, exp, train_split, test_split, workdir), names, validated=validated)

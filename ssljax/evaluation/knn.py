@@ -42,12 +42,21 @@ def _knn_predict_jit(bank, bank_labels, queries, *, num_classes, k, chunk, tempe
 
 def _check_settings(caller: str, num_classes: int, k: int, chunk: int, temperature: float) -> None:
     if num_classes < 1 or k < 1 or chunk < 1 or not temperature > 0:
-        raise ValueError(f"{caller}: need num_classes, k, chunk >= 1 and temperature > 0, got "
-                         f"num_classes={num_classes}, k={k}, chunk={chunk}, temperature={temperature}")
+        raise ValueError(
+            f"{caller}: need num_classes, k, chunk >= 1 and temperature > 0, got "
+            f"num_classes={num_classes}, k={k}, chunk={chunk}, temperature={temperature}"
+        )
 
 
-def knn_predict(train_features, train_labels, query_features, num_classes: int, k: int = 200,
-                temperature: float = 0.1, chunk: int = 1024) -> jax.Array:
+def knn_predict(
+    train_features,
+    train_labels,
+    query_features,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> jax.Array:
     """Weighted kNN predictions for each query.
 
     With n(x) = x / ||x||_2, s_qi = n(q) . n(x_i) over the bank x_1..x_N with labels y_i, and T = temperature:
@@ -73,14 +82,18 @@ def knn_predict(train_features, train_labels, query_features, num_classes: int, 
     query_features = jnp.asarray(query_features)
     train_labels = jnp.asarray(train_labels)
     if train_features.ndim != 2 or query_features.ndim != 2:
-        raise ValueError(f"knn_predict: features must be 2-D, got train {train_features.shape} and query "
-                         f"{query_features.shape}")
+        raise ValueError(
+            f"knn_predict: features must be 2-D, got train {train_features.shape} and query {query_features.shape}"
+        )
     if train_features.shape[1] != query_features.shape[1]:
-        raise ValueError(f"knn_predict: feature dims differ: train {train_features.shape[1]} vs query "
-                         f"{query_features.shape[1]}")
+        raise ValueError(
+            f"knn_predict: feature dims differ: train {train_features.shape[1]} vs query {query_features.shape[1]}"
+        )
     if train_labels.shape != (train_features.shape[0],):
-        raise ValueError(f"knn_predict: train_labels shape {train_labels.shape} does not match "
-                         f"{train_features.shape[0]} train features")
+        raise ValueError(
+            f"knn_predict: train_labels shape {train_labels.shape} does not match "
+            f"{train_features.shape[0]} train features"
+        )
     if train_features.shape[0] == 0:
         raise ValueError("knn_predict: the train bank is empty")
     _check_settings("knn_predict", num_classes, k, chunk, temperature)
@@ -91,24 +104,35 @@ def knn_predict(train_features, train_labels, query_features, num_classes: int, 
     chunk = min(int(chunk), num_queries)
     padded = -(-num_queries // chunk) * chunk
     query_features = jnp.pad(query_features, ((0, padded - num_queries), (0, 0)))
-    preds = _knn_predict_jit(train_features, train_labels.astype(jnp.int32), query_features,
-                             num_classes=int(num_classes), k=k, chunk=chunk, temperature=float(temperature))
+    preds = _knn_predict_jit(
+        train_features,
+        train_labels.astype(jnp.int32),
+        query_features,
+        num_classes=int(num_classes),
+        k=k,
+        chunk=chunk,
+        temperature=float(temperature),
+    )
     return preds[:num_queries]
 
 
-def knn_top1(train_features, train_labels, test_features, test_labels, num_classes: int, k: int = 200,
-             temperature: float = 0.1) -> float:
+def knn_top1(
+    train_features, train_labels, test_features, test_labels, num_classes: int, k: int = 200, temperature: float = 0.1
+) -> float:
     """Top-1 accuracy of `knn_predict` on (test_features, test_labels): mean_q [pred_q = y_q], a Python float."""
     test_labels = np.asarray(test_labels)
     if test_labels.shape != (np.shape(test_features)[0],):
-        raise ValueError(f"knn_top1: test_labels shape {test_labels.shape} does not match "
-                         f"{np.shape(test_features)[0]} test features")
-    preds = np.asarray(knn_predict(train_features, train_labels, test_features, num_classes, k=k,
-                                   temperature=temperature))
+        raise ValueError(
+            f"knn_top1: test_labels shape {test_labels.shape} does not match {np.shape(test_features)[0]} test features"
+        )
+    preds = np.asarray(
+        knn_predict(train_features, train_labels, test_features, num_classes, k=k, temperature=temperature)
+    )
     return float(np.mean(preds == test_labels)) if preds.size else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------------- on a mesh
+
 
 @functools.lru_cache(maxsize=None)
 def _sharded_knn_fn(mesh, num_classes: int, k: int, chunk: int):
@@ -151,8 +175,17 @@ def _sharded_knn_fn(mesh, num_classes: int, k: int, chunk: int):
     return jax.jit(fn)
 
 
-def knn_predict_sharded(bank, bank_labels, queries, num_classes: int, mesh, k: int = 200, temperature: float = 0.1,
-                        chunk: int = 1024, num_valid: int | None = None) -> jax.Array:
+def knn_predict_sharded(
+    bank,
+    bank_labels,
+    queries,
+    num_classes: int,
+    mesh,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+    num_valid: int | None = None,
+) -> jax.Array:
     """`knn_predict` with the bank sharded over the devices of ``mesh`` (axis 'data'); the same predictions.
 
     Each device d scores every query against its rows X_d of the bank and keeps its own top k,
@@ -174,7 +207,8 @@ def knn_predict_sharded(bank, bank_labels, queries, num_classes: int, mesh, k: i
     Returns:
       int32 [Q] predicted labels (replicated on the mesh).
     """
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from ssljax import parallel
 
@@ -183,15 +217,18 @@ def knn_predict_sharded(bank, bank_labels, queries, num_classes: int, mesh, k: i
     if bank.ndim == 2:
         rows = bank.shape[0]
         if bank_labels.shape != (rows,):
-            raise ValueError(f"knn_predict_sharded: bank_labels shape {bank_labels.shape} does not match {rows} "
-                             "bank features")
+            raise ValueError(
+                f"knn_predict_sharded: bank_labels shape {bank_labels.shape} does not match {rows} bank features"
+            )
         pad = -rows % n
         bank = jnp.pad(jnp.asarray(bank), ((0, pad), (0, 0)))[None]
         bank_labels = jnp.pad(bank_labels, (0, pad))[None]
         num_valid = rows if num_valid is None else num_valid
     elif bank.ndim != 3 or bank_labels.shape != bank.shape[:2] or bank.shape[1] % n:
-        raise ValueError(f"knn_predict_sharded: need bank [N, D] or [nb, B, D] with labels [nb, B] and B a multiple "
-                         f"of {n} devices, got {bank.shape} and {bank_labels.shape}")
+        raise ValueError(
+            f"knn_predict_sharded: need bank [N, D] or [nb, B, D] with labels [nb, B] and B a multiple "
+            f"of {n} devices, got {bank.shape} and {bank_labels.shape}"
+        )
     total = bank.shape[0] * bank.shape[1]
     num_valid = total if num_valid is None else int(num_valid)
     queries = jnp.asarray(queries)

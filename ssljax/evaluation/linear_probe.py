@@ -72,16 +72,30 @@ def _check_split(name, features, labels, num_classes):
     if features.ndim != 2:
         raise ValueError(f"train_linear_probe: {name}_features must be [N, D], got shape {features.shape}")
     if labels.shape != (features.shape[0],):
-        raise ValueError(f"train_linear_probe: {name}_labels shape {labels.shape} does not match "
-                         f"{features.shape[0]} {name} features")
+        raise ValueError(
+            f"train_linear_probe: {name}_labels shape {labels.shape} does not match {features.shape[0]} {name} features"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"train_linear_probe: {name}_labels must lie in [0, {num_classes}), got "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"train_linear_probe: {name}_labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
+        )
 
 
-def train_linear_probe(train_features, train_labels, test_features, test_labels, num_classes: int, *,
-                       epochs: int = 100, batch_size: int = 256, lr: float = 0.1, momentum: float = 0.9,
-                       weight_decay: float = 0.0, seed: int = 0, normalize: str | None = "standardize") -> dict:
+def train_linear_probe(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    normalize: str | None = "standardize",
+) -> dict:
     """Train a linear classifier on frozen features and report its accuracy.
 
     Normalisation (statistics from the train split only; mu, var per dimension):
@@ -101,8 +115,10 @@ def train_linear_probe(train_features, train_labels, test_features, test_labels,
     if normalize not in _NORMALIZE_CHOICES:
         raise ValueError(f"train_linear_probe: normalize must be one of {_NORMALIZE_CHOICES}, got {normalize!r}")
     if epochs < 1 or batch_size < 1 or num_classes < 2:
-        raise ValueError(f"train_linear_probe: need epochs >= 1, batch_size >= 1, num_classes >= 2, got "
-                         f"epochs={epochs}, batch_size={batch_size}, num_classes={num_classes}")
+        raise ValueError(
+            f"train_linear_probe: need epochs >= 1, batch_size >= 1, num_classes >= 2, got "
+            f"epochs={epochs}, batch_size={batch_size}, num_classes={num_classes}"
+        )
     x_tr = np.asarray(train_features, np.float32)
     x_te = np.asarray(test_features, np.float32)
     y_tr = np.asarray(train_labels).astype(np.int32)
@@ -123,12 +139,23 @@ def train_linear_probe(train_features, train_labels, test_features, test_labels,
 
     batch_size = min(int(batch_size), x_tr.shape[0])
     params, epoch_losses = _train_probe_jit(
-        jnp.asarray(x_tr), jnp.asarray(y_tr), jax.random.key(seed), num_classes=int(num_classes),
-        epochs=int(epochs), batch_size=batch_size, steps_per_epoch=x_tr.shape[0] // batch_size,
-        lr=float(lr) * batch_size / 256.0, momentum=float(momentum), weight_decay=float(weight_decay))
+        jnp.asarray(x_tr),
+        jnp.asarray(y_tr),
+        jax.random.key(seed),
+        num_classes=int(num_classes),
+        epochs=int(epochs),
+        batch_size=batch_size,
+        steps_per_epoch=x_tr.shape[0] // batch_size,
+        lr=float(lr) * batch_size / 256.0,
+        momentum=float(momentum),
+        weight_decay=float(weight_decay),
+    )
     top1 = float(_accuracy(params, jnp.asarray(x_te), jnp.asarray(y_te))) if x_te.shape[0] else float("nan")
-    return dict(top1=top1, train_top1=float(_accuracy(params, jnp.asarray(x_tr), jnp.asarray(y_tr))),
-                loss=float(epoch_losses[-1]))
+    return dict(
+        top1=top1,
+        train_top1=float(_accuracy(params, jnp.asarray(x_tr), jnp.asarray(y_tr))),
+        loss=float(epoch_losses[-1]),
+    )
 
 
 def online_probe_init(rng, feature_dim: int, num_classes: int) -> dict:
@@ -139,10 +166,14 @@ def online_probe_init(rng, feature_dim: int, num_classes: int) -> dict:
     """
     del rng
     if feature_dim < 1 or num_classes < 2:
-        raise ValueError(f"online_probe_init: need feature_dim >= 1 and num_classes >= 2, got "
-                         f"feature_dim={feature_dim}, num_classes={num_classes}")
-    return {"kernel": jnp.zeros((feature_dim, num_classes), jnp.float32),
-            "bias": jnp.zeros((num_classes,), jnp.float32)}
+        raise ValueError(
+            f"online_probe_init: need feature_dim >= 1 and num_classes >= 2, got "
+            f"feature_dim={feature_dim}, num_classes={num_classes}"
+        )
+    return {
+        "kernel": jnp.zeros((feature_dim, num_classes), jnp.float32),
+        "bias": jnp.zeros((num_classes,), jnp.float32),
+    }
 
 
 def online_probe_loss(params, features, labels):

@@ -10,6 +10,7 @@ the view's mean and std. The same grid goes to TensorBoard (``DIR/tb``, tag ``<n
 ``error``: the objective's reconstruction error on the masked pixels of these images (MSE for MAE, L1 for SimMIM),
 in the normalised pixel space.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,14 @@ def compose_grid(original: np.ndarray, masked: np.ndarray, reconstruction: np.nd
         for j, panel in enumerate((original[i], masked[i], reconstruction[i])):
             cell = np.repeat(np.repeat(np.clip(panel, 0.0, 1.0), k, axis=0), k, axis=1)
             y, x = gap + i * (ch + gap), gap + j * (cw + gap)
-            grid[y:y + ch, x:x + cw] = np.round(cell * 255).astype(np.uint8)
+            grid[y : y + ch, x : x + cw] = np.round(cell * 255).astype(np.uint8)
     return grid
 
 
 @register_evaluator
 class Reconstruction(Evaluator):
     """Reconstruction PNG grid and TensorBoard image; ``error`` on the masked pixels (see the module docstring)."""
+
     type = 'reconstruction'
     defaults = dict(num_images=8, seed=0)
 
@@ -59,8 +61,10 @@ class Reconstruction(Evaluator):
     def run(self, state, step):
         ctx = self.ctx
         if not hasattr(ctx.objective, 'reconstruct'):
-            raise ConfigError(f'config key "evals.{self.name}.type": method {ctx.objective.name!r} does not '
-                              f'reconstruct images (MAE, SimMIM and masked_contrastive do)')
+            raise ConfigError(
+                f'config key "evals.{self.name}.type": method {ctx.objective.name!r} does not '
+                f'reconstruct images (MAE, SimMIM and masked_contrastive do)'
+            )
         count = len(ctx.test.labels)
         n = min(int(self.settings.num_images), count)
         rows = np.unique(np.linspace(0, count - 1, n).round().astype(np.int64))  # spread over the split
@@ -73,10 +77,10 @@ class Reconstruction(Evaluator):
                 x = augment.eval_view(raw, size, mean, std)
                 out = objective.reconstruct(variables, x, key)
                 return x, out['reconstruction'], out['pixel_mask'], out['error']
+
             self._fn = jax.jit(fn)
         variables = {'params': state.params, 'batch_stats': state.batch_stats}
-        x, recon, pixel_mask, error = self._fn(variables, jnp.asarray(images),
-                                               jax.random.key(int(self.settings.seed)))
+        x, recon, pixel_mask, error = self._fn(variables, jnp.asarray(images), jax.random.key(int(self.settings.seed)))
         mean, std = np.asarray(ctx.mean, np.float32), np.asarray(ctx.std, np.float32)
         original = np.asarray(x) * std + mean
         pred = np.asarray(recon) * std + mean
@@ -90,8 +94,10 @@ class Reconstruction(Evaluator):
         if path is None:
             return
         from PIL import Image
+
         Image.fromarray(grid).save(path)
         from tensorboardX import SummaryWriter
+
         writer = SummaryWriter(os.path.join(self.ctx.workdir, 'tb'), filename_suffix=f'.{self.name}')
         try:
             writer.add_image(f'{self.name}/grid', grid, int(step), dataformats='HWC')

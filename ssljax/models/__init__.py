@@ -6,6 +6,17 @@ from ssljax.models.resnet import BasicBlock, Bottleneck, ResNet
 from ssljax.models.vit import ViT, patchify, sincos_pos_embed_2d
 
 __all__ = [
-    "BACKBONES", "create_encoder", "ResNet", "BasicBlock", "Bottleneck", "ViT", "patchify", "sincos_pos_embed_2d",
-    "MLP", "LinearPredictor", "DINOHead", "WeightNormDense", "l2_normalize",
+    "BACKBONES",
+    "create_encoder",
+    "ResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "ViT",
+    "patchify",
+    "sincos_pos_embed_2d",
+    "MLP",
+    "LinearPredictor",
+    "DINOHead",
+    "WeightNormDense",
+    "l2_normalize",
 ]

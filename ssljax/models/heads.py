@@ -44,10 +44,17 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        dense = partial(nn.Dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                        kernel_init=torch_linear_init)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                       dtype=self.dtype, param_dtype=jnp.float32)
+        dense = partial(
+            nn.Dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=torch_linear_init
+        )
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )
         x = x.astype(self.dtype)
         for i, h in enumerate(self.hidden_dims):
             x = dense(h, name=f"linear_{i}")(x)
@@ -120,19 +127,27 @@ class DINOHead(nn.Module):
     def __call__(self, x, train: bool = True):
         if self.num_layers < 1:
             raise ValueError(f"DINOHead num_layers must be >= 1, got {self.num_layers}")
-        dense = partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
-                        kernel_init=nn.initializers.truncated_normal(0.02))
+        dense = partial(
+            nn.Dense, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.truncated_normal(0.02)
+        )
         x = x.astype(self.dtype)
         for i in range(self.num_layers - 1):
             x = dense(self.hidden_dim, name=f"linear_{i}")(x)
             if self.use_bn:
-                x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                 dtype=self.dtype, param_dtype=jnp.float32, name=f"bn_{i}")(x)
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=BN_MOMENTUM,
+                    epsilon=BN_EPSILON,
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                    name=f"bn_{i}",
+                )(x)
             x = nn.gelu(x, approximate=False)
         x = dense(self.bottleneck_dim, name="linear_bottleneck")(x)
         z = l2_normalize(x.astype(jnp.float32))
-        return WeightNormDense(self.out_dim, learn_scale=not self.norm_last_layer, dtype=self.dtype,
-                               name="last_layer")(z)
+        return WeightNormDense(self.out_dim, learn_scale=not self.norm_last_layer, dtype=self.dtype, name="last_layer")(
+            z
+        )
 
 
 class WeightNormDense(nn.Module):

@@ -13,6 +13,7 @@ SimMIM heads (Xie et al. 2022, microsoft/SimMIM ``models/simmim.py``): a 1x1 con
 grid [B, h, w, D] to s*s*C channels followed by a pixel shuffle with stride s = H / h, i.e. a Linear per grid cell
 whose output is laid out as that cell's s x s x C pixels (:class:`PixelShuffleHead`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -56,6 +57,7 @@ class MAEDecoder(nn.Module):
     visible float [B, N_vis, D_enc] (its normed visible patch tokens, in the order of visible_idx), visible_idx int
     [B, N_vis] (their patch indices) -> float32 [B, N, p * p * C].
     """
+
     dim: int = 512
     depth: int = 8
     num_heads: int = 16
@@ -78,8 +80,7 @@ class MAEDecoder(nn.Module):
         for i in range(self.depth):
             x = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f'block{i + 1}')(x)
         x = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='norm')(x)
-        out = nn.Dense(self.patch_size ** 2 * self.channels, dtype=self.dtype, kernel_init=dense_init,
-                       name='pred')(x)
+        out = nn.Dense(self.patch_size**2 * self.channels, dtype=self.dtype, kernel_init=dense_init, name='pred')(x)
         return out[:, 1:].astype(jnp.float32)
 
 
@@ -89,6 +90,7 @@ class PixelShuffleHead(nn.Module):
     Cell (i, j)'s s*s*C outputs are its s x s x C pixels in (row, column, channel) order. PyTorch's nn.Conv2d
     default init is not reproduced: the Linear is xavier-uniform with zero bias, as the rest of this library.
     """
+
     stride: int
     channels: int = 3
     dtype: Dtype = jnp.float32
@@ -96,14 +98,16 @@ class PixelShuffleHead(nn.Module):
     @nn.compact
     def __call__(self, grid, train: bool = False):
         b, h, w, _ = grid.shape
-        y = nn.Dense(self.stride ** 2 * self.channels, dtype=self.dtype, kernel_init=dense_init,
-                     name='pred')(grid.astype(self.dtype))
+        y = nn.Dense(self.stride**2 * self.channels, dtype=self.dtype, kernel_init=dense_init, name='pred')(
+            grid.astype(self.dtype)
+        )
         return unpatchify(y.reshape(b, h * w, -1), self.stride, h, w, self.channels).astype(jnp.float32)
 
 
 class PixelMaskToken(nn.Module):
     """A learnable fill value per input channel for masked pixels (SimMIM on a ResNet, masking at the input):
     x -> x (1 - m) + t m with t in R^C, initialised at 0 (the dataset mean in normalised pixel space)."""
+
     channels: int = 3
 
     @nn.compact

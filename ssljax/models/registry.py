@@ -30,8 +30,15 @@ def _settings(ctor) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def create_encoder(name: str, *, dtype=jnp.float32, cifar_stem: bool = False, patch_size: int | None = None,
-                   image_size: int | None = None, **overrides) -> tuple[nn.Module, int]:
+def create_encoder(
+    name: str,
+    *,
+    dtype=jnp.float32,
+    cifar_stem: bool = False,
+    patch_size: int | None = None,
+    image_size: int | None = None,
+    **overrides,
+) -> tuple[nn.Module, int]:
     """Builds the encoder ``name`` and returns ``(module, feature_dim)``; feature_dim is the width of 'pooled'.
 
     ResNets: ``cifar_stem`` picks the 3x3/1 stem without max-pool; ``patch_size`` and ``image_size`` are ignored.
@@ -46,8 +53,10 @@ def create_encoder(name: str, *, dtype=jnp.float32, cifar_stem: bool = False, pa
     settings = _settings(ctor)
     unknown = sorted(set(overrides) - settings)
     if unknown:
-        raise ValueError(f"config key \"model.{unknown[0]}\" is not a setting of backbone {name!r}; its settings: "
-                         f"{', '.join(sorted(settings - {'parent', 'name'}))}")
+        raise ValueError(
+            f"config key \"model.{unknown[0]}\" is not a setting of backbone {name!r}; its settings: "
+            f"{', '.join(sorted(settings - {'parent', 'name'}))}"
+        )
     if name.startswith("resnet"):
         module = ctor(dtype=dtype, cifar_stem=cifar_stem, **overrides)
     else:

@@ -52,10 +52,15 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=conv_kernel_init)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                       dtype=self.dtype, param_dtype=jnp.float32)
+        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init)
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )
         y = conv(self.width, (3, 3), strides=self.stride, padding=_pad(3), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.width, (3, 3), padding=_pad(3), name="conv2")(y)
@@ -78,10 +83,15 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=conv_kernel_init)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                       dtype=self.dtype, param_dtype=jnp.float32)
+        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init)
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )
         out_width = self.width * self.expansion
         y = conv(self.width, (1, 1), padding="VALID", name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -135,13 +145,37 @@ class ResNet(nn.Module):
             raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} differ in length")
         x = x.astype(self.dtype)
         if self.cifar_stem:
-            x = nn.Conv(self.stem_width, (3, 3), strides=1, padding=_pad(3), use_bias=False, dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=conv_kernel_init, name="stem_conv")(x)
+            x = nn.Conv(
+                self.stem_width,
+                (3, 3),
+                strides=1,
+                padding=_pad(3),
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=conv_kernel_init,
+                name="stem_conv",
+            )(x)
         else:
-            x = nn.Conv(self.stem_width, (7, 7), strides=2, padding=_pad(7), use_bias=False, dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=conv_kernel_init, name="stem_conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                         dtype=self.dtype, param_dtype=jnp.float32, name="stem_bn")(x)
+            x = nn.Conv(
+                self.stem_width,
+                (7, 7),
+                strides=2,
+                padding=_pad(7),
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=conv_kernel_init,
+                name="stem_conv",
+            )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="stem_bn",
+        )(x)
         x = nn.relu(x)
         if not self.cifar_stem:
             # max_pool pads with -inf, like PyTorch's MaxPool2d(3, 2, padding=1).
@@ -150,7 +184,8 @@ class ResNet(nn.Module):
             for b in range(n_blocks):
                 stride = 2 if (s > 0 and b == 0) else 1
                 x = self.block(width=width, stride=stride, dtype=self.dtype, name=f"stage{s + 1}_block{b + 1}")(
-                    x, train=train)
+                    x, train=train
+                )
         feature_map = x.astype(jnp.float32)
         pooled = jnp.mean(feature_map, axis=(1, 2))
         return {"pooled": pooled, "feature_map": feature_map}

@@ -225,8 +225,9 @@ class ViT(nn.Module):
         cls_pos, patch_pos = self._positions(grid_h, grid_w)
         cls_token = self.param("cls_token", token_init, (1, 1, self.dim), jnp.float32)
         # The mask token exists in 'token' mode whether or not this call has a mask, so init creates it.
-        mask_token = (self.param("mask_token", token_init, (1, 1, self.dim), jnp.float32)
-                      if self.mask_mode == "token" else None)
+        mask_token = (
+            self.param("mask_token", token_init, (1, 1, self.dim), jnp.float32) if self.mask_mode == "token" else None
+        )
 
         out = {}
         if mask is not None and mask.shape != (b, n):
@@ -248,8 +249,9 @@ class ViT(nn.Module):
         tokens = jnp.concatenate([cls, tokens], axis=1)
         for i in range(self.depth):
             rate = self.drop_path_rate * i / max(self.depth - 1, 1)
-            tokens = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, drop_path=rate,
-                           name=f"block{i + 1}")(tokens, train=train)
+            tokens = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, drop_path=rate, name=f"block{i + 1}")(
+                tokens, train=train
+            )
         tokens = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="norm")(tokens).astype(jnp.float32)
         patch_tokens = tokens[:, 1:]
         out["tokens"] = patch_tokens

@@ -1,4 +1,5 @@
 """Barlow Twins (Zbontar et al. 2021): make the cross-correlation of the two views' embeddings the identity."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ class BarlowTwins(TwoViewObjective):
     published code's final version, which dropped the earlier 0.024 scale), bn_per_view True.
     Metric: ``pos_cosine`` (mean cosine of z_a and z_b).
     """
+
     name = 'barlow_twins'
     projector_hidden: tuple = (8192, 8192)
     projector_dim: int = 8192

@@ -21,6 +21,7 @@ before anything is built or any data read (``ssljax.configure.validate`` calls i
 :class:`Forward` is the helper a loss uses to run the encoder and heads while collecting the updated BatchNorm
 statistics.
 """
+
 from __future__ import annotations
 
 import abc
@@ -47,10 +48,11 @@ REPLICATED = jax.sharding.PartitionSpec()
 @flax.struct.dataclass
 class LossOutput:
     """What ``Objective.loss`` returns next to the scalar loss."""
-    metrics: dict                 # scalar arrays, logged as train/<name>
-    batch_stats: PyTree           # updated BatchNorm statistics of the online networks (same tree as the input)
-    objective_state: PyTree       # the method's state after this step (target network, F, queue, ...)
-    probe_features: jax.Array     # float32 [B, D] encoder features the online probe trains on (gradient stopped there)
+
+    metrics: dict  # scalar arrays, logged as train/<name>
+    batch_stats: PyTree  # updated BatchNorm statistics of the online networks (same tree as the input)
+    objective_state: PyTree  # the method's state after this step (target network, F, queue, ...)
+    probe_features: jax.Array  # float32 [B, D] encoder features the online probe trains on (gradient stopped there)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Context:
     global batch and XLA inserts the collectives, and :meth:`per_device` runs part of a loss on each device's shard
     of the batch instead (MoCo's shuffled BatchNorm, per-device negatives).
     """
+
     encoder: nn.Module
     feature_dim: int
     total_steps: int
@@ -91,6 +94,7 @@ class Context:
         once on the whole batch and the collectives are identities. See :func:`ssljax.parallel.per_device`.
         """
         from ssljax import parallel
+
         return parallel.per_device(fn, self.mesh, in_specs, out_specs)
 
 
@@ -179,11 +183,19 @@ def grouped_forward(variables: dict, n_groups: int, x: jax.Array, fn: Callable) 
     return outs, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
 
 
-def mlp_from_config(cfg, prefix: str, dtype, *, last_bn: bool = False, last_bn_affine: bool = True,
-                    use_bias: bool = True) -> MLP:
+def mlp_from_config(
+    cfg, prefix: str, dtype, *, last_bn: bool = False, last_bn_affine: bool = True, use_bias: bool = True
+) -> MLP:
     """The MLP of ``cfg.<prefix>_hidden``, ``_dim``, ``_bn``; the method fixes the rest (architecture, not a knob)."""
-    return MLP(hidden_dims=tuple(cfg[f'{prefix}_hidden']), out_dim=cfg[f'{prefix}_dim'], use_bn=cfg[f'{prefix}_bn'],
-               last_bn=last_bn, last_bn_affine=last_bn_affine, use_bias=use_bias, dtype=dtype)
+    return MLP(
+        hidden_dims=tuple(cfg[f'{prefix}_hidden']),
+        out_dim=cfg[f'{prefix}_dim'],
+        use_bn=cfg[f'{prefix}_bn'],
+        last_bn=last_bn,
+        last_bn_affine=last_bn_affine,
+        use_bias=use_bias,
+        dtype=dtype,
+    )
 
 
 def init_heads(rng: jax.Array, heads: dict[str, tuple[nn.Module, tuple]]) -> dict:
@@ -222,6 +234,7 @@ def steps_per_epoch(ctx: Context) -> int:
 
 
 # ----- config checks (Objective.check_config): one ConfigError line naming the key ---------------------------------
+
 
 def require(ok: bool, key: str, message: str) -> None:
     """Raises ``ConfigError('config key "objective.KEY" MESSAGE')`` unless ``ok``."""
@@ -287,6 +300,7 @@ class Objective(abc.ABC):
     method's published value (the class docstring names the source); the method's config file declares where its
     recipe differs (``configs/common.py``: ``recipe``).
     """
+
     ctx: Context
     name: ClassVar[str] = 'objective'
     # Heads the method sets itself (e.g. DirectPred's predictor): the optimizer leaves them alone.
@@ -296,8 +310,11 @@ class Objective(abc.ABC):
     @classmethod
     def config_fields(cls) -> dict[str, dataclasses.Field]:
         """{config key: field} of every ``config.objective`` key the method reads."""
-        return {f.metadata.get(_KEY, f.name): f for f in dataclasses.fields(cls)
-                if f.name != 'ctx' and not f.metadata.get(_DERIVED)}
+        return {
+            f.metadata.get(_KEY, f.name): f
+            for f in dataclasses.fields(cls)
+            if f.name != 'ctx' and not f.metadata.get(_DERIVED)
+        }
 
     @classmethod
     def config_defaults(cls) -> dict[str, Any]:
@@ -311,8 +328,9 @@ class Objective(abc.ABC):
         values = {}
         for key, f in cls.config_fields().items():
             if key not in cfg:
-                raise ConfigError(f'config key "objective.{key}" is missing: {cls.name} reads it (default '
-                                  f'{f.default!r})')
+                raise ConfigError(
+                    f'config key "objective.{key}" is missing: {cls.name} reads it (default {f.default!r})'
+                )
             values[key] = _cast(f.default, cfg[key])
         return values
 
@@ -334,14 +352,16 @@ class Objective(abc.ABC):
     def build(cls, config, ctx: Context, **derived_values) -> 'Objective':
         """The method with every config key from ``config.objective`` (``config_values``) and ``derived_values``."""
         fields = cls.config_fields()
-        return cls(ctx=ctx, **{fields[key].name: value for key, value in cls.config_values(config).items()},
-                   **derived_values)
+        return cls(
+            ctx=ctx, **{fields[key].name: value for key, value in cls.config_values(config).items()}, **derived_values
+        )
 
     def mlp(self, prefix: str, *, last_bn: bool = False, last_bn_affine: bool = True, use_bias: bool = True) -> MLP:
         """The MLP of the fields ``<prefix>_hidden``, ``_dim``, ``_bn``; the keywords are the method's architecture."""
         keys = {f'{prefix}_{part}': getattr(self, f'{prefix}_{part}') for part in ('hidden', 'dim', 'bn')}
-        return mlp_from_config(keys, prefix, self.ctx.dtype, last_bn=last_bn, last_bn_affine=last_bn_affine,
-                               use_bias=use_bias)
+        return mlp_from_config(
+            keys, prefix, self.ctx.dtype, last_bn=last_bn, last_bn_affine=last_bn_affine, use_bias=use_bias
+        )
 
     # ----- the contract ---------------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -349,8 +369,9 @@ class Objective(abc.ABC):
         """-> (head variables {'params': {...}, 'batch_stats': {...}}, objective_state)."""
 
     @abc.abstractmethod
-    def loss(self, variables: dict, objective_state: PyTree, views: Sequence[jax.Array], batch: dict,
-             rng: jax.Array) -> tuple[jax.Array, LossOutput]:
+    def loss(
+        self, variables: dict, objective_state: PyTree, views: Sequence[jax.Array], batch: dict, rng: jax.Array
+    ) -> tuple[jax.Array, LossOutput]:
         """Pure and jit-able; ``variables`` hold the online params (differentiated) and batch statistics."""
 
     def update(self, params: dict, objective_state: PyTree, step: jax.Array) -> tuple[dict, PyTree]:
@@ -376,17 +397,21 @@ class Objective(abc.ABC):
         """
         return REPLICATED
 
-    def encoder_variables(self, params: dict, batch_stats: dict, objective_state: PyTree,
-                          network: str = '') -> dict:
+    def encoder_variables(self, params: dict, batch_stats: dict, objective_state: PyTree, network: str = '') -> dict:
         """{'params', 'batch_stats'} of the encoder that evaluation scores: ``network`` or :attr:`eval_network`."""
         network = network or self.eval_network
         if network == 'online':
             return {'params': params['encoder'], 'batch_stats': batch_stats.get('encoder', {})}
         if not isinstance(objective_state, dict) or network not in objective_state:
-            have = ['online'] + [k for k, v in (objective_state or {}).items()
-                                 if isinstance(v, dict) and 'params' in v and 'encoder' in v['params']]
-            raise ConfigError(f'{self.name} has no network {network!r} to evaluate (an evaluator\'s "network" '
-                              f'setting); it has: {", ".join(have)}')
+            have = ['online'] + [
+                k
+                for k, v in (objective_state or {}).items()
+                if isinstance(v, dict) and 'params' in v and 'encoder' in v['params']
+            ]
+            raise ConfigError(
+                f'{self.name} has no network {network!r} to evaluate (an evaluator\'s "network" '
+                f'setting); it has: {", ".join(have)}'
+            )
         net = objective_state[network]
         return {'params': net['params']['encoder'], 'batch_stats': net.get('batch_stats', {}).get('encoder', {})}
 
@@ -403,8 +428,9 @@ def register(cls: type[Objective]) -> type[Objective]:
 def create_objective(config, ctx: Context) -> Objective:
     """Builds ``config.method`` from its config block ``config.objective``, after its ``check_config``."""
     if config.method not in OBJECTIVES:
-        raise ConfigError(f'unknown method {config.method!r} (config key "method"); known: '
-                          f'{", ".join(sorted(OBJECTIVES))}')
+        raise ConfigError(
+            f'unknown method {config.method!r} (config key "method"); known: {", ".join(sorted(OBJECTIVES))}'
+        )
     cls = OBJECTIVES[config.method]
     cls.check_config(config, ctx.num_devices)
     return cls.from_config(config, ctx)
@@ -420,6 +446,7 @@ class TwoViewObjective(Objective):
     projector once per view (statistics of each view's B rows, running statistics updated view a then view b).
     ``projector_arch`` fixes the projector's architecture (``Objective.mlp`` keywords: last_bn, use_bias, ...).
     """
+
     projector_hidden: tuple = (2048,)
     projector_dim: int = 128
     projector_bn: bool = True

@@ -1,4 +1,5 @@
 """BYOL (Grill et al. 2020): an online predictor regressed onto an EMA target's projection of the other view."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ class BYOL(EMATwoViewObjective):
     Linear(4096) - BN - ReLU - Linear(256), tau_base 0.996 (1000 epochs; 0.99 for 100/300) -> 1, views per view
     through BatchNorm. Metric: ``pred_target_cosine``.
     """
+
     name = 'byol'
 
     def pair_loss(self, p_a, p_b, t_a, t_b):

@@ -3,6 +3,7 @@
 Also registers the ``feature_kmeans`` evaluator: k-means on the encoder's features, scored like ``clustering``, for
 methods whose ``clustering`` evaluator uses their own cluster assignments (this one's cluster head).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ class ContrastiveClustering(Objective):
     entropy_log_k False (the paper's L_clu), heads 512-128 and 512-K (instance_hidden (512,), instance_dim 128,
     cluster_hidden (512,)), bn_per_view True.
     """
+
     name = 'contrastive_clustering'
     instance_temperature: float = 0.5
     cluster_temperature: float = 1.0
@@ -59,25 +61,33 @@ class ContrastiveClustering(Objective):
 
     @property
     def instance_projector(self) -> MLP:
-        return MLP(hidden_dims=tuple(self.instance_hidden), out_dim=self.instance_dim, use_bn=False,
-                   dtype=self.ctx.dtype)
+        return MLP(
+            hidden_dims=tuple(self.instance_hidden), out_dim=self.instance_dim, use_bn=False, dtype=self.ctx.dtype
+        )
 
     @property
     def cluster_projector(self) -> MLP:
-        return MLP(hidden_dims=tuple(self.cluster_hidden), out_dim=self.num_clusters, use_bn=False,
-                   dtype=self.ctx.dtype)
+        return MLP(
+            hidden_dims=tuple(self.cluster_hidden), out_dim=self.num_clusters, use_bn=False, dtype=self.ctx.dtype
+        )
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim))
-        return init_heads(rng, {'instance_projector': (self.instance_projector, (feats,)),
-                                'cluster_projector': (self.cluster_projector, (feats,))}), {}
+        return init_heads(
+            rng,
+            {
+                'instance_projector': (self.instance_projector, (feats,)),
+                'cluster_projector': (self.cluster_projector, (feats,)),
+            },
+        ), {}
 
     def loss(self, variables, objective_state, views, batch, rng):
         fw = Forward(variables, bn_per_view=self.bn_per_view)
         feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
         z_a, z_b = fw.apply_views('instance_projector', self.instance_projector, feats)
-        y_a, y_b = (jax.nn.softmax(c, axis=-1) for c in fw.apply_views('cluster_projector', self.cluster_projector,
-                                                                         feats))
+        y_a, y_b = (
+            jax.nn.softmax(c, axis=-1) for c in fw.apply_views('cluster_projector', self.cluster_projector, feats)
+        )
         instance = losses.nt_xent_mean(z_a, z_b, self.instance_temperature)
         cluster, metrics = losses.cc_cluster_loss(y_a, y_b, self.cluster_temperature, self.entropy_log_k)
         used = jnp.zeros(self.num_clusters).at[jnp.argmax(y_a, axis=-1)].set(1.0).sum()
@@ -95,6 +105,7 @@ class ContrastiveClustering(Objective):
 class FeatureKMeans(Evaluator):
     """k-means on the L2-normalised test features (as ``clustering`` does without an objective hook), scored with
     NMI, ACC and ARI against the labels; ``num_clusters`` 0 means the number of classes."""
+
     type = 'feature_kmeans'
     defaults = dict(num_clusters=0)
 

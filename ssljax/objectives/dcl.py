@@ -1,4 +1,5 @@
 """DCL and DCLW (Yeh et al. 2022): SimCLR with the positive pair removed from the InfoNCE denominator."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ class DCL(TwoViewObjective):
     lightly's DCLLoss), SimCLR's projector (2048-128 with BN) and joint BatchNorm over the views.
     Metric: ``pos_cosine``.
     """
+
     name = 'dcl'
     temperature: float = 0.1
 
@@ -49,6 +51,7 @@ class DCLW(DCL):
     raminnakhli/Decoupled-Contrastive-Learning implementation does. Defaults: DCL's plus the paper's sigma 0.5 and
     'mean'.
     """
+
     name = 'dclw'
     sigma: float = 0.5
     weight_norm: str = 'mean'

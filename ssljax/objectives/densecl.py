@@ -3,6 +3,7 @@
 Its own momentum encoder and two FIFO queues; the per-group ("per-GPU") BatchNorm with shuffled keys is MoCo v2's
 (``base.grouped_forward``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,6 +47,7 @@ class DenseCL(Objective):
     temperature 0.2, queue_size 65536, momentum 0.999, loss_lambda 0.5, bn_groups 8 (its 8 GPUs), necks
     2048-128 without BN (projector_hidden (2048,), projector_dim 128, projector_bn False, and the same dense_*).
     """
+
     name = 'densecl'
     temperature: float = 0.2
     queue_size: int = 65536
@@ -65,16 +67,24 @@ class DenseCL(Objective):
         batch = int(config.batch_size)
         groups = v['bn_groups'] or num_devices
         require(v['temperature'] > 0, 'temperature', f'must be > 0, got {v["temperature"]!r}')
-        require(v['queue_size'] >= 1 and v['queue_size'] % batch == 0, 'queue_size',
-                f'must be a positive multiple of the global batch_size ({batch}), got {v["queue_size"]!r}')
+        require(
+            v['queue_size'] >= 1 and v['queue_size'] % batch == 0,
+            'queue_size',
+            f'must be a positive multiple of the global batch_size ({batch}), got {v["queue_size"]!r}',
+        )
         require(0 <= v['momentum'] <= 1, 'momentum', f'must be in [0, 1], got {v["momentum"]!r}')
         require(0 <= v['loss_lambda'] <= 1, 'loss_lambda', f'must be in [0, 1], got {v["loss_lambda"]!r}')
-        require(v['bn_groups'] >= 0 and batch % groups == 0, 'bn_groups',
-                f'must be 0 (one per device) or >= 1, and its groups ({groups}) must divide the global batch_size '
-                f'({batch}), got {v["bn_groups"]!r}')
+        require(
+            v['bn_groups'] >= 0 and batch % groups == 0,
+            'bn_groups',
+            f'must be 0 (one per device) or >= 1, and its groups ({groups}) must divide the global batch_size '
+            f'({batch}), got {v["bn_groups"]!r}',
+        )
         if str(config.model.backbone).startswith('vit'):
-            raise ConfigError(f'config key "model.backbone": densecl needs a backbone with a feature map (a ResNet), '
-                              f'got {config.model.backbone!r}')
+            raise ConfigError(
+                f'config key "model.backbone": densecl needs a backbone with a feature map (a ResNet), '
+                f'got {config.model.backbone!r}'
+            )
 
     @property
     def groups(self) -> int:
@@ -91,23 +101,32 @@ class DenseCL(Objective):
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim))
-        heads = init_heads(rng, {'projector': (self.projector, (feats,)),
-                                 'dense_projector': (self.dense_projector, (feats,))})
-        target = jax.tree.map(jnp.copy, {
-            'params': {'encoder': encoder_variables['params'], **heads['params']},
-            'batch_stats': {'encoder': encoder_variables.get('batch_stats', {})}})
+        heads = init_heads(
+            rng, {'projector': (self.projector, (feats,)), 'dense_projector': (self.dense_projector, (feats,))}
+        )
+        target = jax.tree.map(
+            jnp.copy,
+            {
+                'params': {'encoder': encoder_variables['params'], **heads['params']},
+                'batch_stats': {'encoder': encoder_variables.get('batch_stats', {})},
+            },
+        )
         key_global, key_dense = jax.random.split(jax.random.fold_in(rng, 7))
         queue = lambda key, dim: losses.l2_normalize(jax.random.normal(key, (self.queue_size, dim)))  # noqa: E731
-        return heads, {'target': target, 'queue': queue(key_global, self.projector.out_dim),
-                       'queue_dense': queue(key_dense, self.dense_projector.out_dim),
-                       'ptr': jnp.zeros((), jnp.int32)}
+        return heads, {
+            'target': target,
+            'queue': queue(key_global, self.projector.out_dim),
+            'queue_dense': queue(key_dense, self.dense_projector.out_dim),
+            'ptr': jnp.zeros((), jnp.int32),
+        }
 
     def _branches(self, network: dict, x: jax.Array) -> tuple:
         """-> (pooled projection [N, D], dense projections [N, S, D], backbone cells [N, S, C], pooled features,
         new batch_stats) of one network {'params', 'batch_stats'} on x: the encoder in ``bn_groups`` BatchNorm
         groups (``base.grouped_forward``), the heads on the whole batch."""
-        out, stats = grouped_forward(network, self.groups, x,
-                                     lambda fw, chunk: fw.apply('encoder', self.ctx.encoder, chunk))
+        out, stats = grouped_forward(
+            network, self.groups, x, lambda fw, chunk: fw.apply('encoder', self.ctx.encoder, chunk)
+        )
         if 'feature_map' not in out:
             raise ConfigError('config key "model.backbone": densecl needs a backbone with a feature map')
         fmap = out['feature_map']
@@ -122,20 +141,25 @@ class DenseCL(Objective):
         target = objective_state['target']
         perm = jax.random.permutation(rng, views[1].shape[0])  # shuffled BN: keys grouped in a random order
         k, k_grid, k_cells, _, target_stats = jax.tree.map(
-            jax.lax.stop_gradient, self._branches(target, views[1][perm]))
+            jax.lax.stop_gradient, self._branches(target, views[1][perm])
+        )
         unshuffle = jnp.argsort(perm)
         k, k_grid, k_cells = k[unshuffle], k_grid[unshuffle], k_cells[unshuffle]
         loss_global = losses.densecl_global_loss(q, k, objective_state['queue'], self.temperature)
-        loss_dense = losses.densecl_dense_loss(q_grid, k_grid, q_cells, k_cells, objective_state['queue_dense'],
-                                               self.temperature)
+        loss_dense = losses.densecl_dense_loss(
+            q_grid, k_grid, q_cells, k_cells, objective_state['queue_dense'], self.temperature
+        )
         loss = (1.0 - self.loss_lambda) * loss_global + self.loss_lambda * loss_dense
         ptr = objective_state['ptr']
         enqueue = lambda queue, keys: jax.lax.dynamic_update_slice(  # noqa: E731
-            queue, losses.l2_normalize(keys).astype(queue.dtype), (ptr, 0))
-        state = {'target': dict(target, batch_stats=target_stats),
-                 'queue': enqueue(objective_state['queue'], k),
-                 'queue_dense': enqueue(objective_state['queue_dense'], k_grid.mean(axis=1)),
-                 'ptr': (ptr + k.shape[0]) % self.queue_size}
+            queue, losses.l2_normalize(keys).astype(queue.dtype), (ptr, 0)
+        )
+        state = {
+            'target': dict(target, batch_stats=target_stats),
+            'queue': enqueue(objective_state['queue'], k),
+            'queue_dense': enqueue(objective_state['queue_dense'], k_grid.mean(axis=1)),
+            'ptr': (ptr + k.shape[0]) % self.queue_size,
+        }
         metrics = {'loss_global': loss_global, 'loss_dense': loss_dense}
         return loss, LossOutput(metrics, stats, state, feats)
 

@@ -1,4 +1,5 @@
 """DINO (Caron et al. 2021): self-distillation from an EMA teacher with centring and sharpening, multi-crop."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,6 +59,7 @@ class DINO(Objective):
     Metrics: ``teacher_temp``, ``teacher_entropy`` (mean entropy of q; log K when uniform, 0 when one-hot),
     ``student_teacher_ce`` (= loss).
     """
+
     name = 'dino'
     eval_network = 'teacher'
     head_out: int = 65536
@@ -85,14 +87,22 @@ class DINO(Objective):
             require(v[key] >= 0, key, f'must be >= 0, got {config.objective[key]}')
         require(0 <= v['center_momentum'] < 1, 'center_momentum', f'must be in [0, 1), got {v["center_momentum"]}')
         if 'augment' in config and count_views(config) < 2:
-            raise ConfigError(f'config key "augment.views": dino needs at least 2 views (2 global crops first), got '
-                              f'{count_views(config)}')
+            raise ConfigError(
+                f'config key "augment.views": dino needs at least 2 views (2 global crops first), got '
+                f'{count_views(config)}'
+            )
 
     @property
     def head(self) -> DINOHead:
-        return DINOHead(out_dim=self.head_out, hidden_dim=self.head_hidden, bottleneck_dim=self.head_bottleneck,
-                        num_layers=self.head_layers, use_bn=self.head_bn, norm_last_layer=self.norm_last_layer,
-                        dtype=self.ctx.dtype)
+        return DINOHead(
+            out_dim=self.head_out,
+            hidden_dim=self.head_hidden,
+            bottleneck_dim=self.head_bottleneck,
+            num_layers=self.head_layers,
+            use_bn=self.head_bn,
+            norm_last_layer=self.norm_last_layer,
+            dtype=self.ctx.dtype,
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -117,14 +127,18 @@ class DINO(Objective):
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
         heads = init_heads(rng, {'head': (self.head, (feats,))})
-        state = {'teacher': ema_copy(encoder_variables, heads, ('head',)),
-                 'center': jnp.zeros((self.head.out_dim,), jnp.float32), 'step': jnp.zeros((), jnp.int32)}
+        state = {
+            'teacher': ema_copy(encoder_variables, heads, ('head',)),
+            'center': jnp.zeros((self.head.out_dim,), jnp.float32),
+            'step': jnp.zeros((), jnp.int32),
+        }
         return heads, state
 
     def loss(self, variables, objective_state, views, batch, rng):
         if len(views) < 2:
-            raise ConfigError(f'config key "augment.views": dino needs at least 2 views (2 global crops first), '
-                              f'got {len(views)}')
+            raise ConfigError(
+                f'config key "augment.views": dino needs at least 2 views (2 global crops first), got {len(views)}'
+            )
         fw = Forward(variables, bn_per_view=self.bn_per_view)
         feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views)]
         student = fw.apply_views('head', self.head, feats)
@@ -137,8 +151,11 @@ class DINO(Objective):
         batch_center = jnp.mean(jnp.concatenate(teacher, axis=0), axis=0)
         new_center = self.center_momentum * center + (1.0 - self.center_momentum) * batch_center
         q = jax.nn.softmax((teacher[0] - center) / temp, axis=-1)
-        metrics = {'teacher_temp': temp, 'student_teacher_ce': loss,
-                   'teacher_entropy': jnp.mean(-jnp.sum(q * jnp.log(jnp.maximum(q, 1e-30)), axis=-1))}
+        metrics = {
+            'teacher_temp': temp,
+            'student_teacher_ce': loss,
+            'teacher_entropy': jnp.mean(-jnp.sum(q * jnp.log(jnp.maximum(q, 1e-30)), axis=-1)),
+        }
         state = with_batch_stats(objective_state, 'teacher', jax.lax.stop_gradient(teacher_fw.batch_stats))
         state = dict(state, center=new_center, step=objective_state['step'] + 1)
         return loss, LossOutput(metrics, fw.batch_stats, state, feats[0])

@@ -3,6 +3,7 @@
 The closed-form maths (W_p from the EMA correlation F: eigh, Newton-Schulz, DirectCopy) are pure functions in
 predictors.py; this file is the objective that keeps F in its state and writes W_p into the predictor.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,6 +63,7 @@ class PredictorBYOL(EMATwoViewObjective):
     'eigh'; directcopy_norm 'frobenius' (DirectCopy's paper). predictor_dim must equal projector_dim (the closed-form
     and the 'linear' predictors are d x d).
     """
+
     name = 'directpred'
     projector_hidden: tuple = (512,)
     projector_dim: int = 128
@@ -113,15 +115,23 @@ class PredictorBYOL(EMATwoViewObjective):
         if self.kind == 'none':
             return None
         # set in closed form: identity until the first write, or the code's random init ('reference')
-        return LinearPredictor(dim=dim, use_bias=False, dtype=dtype,
-                               kernel_init=torch_linear_init if self.predictor_write == 'reference' else None)
+        return LinearPredictor(
+            dim=dim,
+            use_bias=False,
+            dtype=dtype,
+            kernel_init=torch_linear_init if self.predictor_write == 'reference' else None,
+        )
 
     def init(self, rng, encoder_variables):
         heads, state = super().init(rng, encoder_variables)
         if self.tracks_correlation:
             dim = self.projector_dim
-            state.update(corr=jnp.zeros((dim, dim), jnp.float32), mean=jnp.zeros((dim,), jnp.float32),
-                         count=jnp.zeros((), jnp.int32), ns_fallbacks=jnp.zeros((), jnp.int32))
+            state.update(
+                corr=jnp.zeros((dim, dim), jnp.float32),
+                mean=jnp.zeros((dim,), jnp.float32),
+                count=jnp.zeros((), jnp.int32),
+                ns_fallbacks=jnp.zeros((), jnp.int32),
+            )
         return heads, state
 
     def pair_loss(self, p_a, p_b, t_a, t_b):
@@ -132,8 +142,12 @@ class PredictorBYOL(EMATwoViewObjective):
         if not self.tracks_correlation:
             return objective_state, {}
         state, seen = objective_state, objective_state['count'] > 0
-        state = dict(state, corr=predictors.update_correlation(state['corr'], z_a, z_b, self.rho, seen),
-                     mean=predictors.update_mean(state['mean'], z_a, z_b, self.rho, seen), count=state['count'] + 1)
+        state = dict(
+            state,
+            corr=predictors.update_correlation(state['corr'], z_a, z_b, self.rho, seen),
+            mean=predictors.update_mean(state['mean'], z_a, z_b, self.rho, seen),
+            count=state['count'] + 1,
+        )
         metrics = {'corr_trace': jnp.trace(state['corr'])}
         if self.solver == 'newton_schulz':
             metrics['ns_fallbacks'] = state['ns_fallbacks']

@@ -6,6 +6,7 @@ f', g' (stop-gradient) on the same views, and after each optimizer step xi <- m_
 defines only ``pair_loss(p_a, p_b, t_a, t_b)`` (and its defaults, its architecture and, where its reference does,
 its momentum schedule).
 """
+
 from __future__ import annotations
 
 import abc
@@ -43,11 +44,16 @@ def ema_momentum_at(base: float, step: jax.Array, total_steps: int, final: float
 
 def ema_copy(encoder_variables: dict, heads: dict, names: tuple[str, ...]) -> dict:
     """A target/teacher network: copies of the encoder and the named heads (params and batch statistics)."""
-    return jax.tree.map(jnp.copy, {
-        'params': {'encoder': encoder_variables['params'], **{n: heads['params'][n] for n in names}},
-        'batch_stats': {'encoder': encoder_variables.get('batch_stats', {}),
-                        **{n: heads['batch_stats'].get(n, {}) for n in names}},
-    })
+    return jax.tree.map(
+        jnp.copy,
+        {
+            'params': {'encoder': encoder_variables['params'], **{n: heads['params'][n] for n in names}},
+            'batch_stats': {
+                'encoder': encoder_variables.get('batch_stats', {}),
+                **{n: heads['batch_stats'].get(n, {}) for n in names},
+            },
+        },
+    )
 
 
 def with_batch_stats(objective_state: dict, network: str, batch_stats: dict) -> dict:
@@ -72,6 +78,7 @@ class EMATwoViewObjective(Objective):
     ``momentum_schedule(base, step, total_steps, final)`` gives m_t after ``step`` optimizer steps: ``ema_momentum_at``
     (BYOL's, the momentum of the step before) by default. State: {'target': {'params', 'batch_stats'}}.
     """
+
     projector_hidden: tuple = (4096,)
     projector_dim: int = 256
     projector_bn: bool = True
@@ -86,9 +93,12 @@ class EMATwoViewObjective(Objective):
     @classmethod
     def check_config(cls, config, num_devices: int) -> None:
         v = cls.config_values(config)
-        require(v['predictor_dim'] == v['projector_dim'], 'predictor_dim',
-                f'({v["predictor_dim"]}) must equal objective.projector_dim ({v["projector_dim"]}): the prediction is '
-                f'compared with the target projection')
+        require(
+            v['predictor_dim'] == v['projector_dim'],
+            'predictor_dim',
+            f'({v["predictor_dim"]}) must equal objective.projector_dim ({v["projector_dim"]}): the prediction is '
+            f'compared with the target projection',
+        )
 
     @property
     def projector(self) -> nn.Module:

@@ -4,6 +4,7 @@ The method is the batch composition: the ``gsimclr`` sampler (registered here in
 the training set with k-means on encoder features and draws batches whose images have distinct pseudo-labels; the
 loss is NT-Xent.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ class GSimCLR(TwoViewObjective):
     CIFAR10/SimCLR_Pseudo_Labels): temperature 0.1, projector 256-128-50 without BN (projector_hidden (256, 128),
     projector_dim 50, projector_bn False), each view through the network on its own (bn_per_view True).
     """
+
     name = 'gsimclr'
     temperature: float = 0.1
     projector_hidden: tuple = (256, 128)
@@ -44,7 +46,8 @@ class GSimCLR(TwoViewObjective):
 
     def pair_loss(self, z_a, z_b):
         return losses.nt_xent_mean(z_a, z_b, self.temperature), {
-            'pos_cosine': losses.cosine_similarity(z_a, z_b).mean()}
+            'pos_cosine': losses.cosine_similarity(z_a, z_b).mean()
+        }
 
 
 @samplers.register_sampler
@@ -69,6 +72,7 @@ class PseudoLabelSampler(samplers.Sampler):
       ranks).
     Every host computes the same indices: a pure function of (seed, step, pseudo).
     """
+
     name = 'gsimclr'
 
     def __init__(self, settings, num_examples, global_batch, seed):
@@ -79,20 +83,27 @@ class PseudoLabelSampler(samplers.Sampler):
         self.refresh_epochs = float(get('refresh_epochs', 1.0))
         self.network = get('network', '')
         if self.batching not in BATCHINGS:
-            raise ConfigError(f'config key "sampler.batching": unknown batching {self.batching!r}; known: '
-                              f'{", ".join(BATCHINGS)}')
+            raise ConfigError(
+                f'config key "sampler.batching": unknown batching {self.batching!r}; known: {", ".join(BATCHINGS)}'
+            )
         if self.network not in NETWORKS:
-            raise ConfigError(f'config key "sampler.network": unknown network {self.network!r}; known: '
-                              f'{", ".join(repr(n) for n in NETWORKS)}')
+            raise ConfigError(
+                f'config key "sampler.network": unknown network {self.network!r}; known: '
+                f'{", ".join(repr(n) for n in NETWORKS)}'
+            )
         if self.refresh_epochs < 0:
             raise ConfigError(f'config key "sampler.refresh_epochs" must be >= 0, got {self.refresh_epochs}')
         if self.num_clusters > self.num_examples:
-            raise ConfigError(f'config key "sampler.num_clusters" ({self.num_clusters}) is larger than the training '
-                              f'set ({self.num_examples} images)')
+            raise ConfigError(
+                f'config key "sampler.num_clusters" ({self.num_clusters}) is larger than the training '
+                f'set ({self.num_examples} images)'
+            )
         if self.batching == 'distinct' and self.num_clusters < self.global_batch:
-            raise ConfigError(f'config key "sampler.num_clusters" ({self.num_clusters}) must be >= batch_size '
-                              f'({self.global_batch}) for batches without two images of one pseudo-label (0: the '
-                              f'batch size)')
+            raise ConfigError(
+                f'config key "sampler.num_clusters" ({self.num_clusters}) must be >= batch_size '
+                f'({self.global_batch}) for batches without two images of one pseudo-label (0: the '
+                f'batch size)'
+            )
         self.period = 0 if self.refresh_epochs == 0 else max(1, int(round(self.refresh_epochs * self.steps_per_epoch)))
         self._groups_key, self._groups = None, None
 
@@ -104,9 +115,10 @@ class PseudoLabelSampler(samplers.Sampler):
 
     def refresh(self, step, state, tools):
         from sklearn.cluster import KMeans
+
         feats = np.asarray(tools.train_features(self.network), np.float64)
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        seed = int(np.random.default_rng([self.seed, step]).integers(2 ** 31 - 1))
+        seed = int(np.random.default_rng([self.seed, step]).integers(2**31 - 1))
         kmeans = KMeans(n_clusters=self.num_clusters, n_init=1, random_state=seed).fit(feats)
         return {'pseudo': np.asarray(kmeans.labels_, np.int32)}
 
@@ -130,7 +142,7 @@ class PseudoLabelSampler(samplers.Sampler):
         batch = self.global_batch
         if self.batching == 'reference':
             j = step % self.steps_per_epoch
-            return reference_order[j * batch:(j + 1) * batch].astype(np.int64)
+            return reference_order[j * batch : (j + 1) * batch].astype(np.int64)
         rng = np.random.default_rng([self.seed, step])
         take = rng.permutation(len(ids)) if len(ids) <= batch else rng.choice(len(ids), batch, replace=False)
         picked = []

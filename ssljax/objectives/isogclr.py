@@ -3,6 +3,7 @@
 The objective keeps three per-sample tables indexed by ``batch['index']`` in its state, sharded over the devices, and
 an evaluator (``isogclr_tau``) that summarises and plots the temperatures of the whole training set.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ class ISogCLR(Objective):
     eta 0.03, beta_u 0.5, tau_grad_clip 3.0, variant 'paper', its projector 8192-8192-8192 with BN
     (projector_hidden (8192, 8192), projector_dim 8192), the two views concatenated (bn_per_view False).
     """
+
     name = 'isogclr'
     projector_hidden: tuple = (8192, 8192)
     projector_dim: int = 8192
@@ -64,8 +66,11 @@ class ISogCLR(Objective):
             ('variant', cfg['variant'] in VARIANTS, f'must be one of {", ".join(VARIANTS)}'),
             ('temperature_min', lo >= 0.025, 'must be >= 0.025 (exp(2 / tau) must stay finite in float32)'),
             ('temperature_max', hi >= lo, f'must be >= objective.temperature_min ({lo})'),
-            ('temperature', lo <= init <= hi, f'(the initial tau) must lie in [temperature_min, temperature_max] '
-                                              f'= [{lo}, {hi}]'),
+            (
+                'temperature',
+                lo <= init <= hi,
+                f'(the initial tau) must lie in [temperature_min, temperature_max] = [{lo}, {hi}]',
+            ),
             ('gamma', 0 < cfg['gamma'] <= 1, 'must be in (0, 1]'),
             ('beta_u', 0 < cfg['beta_u'] <= 1, 'must be in (0, 1]'),
             ('eta', cfg['eta'] >= 0, 'must be >= 0'),
@@ -75,8 +80,9 @@ class ISogCLR(Objective):
             if not ok:
                 raise ConfigError(f'config key "objective.{key}" {message}, got {cfg[key]!r}')
         if config.batch_size < 2:
-            raise ConfigError(f'config key "batch_size": isogclr needs at least 2 images per batch, got '
-                              f'{config.batch_size}')
+            raise ConfigError(
+                f'config key "batch_size": isogclr needs at least 2 images per batch, got {config.batch_size}'
+            )
 
     @property
     def projector(self) -> MLP:
@@ -85,8 +91,11 @@ class ISogCLR(Objective):
     def init(self, rng, encoder_variables):
         heads = init_heads(rng, {'projector': (self.projector, (jnp.zeros((2, self.ctx.feature_dim)),))})
         rows = self.ctx.per_sample_rows
-        return heads, {'s': jnp.zeros((rows,), jnp.float32), 'tau': jnp.full((rows,), self.temperature, jnp.float32),
-                       'u': jnp.zeros((rows,), jnp.float32)}
+        return heads, {
+            's': jnp.zeros((rows,), jnp.float32),
+            'tau': jnp.full((rows,), self.temperature, jnp.float32),
+            'u': jnp.zeros((rows,), jnp.float32),
+        }
 
     def state_partition(self, objective_state):
         return {name: BATCH for name in TABLES}
@@ -98,13 +107,28 @@ class ISogCLR(Objective):
         index = batch['index']
         rows = {name: objective_state[name][index] for name in TABLES}
         loss, new = losses.isogclr_loss(
-            z_a, z_b, rows['tau'], rows['s'], rows['u'], gamma=self.gamma, rho=self.dro_rho, eta=self.eta,
-            beta_u=self.beta_u, tau_min=self.temperature_min, tau_max=self.temperature_max,
-            grad_clip=self.tau_grad_clip, variant=self.variant)
+            z_a,
+            z_b,
+            rows['tau'],
+            rows['s'],
+            rows['u'],
+            gamma=self.gamma,
+            rho=self.dro_rho,
+            eta=self.eta,
+            beta_u=self.beta_u,
+            tau_min=self.temperature_min,
+            tau_max=self.temperature_max,
+            grad_clip=self.tau_grad_clip,
+            variant=self.variant,
+        )
         state = {name: objective_state[name].at[index].set(new[name]) for name in TABLES}
         tau = rows['tau']
-        metrics = {'tau_mean': tau.mean(), 'tau_min': tau.min(), 'tau_max': tau.max(),
-                   'grad_tau': new['grad_tau'].mean()}
+        metrics = {
+            'tau_mean': tau.mean(),
+            'tau_min': tau.min(),
+            'tau_max': tau.max(),
+            'grad_tau': new['grad_tau'].mean(),
+        }
         return loss, LossOutput(metrics, fw.batch_stats, state, feats[0])
 
 
@@ -112,6 +136,7 @@ class ISogCLR(Objective):
 class TemperatureHistogram(Evaluator):
     """iSogCLR's learned temperatures tau_i of every training image: mean, std, min, max, the fraction of images
     visited so far (s_i > 0), and their histogram drawn to ``workdir/figures/<name>_tau_<step>.png``."""
+
     type = 'isogclr_tau'
     defaults = dict(bins=40)
 
@@ -122,20 +147,28 @@ class TemperatureHistogram(Evaluator):
     def run(self, state, step):
         table = state.objective_state
         if not isinstance(table, dict) or 'tau' not in table or 's' not in table:
-            raise ConfigError(f'config key "evals.{self.name}": evaluator isogclr_tau needs the isogclr objective '
-                              f'(per-sample tables s, tau), not {self.ctx.config.method!r}')
+            raise ConfigError(
+                f'config key "evals.{self.name}": evaluator isogclr_tau needs the isogclr objective '
+                f'(per-sample tables s, tau), not {self.ctx.config.method!r}'
+            )
         n = self.ctx.objective.ctx.num_examples
         tau = to_host(table['tau'])[:n].astype(np.float64)
         visited = to_host(table['s'])[:n] > 0
         self._plot(tau, visited, step)
-        return {'mean': float(tau.mean()), 'std': float(tau.std()), 'min': float(tau.min()),
-                'max': float(tau.max()), 'visited': float(visited.mean())}
+        return {
+            'mean': float(tau.mean()),
+            'std': float(tau.std()),
+            'min': float(tau.min()),
+            'max': float(tau.max()),
+            'visited': float(visited.mean()),
+        }
 
     def _plot(self, tau, visited, step):
         path = self.figure_path('tau', step)
         if path is None:
             return
         from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+
         fig = Figure(figsize=(5, 3.5))
         ax = fig.subplots()
         edges = np.linspace(tau.min(), max(tau.max(), tau.min() + 1e-6), self.settings.bins + 1)

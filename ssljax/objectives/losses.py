@@ -5,6 +5,7 @@ notebook can call, compose and differentiate them directly. All arithmetic is do
 Batches are the *global* batch: under jit over a device mesh, XLA inserts the collectives, so negatives and batch
 statistics span every device.
 """
+
 from __future__ import annotations
 
 import jax
@@ -103,8 +104,14 @@ def barlow_twins_loss(z_a: jax.Array, z_b: jax.Array, lambd: float = 0.0051, eps
     return on_diag + lambd * off_diag
 
 
-def vicreg_loss(z_a: jax.Array, z_b: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
-                cov_coeff: float = 1.0, eps: float = 1e-4) -> tuple[jax.Array, dict]:
+def vicreg_loss(
+    z_a: jax.Array,
+    z_b: jax.Array,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    eps: float = 1e-4,
+) -> tuple[jax.Array, dict]:
     """VICReg: -> (sim_coeff * inv + std_coeff * var + cov_coeff * cov, {'invariance', 'variance', 'covariance'}).
 
     With B rows (the global batch) and D dimensions, as in the reference code:
@@ -131,8 +138,7 @@ def vicreg_loss(z_a: jax.Array, z_b: jax.Array, sim_coeff: float = 25.0, std_coe
     return total, {'invariance': invariance, 'variance': variance, 'covariance': covariance}
 
 
-def dino_loss(student_logits, teacher_logits, center: jax.Array, student_temp: float,
-              teacher_temp) -> jax.Array:
+def dino_loss(student_logits, teacher_logits, center: jax.Array, student_temp: float, teacher_temp) -> jax.Array:
     """DINO's cross-entropy from the centred, sharpened teacher to the student, averaged over view pairs.
 
     ``student_logits``: V arrays [B, K] (all views, global ones first); ``teacher_logits``: the teacher's outputs on
@@ -147,8 +153,10 @@ def dino_loss(student_logits, teacher_logits, center: jax.Array, student_temp: f
     if len(teacher_logits) > len(student_logits):
         raise ValueError(f'dino_loss: {len(teacher_logits)} teacher views but only {len(student_logits)} student views')
     center = jnp.asarray(center, jnp.float32)
-    targets = [jax.lax.stop_gradient(jax.nn.softmax((t.astype(jnp.float32) - center) / teacher_temp, axis=-1))
-               for t in teacher_logits]
+    targets = [
+        jax.lax.stop_gradient(jax.nn.softmax((t.astype(jnp.float32) - center) / teacher_temp, axis=-1))
+        for t in teacher_logits
+    ]
     log_probs = [jax.nn.log_softmax(s.astype(jnp.float32) / student_temp, axis=-1) for s in student_logits]
     total, pairs = 0.0, 0
     for t, q in enumerate(targets):
@@ -166,16 +174,29 @@ def dino_loss(student_logits, teacher_logits, center: jax.Array, student_temp: f
 # iSogCLR, Contrastive Clustering, G-SimCLR and DenseCL (objectives in isogclr.py, contrastive_clustering.py,
 # gsimclr.py, densecl.py).
 
+
 def nt_xent_mean(z_a: jax.Array, z_b: jax.Array, temperature: float) -> jax.Array:
     """NT-Xent averaged over the 2B anchors, (1/2B) sum_i l_i: the SimCLR paper's normalisation (and G-SimCLR's and
     Contrastive Clustering's instance loss), half of :func:`nt_xent`, which sums the two per-view means."""
     return 0.5 * nt_xent(z_a, z_b, temperature)
 
 
-def isogclr_loss(z_a: jax.Array, z_b: jax.Array, tau: jax.Array, s_prev: jax.Array, u_prev: jax.Array, *,
-                 gamma: float = 0.8, rho: float = 0.4, eta: float = 0.03, beta_u: float = 0.5,
-                 tau_min: float = 0.05, tau_max: float = 1.0, grad_clip: float = 3.0,
-                 variant: str = 'paper') -> tuple[jax.Array, dict]:
+def isogclr_loss(
+    z_a: jax.Array,
+    z_b: jax.Array,
+    tau: jax.Array,
+    s_prev: jax.Array,
+    u_prev: jax.Array,
+    *,
+    gamma: float = 0.8,
+    rho: float = 0.4,
+    eta: float = 0.03,
+    beta_u: float = 0.5,
+    tau_min: float = 0.05,
+    tau_max: float = 1.0,
+    grad_clip: float = 3.0,
+    variant: str = 'paper',
+) -> tuple[jax.Array, dict]:
     """iSogCLR (Qiu et al. 2023): the surrogate loss and the per-sample updates of (s_i, tau_i, u_i) for one batch.
 
     Rows i < B of the batch carry their own temperature tau_i and moving estimates s_i (0: never visited), u_i.
@@ -197,16 +218,16 @@ def isogclr_loss(z_a: jax.Array, z_b: jax.Array, tau: jax.Array, s_prev: jax.Arr
     if batch < 2:
         raise ValueError(f'isogclr_loss needs at least 2 samples (2B - 2 negatives), got {batch}')
     u = l2_normalize(jnp.concatenate([z_a, z_b], axis=0))
-    sim = u @ u.T                                                     # [2B, 2B]
+    sim = u @ u.T  # [2B, 2B]
     pos = jnp.sum(u[:batch] * u[batch:], axis=-1)
-    pos2 = jnp.concatenate([pos, pos])[:, None]                       # [2B, 1]
-    neg = 1.0 - jnp.tile(jnp.eye(batch, dtype=jnp.float32), (2, 2))   # 0 on self and partner
+    pos2 = jnp.concatenate([pos, pos])[:, None]  # [2B, 1]
+    neg = 1.0 - jnp.tile(jnp.eye(batch, dtype=jnp.float32), (2, 2))  # 0 on self and partner
     num_neg = 2 * batch - 2
     tau2 = jnp.concatenate([tau, tau]).astype(jnp.float32)[:, None]
     h = sim - pos2 if variant == 'paper' else sim
     scaled = jax.lax.stop_gradient(h) / tau2
     e = jnp.exp(scaled) * neg
-    g = jnp.sum(e, axis=1) / num_neg                                  # [2B]
+    g = jnp.sum(e, axis=1) / num_neg  # [2B]
     s_prev = s_prev.astype(jnp.float32)
     rate = jnp.concatenate([jnp.where(s_prev > 0, gamma, 1.0)] * 2)
     s_view = (1.0 - rate) * jnp.concatenate([s_prev, s_prev]) + rate * g
@@ -225,8 +246,9 @@ def isogclr_loss(z_a: jax.Array, z_b: jax.Array, tau: jax.Array, s_prev: jax.Arr
     return loss, jax.tree.map(jax.lax.stop_gradient, new)
 
 
-def cc_cluster_loss(p_a: jax.Array, p_b: jax.Array, temperature: float,
-                    entropy_log_k: bool = False) -> tuple[jax.Array, dict]:
+def cc_cluster_loss(
+    p_a: jax.Array, p_b: jax.Array, temperature: float, entropy_log_k: bool = False
+) -> tuple[jax.Array, dict]:
     """Contrastive Clustering's cluster-level loss (Li et al. 2021) on soft assignments p_a, p_b [B, K] (rows sum to 1).
 
     The K columns of each view are the cluster representations y_k^a, y_k^b in R^B; with their cosine similarity,
@@ -269,8 +291,14 @@ def densecl_match(q_backbone: jax.Array, k_backbone: jax.Array) -> jax.Array:
     return jnp.argmax(sim, axis=-1).astype(jnp.int32)
 
 
-def densecl_dense_loss(q_grid: jax.Array, k_grid: jax.Array, q_backbone: jax.Array, k_backbone: jax.Array,
-                       queue: jax.Array, temperature: float) -> jax.Array:
+def densecl_dense_loss(
+    q_grid: jax.Array,
+    k_grid: jax.Array,
+    q_backbone: jax.Array,
+    k_backbone: jax.Array,
+    queue: jax.Array,
+    temperature: float,
+) -> jax.Array:
     """DenseCL's dense loss (Wang et al. 2021): InfoNCE per query cell over N S cells.
 
     q_grid, k_grid [N, S, D]: dense projections of the query and key views (S = h w cells); q_backbone, k_backbone
@@ -283,7 +311,7 @@ def densecl_dense_loss(q_grid: jax.Array, k_grid: jax.Array, q_backbone: jax.Arr
     r = l2_normalize(q_grid)
     t = jax.lax.stop_gradient(l2_normalize(k_grid))
     queue = jax.lax.stop_gradient(l2_normalize(queue))
-    positive = jnp.sum(r * jnp.take_along_axis(t, match[..., None], axis=1), axis=-1)       # [N, S]
+    positive = jnp.sum(r * jnp.take_along_axis(t, match[..., None], axis=1), axis=-1)  # [N, S]
     logits = jnp.concatenate([positive[..., None], jnp.einsum('nsd,md->nsm', r, queue)], axis=-1) / temperature
     return -jnp.mean(jax.nn.log_softmax(logits, axis=-1)[..., 0])
 
@@ -291,6 +319,7 @@ def densecl_dense_loss(q_grid: jax.Array, k_grid: jax.Array, q_backbone: jax.Arr
 # --- contrastive family A ---
 # MoCo v2 / v3, MoCHi, DCL / DCLW, median / truncated triplet. Inputs are raw embeddings (normalised here) of the
 # global batch unless a docstring says otherwise; keys, queues and targets are stop-gradient inside the function.
+
 
 def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature, extra_negatives=None) -> jax.Array:
     """MoCo's InfoNCE against a queue: mean_i -log softmax([q_i.k_i, q_i.Q_1, ..., q_i.Q_K, q_i.h_i1, ...] / tau)_0.
@@ -331,8 +360,15 @@ def hardest_negatives(q: jax.Array, queue: jax.Array, n_hard: int) -> jax.Array:
     return queue[idx]
 
 
-def mix_hard_negatives(q: jax.Array, hard: jax.Array, idx_i: jax.Array, idx_j: jax.Array, alpha: jax.Array,
-                       idx_k: jax.Array, beta: jax.Array) -> jax.Array:
+def mix_hard_negatives(
+    q: jax.Array,
+    hard: jax.Array,
+    idx_i: jax.Array,
+    idx_j: jax.Array,
+    alpha: jax.Array,
+    idx_k: jax.Array,
+    beta: jax.Array,
+) -> jax.Array:
     """MoCHi's synthetic negatives for each query, from its hardest negatives ``hard`` [B, N, D] (given draws).
 
     For query b: h_bm = n(alpha_bm n_{b,i_bm} + (1 - alpha_bm) n_{b,j_bm})   (m < s, mixing two hard negatives)
@@ -347,8 +383,9 @@ def mix_hard_negatives(q: jax.Array, hard: jax.Array, idx_i: jax.Array, idx_j: j
     return jax.lax.stop_gradient(l2_normalize(jnp.concatenate([mixed, with_query], axis=1)))
 
 
-def mochi_negatives(rng: jax.Array, q: jax.Array, queue: jax.Array, n_hard: int, n_mix: int,
-                    n_mix_query: int) -> jax.Array:
+def mochi_negatives(
+    rng: jax.Array, q: jax.Array, queue: jax.Array, n_hard: int, n_mix: int, n_mix_query: int
+) -> jax.Array:
     """MoCHi (Kalantidis et al. 2020): s = ``n_mix`` and s' = ``n_mix_query`` synthetic negatives per query.
 
     The N = ``n_hard`` queue entries most similar to q are its hard negatives; indices are drawn uniformly among them,
@@ -393,8 +430,15 @@ def dcl_loss(z_a: jax.Array, z_b: jax.Array, temperature, sigma=None, weight_nor
     return one_way(u, v) + one_way(v, u)
 
 
-def triplet_loss(p: jax.Array, t: jax.Array, gamma: float = 2.0, margin: float = 100.0, negative: str = 'median',
-                 truncate: tuple[int, int] = (1, 10), group: int = 0) -> jax.Array:
+def triplet_loss(
+    p: jax.Array,
+    t: jax.Array,
+    gamma: float = 2.0,
+    margin: float = 100.0,
+    negative: str = 'median',
+    truncate: tuple[int, int] = (1, 10),
+    group: int = 0,
+) -> jax.Array:
     """Median / truncated triplet loss (Wang et al. 2021), one view order: mean_i max(0, gamma d_ap - d_an + margin).
 
     Distances d_ij = -2 <n(p_i), n(t_j)> between online predictions p [B, D] and targets t [B, D] (stop-gradient);
@@ -414,8 +458,9 @@ def triplet_loss(p: jax.Array, t: jax.Array, gamma: float = 2.0, margin: float =
     n_neg = group - 1
     lo, hi = truncate
     if negative == 'truncated' and not 0 <= lo < hi <= n_neg:
-        raise ValueError(f'triplet_loss: truncated ranks [{lo}, {hi}) need at least {hi} negatives per anchor, '
-                         f'have {n_neg}')
+        raise ValueError(
+            f'triplet_loss: truncated ranks [{lo}, {hi}) need at least {hi} negatives per anchor, have {n_neg}'
+        )
     if n_neg < 1:
         raise ValueError('triplet_loss needs at least 2 samples per group')
     p = l2_normalize(p).reshape(batch // group, group, -1)

@@ -25,6 +25,7 @@ decoder_depth 8, decoder_heads 16, norm_pix_loss True; probe_unmasked False (the
 view's features; True: on the whole view's, see ``probe_features``; the reference has no online probe).
 The mask comes from the first view's ``mask_ratio`` (and ``mask_patch_size``, which must be 0 or the model's patch).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,6 +43,7 @@ NORM_PIX_EPS = 1e-6
 
 
 # ==================================================================================================== pure losses
+
 
 def normalized_patch_targets(patches: jax.Array, eps: float = NORM_PIX_EPS) -> jax.Array:
     """MAE's norm_pix target: each patch (last axis, K = p p C values) as (x - mean) / sqrt(var + eps), with the
@@ -69,6 +71,7 @@ def mae_loss(pred: jax.Array, patches: jax.Array, mask: jax.Array, norm_pix_loss
 
 # ==================================================================================================== config helpers
 
+
 def view_mask_spec(config, index: int = 0, method: str = ''):
     """(view name, view, MaskSpec or None) of the ``index``-th view of ``config.augment`` (from
     ``data.views.views_from_config``)."""
@@ -89,11 +92,14 @@ def check_positive(cfg, method: str, *keys) -> None:
 def check_vit(config, method: str, mask_mode: str) -> None:
     """The backbone must be a ViT run in ``mask_mode``."""
     if not str(config.model.backbone).startswith('vit'):
-        raise ConfigError(f'config key "model.backbone": {method} needs a ViT backbone (vit_*), got '
-                          f'{config.model.backbone!r}')
+        raise ConfigError(
+            f'config key "model.backbone": {method} needs a ViT backbone (vit_*), got {config.model.backbone!r}'
+        )
     if config.model.get('mask_mode', 'drop') != mask_mode:
-        raise ConfigError(f'config key "model.mask_mode" must be {mask_mode!r} for {method}, got '
-                          f'{config.model.get("mask_mode", "drop")!r}')
+        raise ConfigError(
+            f'config key "model.mask_mode" must be {mask_mode!r} for {method}, got '
+            f'{config.model.get("mask_mode", "drop")!r}'
+        )
 
 
 def check_decoder(config, method: str, view_size: int) -> None:
@@ -101,8 +107,10 @@ def check_decoder(config, method: str, view_size: int) -> None:
     cfg = config.objective
     check_positive(cfg, method, 'decoder_dim', 'decoder_depth', 'decoder_heads')
     if cfg.decoder_dim % cfg.decoder_heads or cfg.decoder_dim % 4:
-        raise ConfigError(f'config key "objective.decoder_dim" ({cfg.decoder_dim}) must be divisible by 4 and by '
-                          f'objective.decoder_heads ({cfg.decoder_heads})')
+        raise ConfigError(
+            f'config key "objective.decoder_dim" ({cfg.decoder_dim}) must be divisible by 4 and by '
+            f'objective.decoder_heads ({cfg.decoder_heads})'
+        )
     p = int(config.model.patch_size)
     if view_size % p:
         raise ConfigError(f'config key "model.patch_size" ({p}) must divide the view side {view_size}')
@@ -119,15 +127,18 @@ def drop_mask_spec(config, index: int, method: str, required: bool = True):
         return None
     p = int(config.model.patch_size)
     if spec.patch_size != p:
-        raise ConfigError(f'config key "{key}.mask_patch_size" must be 0 or the model\'s patch size {p} for '
-                          f'{method} (one mask bit per encoder token), got {spec.patch_size}')
+        raise ConfigError(
+            f'config key "{key}.mask_patch_size" must be 0 or the model\'s patch size {p} for '
+            f'{method} (one mask bit per encoder token), got {spec.patch_size}'
+        )
     if spec.num_masked >= spec.num_patches:
         raise ConfigError(f'config key "{key}.mask_ratio" masks every patch of the view')
     return spec.num_patches, spec.num_masked
 
 
-def probe_features(ctx: Context, variables: dict, images: jax.Array, masked_pooled: jax.Array,
-                   unmasked: bool) -> jax.Array:
+def probe_features(
+    ctx: Context, variables: dict, images: jax.Array, masked_pooled: jax.Array, unmasked: bool
+) -> jax.Array:
     """What the online probe trains on. Default (``objective.probe_unmasked`` False): the encoder's pooled output on
     the masked view, free but an understatement (the probe sees a quarter of the patches under MAE's mask, so
     ``online_probe_top1`` runs below the offline linear probe). True: the pooled output on the whole view from one
@@ -140,10 +151,12 @@ def probe_features(ctx: Context, variables: dict, images: jax.Array, masked_pool
 
 # ==================================================================================================== the objective
 
+
 @register
 @dataclasses.dataclass(frozen=True)
 class MAE(Objective):
     """MAE (see the module docstring for the math, the reference and the keys)."""
+
     name = 'mae'
     decoder_dim: int = 512
     decoder_depth: int = 8
@@ -153,7 +166,7 @@ class MAE(Objective):
     num_patches: int = derived(0)
     num_masked: int = derived(0)
     patch_size: int = derived(16)
-    grid: int = derived(0)        # patches per side of the view
+    grid: int = derived(0)  # patches per side of the view
 
     @classmethod
     def check_config(cls, config, num_devices: int) -> None:
@@ -166,13 +179,19 @@ class MAE(Objective):
     def from_config(cls, config, ctx: Context) -> 'MAE':
         num_patches, num_masked = drop_mask_spec(config, 0, cls.name)
         view_size, p = view_mask_spec(config, 0, cls.name)[1].size, int(config.model.patch_size)
-        return cls.build(config, ctx, num_patches=num_patches, num_masked=num_masked, patch_size=p,
-                         grid=view_size // p)
+        return cls.build(config, ctx, num_patches=num_patches, num_masked=num_masked, patch_size=p, grid=view_size // p)
 
     @property
     def decoder(self) -> MAEDecoder:
-        return MAEDecoder(dim=self.decoder_dim, depth=self.decoder_depth, num_heads=self.decoder_heads,
-                          patch_size=self.patch_size, grid_h=self.grid, grid_w=self.grid, dtype=self.ctx.dtype)
+        return MAEDecoder(
+            dim=self.decoder_dim,
+            depth=self.decoder_depth,
+            num_heads=self.decoder_heads,
+            patch_size=self.patch_size,
+            grid_h=self.grid,
+            grid_w=self.grid,
+            dtype=self.ctx.dtype,
+        )
 
     @property
     def num_visible(self) -> int:
@@ -216,6 +235,7 @@ class MAE(Objective):
         (mean + y sqrt(var + 1e-6)), as MAE's visualisation does.
         """
         from ssljax.data import augment
+
         fw = Forward(variables, train=False)
         b, h, w, c = images.shape
         mask = augment.random_patch_masks(rng, b, self.num_patches, self.num_masked)
@@ -228,7 +248,11 @@ class MAE(Objective):
             pred = pred * std + mean
         p = self.patch_size
         recon = unpatchify(pred, p, h // p, w // p, c)
-        pixel_mask = unpatchify(jnp.broadcast_to(mask[..., None], mask.shape + (p * p,)).astype(jnp.float32),
-                                p, h // p, w // p, 1)[..., 0] > 0.5
+        pixel_mask = (
+            unpatchify(
+                jnp.broadcast_to(mask[..., None], mask.shape + (p * p,)).astype(jnp.float32), p, h // p, w // p, 1
+            )[..., 0]
+            > 0.5
+        )
         error = masked_patch_mse(pred, patches, mask)
         return {'reconstruction': recon, 'pixel_mask': pixel_mask, 'error': error}

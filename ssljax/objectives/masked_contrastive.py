@@ -27,6 +27,7 @@ temperature 0.2 (ours, solo-learn's CIFAR SimCLR value), BYOL's heads and target
 decoder_depth 8, decoder_heads 16, norm_pix_loss True, probe_unmasked False (the online probe on view a's whole view
 when True).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +61,7 @@ def joint_loss(reconstruction: jax.Array, contrastive: jax.Array, weight: float)
 @dataclasses.dataclass(frozen=True)
 class MaskedContrastive(MAE):
     """Contrastive + masked (see the module docstring for the math and the keys)."""
+
     name = 'masked_contrastive'
     weight: float = 1.0
     term: str = 'simclr'
@@ -87,14 +89,18 @@ class MaskedContrastive(MAE):
         if cfg.term == 'simclr':
             check_positive(cfg, cls.name, 'temperature')
         elif cfg.predictor_dim != cfg.projector_dim:
-            raise ConfigError(f'config key "objective.predictor_dim" ({cfg.predictor_dim}) must equal '
-                              f'objective.projector_dim ({cfg.projector_dim}) for the byol term')
+            raise ConfigError(
+                f'config key "objective.predictor_dim" ({cfg.predictor_dim}) must equal '
+                f'objective.projector_dim ({cfg.projector_dim}) for the byol term'
+            )
         specs = [drop_mask_spec(config, i, cls.name, required=False) for i in (0, 1)]
         if specs[0] != specs[1]:
             name = view_mask_spec(config, 1, cls.name)[0]
-            raise ConfigError(f'config key "augment.views.{name}.mask_ratio": both views must have the same mask '
-                              f'(or none, for the contrastive-only end), got {specs[0]} and {specs[1]} '
-                              f'(patches, masked)')
+            raise ConfigError(
+                f'config key "augment.views.{name}.mask_ratio": both views must have the same mask '
+                f'(or none, for the contrastive-only end), got {specs[0]} and {specs[1]} '
+                f'(patches, masked)'
+            )
         if specs[0] is None and weight == 0:
             raise ConfigError('config key "objective.weight" is 0 and the views have no mask: nothing to learn')
         check_decoder(config, cls.name, view_mask_spec(config, 0, cls.name)[1].size)
@@ -104,8 +110,15 @@ class MaskedContrastive(MAE):
         spec = drop_mask_spec(config, 0, cls.name, required=False)
         view_size, p = view_mask_spec(config, 0, cls.name)[1].size, int(config.model.patch_size)
         num_patches, num_masked = spec if spec is not None else ((view_size // p) ** 2, 0)
-        return cls.build(config, ctx, num_patches=num_patches, num_masked=num_masked, patch_size=p,
-                         grid=view_size // p, masked=spec is not None)
+        return cls.build(
+            config,
+            ctx,
+            num_patches=num_patches,
+            num_masked=num_masked,
+            patch_size=p,
+            grid=view_size // p,
+            masked=spec is not None,
+        )
 
     @property
     def projector(self):
@@ -170,6 +183,8 @@ class MaskedContrastive(MAE):
 
     def reconstruct(self, variables, images, rng):
         if not self.masked:
-            raise ConfigError('config key "evals": masked_contrastive without masks (the contrastive-only end) has no '
-                              'decoder to reconstruct with; drop the reconstruction evaluator from config.evals')
+            raise ConfigError(
+                'config key "evals": masked_contrastive without masks (the contrastive-only end) has no '
+                'decoder to reconstruct with; drop the reconstruction evaluator from config.evals'
+            )
         return super().reconstruct(variables, images, rng)

@@ -5,6 +5,7 @@ The key / momentum network lives in the objective state as ``'target'`` (so eval
 ``update``, its BatchNorm running statistics come from its own forward passes (the references' momentum update covers
 parameters only). MoCo v3 (no queue, a predictor) is in mocov3.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +61,7 @@ class MoCoV2(Objective):
     False), constant momentum 0.999 (ema_base = ema_final), bn_groups 0 (per-GPU BatchNorm: one group per device),
     symmetric False. State: target, queue [V, K, D], queue_ptr, step.
     """
+
     name = 'mocov2'
     temperature: float = 0.2
     queue_size: int = 65536
@@ -76,14 +78,23 @@ class MoCoV2(Objective):
         v = cls.config_values(config)
         batch, queue_size, groups = int(config.batch_size), v['queue_size'], v['bn_groups']
         check_temperature(v)
-        require(queue_size >= 1 and queue_size % batch == 0, 'queue_size',
-                f'({queue_size}) must be a positive multiple of the global batch (batch_size = {batch}), e.g. '
-                f'{max(1, queue_size // batch) * batch}')
+        require(
+            queue_size >= 1 and queue_size % batch == 0,
+            'queue_size',
+            f'({queue_size}) must be a positive multiple of the global batch (batch_size = {batch}), e.g. '
+            f'{max(1, queue_size // batch) * batch}',
+        )
         require(groups >= 0, 'bn_groups', f'must be >= 0 (0: one per device), got {groups}')
-        require(groups <= 1 or groups % num_devices == 0, 'bn_groups',
-                f'({groups}) must be 0, 1 or a multiple of the number of devices ({num_devices})')
-        require(batch % max(groups or num_devices, 1) == 0, 'bn_groups',
-                f'({groups or num_devices} groups) does not split batch_size {batch} into equal BatchNorm groups')
+        require(
+            groups <= 1 or groups % num_devices == 0,
+            'bn_groups',
+            f'({groups}) must be 0, 1 or a multiple of the number of devices ({num_devices})',
+        )
+        require(
+            batch % max(groups or num_devices, 1) == 0,
+            'bn_groups',
+            f'({groups or num_devices} groups) does not split batch_size {batch} into equal BatchNorm groups',
+        )
 
     @property
     def projector(self):
@@ -98,8 +109,12 @@ class MoCoV2(Objective):
         feats = jnp.zeros((2, self.ctx.feature_dim), jnp.float32)
         heads = init_heads(head_key, {'projector': (self.projector, (feats,))})
         queue = jax.random.normal(queue_key, (self.num_queries, self.queue_size, self.projector.out_dim), jnp.float32)
-        state = {'target': ema_copy(encoder_variables, heads, ('projector',)), 'queue': losses.l2_normalize(queue),
-                 'queue_ptr': jnp.zeros((), jnp.int32), 'step': jnp.zeros((), jnp.int32)}
+        state = {
+            'target': ema_copy(encoder_variables, heads, ('projector',)),
+            'queue': losses.l2_normalize(queue),
+            'queue_ptr': jnp.zeros((), jnp.int32),
+            'step': jnp.zeros((), jnp.int32),
+        }
         return heads, state
 
     def _embed(self, fw: Forward, x: jax.Array):
@@ -132,8 +147,11 @@ class MoCoV2(Objective):
             k, _, target_stats = self._forward_views(key_net, xk_local, local_groups)
             return q, f[0], k, jax.lax.pmean(stats, AXIS), jax.lax.pmean(target_stats, AXIS)
 
-        run = self.ctx.per_device(local, in_specs=(REPLICATED, REPLICATED, BATCH, BATCH),
-                                  out_specs=(BATCH, BATCH, BATCH, REPLICATED, REPLICATED))
+        run = self.ctx.per_device(
+            local,
+            in_specs=(REPLICATED, REPLICATED, BATCH, BATCH),
+            out_specs=(BATCH, BATCH, BATCH, REPLICATED, REPLICATED),
+        )
         q, f, k, stats, target_stats = run(variables, target, list(xq), shuffled)
         k = [jax.lax.stop_gradient(x[jnp.argsort(p)]) for x, p in zip(k, perms)]
         return q, f, k, stats, target_stats
@@ -144,8 +162,8 @@ class MoCoV2(Objective):
 
     def loss(self, variables, objective_state, views, batch, rng):
         shuffle_key, mix_key = jax.random.split(rng)
-        xq = list(views[:self.num_queries])
-        xk = [views[1], views[0]][:self.num_queries]  # query v's positive key is the other view
+        xq = list(views[: self.num_queries])
+        xk = [views[1], views[0]][: self.num_queries]  # query v's positive key is the other view
         target = objective_state['target']
         q, feats, k, stats, target_stats = self.encode(variables, target, xq, xk, shuffle_key)
         queue, step = objective_state['queue'], objective_state['step']
@@ -159,8 +177,13 @@ class MoCoV2(Objective):
         ptr = objective_state['queue_ptr']
         new_queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (0, ptr, 0))
         metrics['pos_cosine'] = losses.cosine_similarity(q[0], k[0]).mean()
-        state = dict(objective_state, target=dict(target, batch_stats=jax.lax.stop_gradient(target_stats)),
-                     queue=new_queue, queue_ptr=(ptr + keys.shape[1]) % self.queue_size, step=step + 1)
+        state = dict(
+            objective_state,
+            target=dict(target, batch_stats=jax.lax.stop_gradient(target_stats)),
+            queue=new_queue,
+            queue_ptr=(ptr + keys.shape[1]) % self.queue_size,
+            step=step + 1,
+        )
         return loss, LossOutput(metrics, stats, state, feats)
 
     def update(self, params, objective_state, step):
@@ -187,6 +210,7 @@ class MoCHi(MoCoV2):
     here), mix_start_steps -1 (>= 0 wins over the epochs).
     Metric: ``mixing`` (1 once the synthetic negatives are in use).
     """
+
     name = 'mochi'
     n_hard: int = 1024
     n_mix: int = 1024
@@ -198,8 +222,11 @@ class MoCHi(MoCoV2):
     def check_config(cls, config, num_devices: int) -> None:
         super().check_config(config, num_devices)
         v = cls.config_values(config)
-        require(1 <= v['n_hard'] <= v['queue_size'], 'n_hard',
-                f'({v["n_hard"]}) must be between 1 and the queue size (objective.queue_size = {v["queue_size"]})')
+        require(
+            1 <= v['n_hard'] <= v['queue_size'],
+            'n_hard',
+            f'({v["n_hard"]}) must be between 1 and the queue size (objective.queue_size = {v["queue_size"]})',
+        )
         for key in ('n_mix', 'n_mix_query', 'mix_start_epochs'):
             require(v[key] >= 0, key, f'must be >= 0, got {v[key]}')
 

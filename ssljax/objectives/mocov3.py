@@ -1,4 +1,5 @@
 """MoCo v3 (Chen, Xie & He 2021): symmetric in-batch contrast of a predictor's output against momentum keys."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ class MoCoV3(EMATwoViewObjective):
     default; its ViT recipes set True, tau 0.2, a 3-layer projector and the predictor's last BN).
     Metric: ``pos_cosine``.
     """
+
     name = 'mocov3'
     temperature: float = 1.0
     predictor_last_bn: bool = False
@@ -42,8 +44,11 @@ class MoCoV3(EMATwoViewObjective):
         super().check_config(config, num_devices)
         v = cls.config_values(config)
         check_temperature(v)
-        require(not v['freeze_patch_embed'] or str(config.model.backbone).startswith('vit'), 'freeze_patch_embed',
-                f'needs a ViT backbone (model.backbone = vit_*), got {config.model.backbone!r}')
+        require(
+            not v['freeze_patch_embed'] or str(config.model.backbone).startswith('vit'),
+            'freeze_patch_embed',
+            f'needs a ViT backbone (model.backbone = vit_*), got {config.model.backbone!r}',
+        )
 
     @property
     def projector(self):

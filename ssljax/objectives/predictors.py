@@ -32,12 +32,13 @@ Frobenius norm as in the paper (:func:`directcopy_predictor`; spectral and no no
 Every product here runs at ``Precision.HIGHEST``: on GPUs the default float32 matmul may use TF32 (10-bit mantissa),
 whose 1e-3 relative rounding would turn F's zero eigenvalues into negative ones of that size.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-P_FLOOR = 1e-4          # lower bound of every eigenvalue p_j of W_p (as in the paper's code)
+P_FLOOR = 1e-4  # lower bound of every eigenvalue p_j of W_p (as in the paper's code)
 TRANSFORMS = ('sqrt', 'linear', 'sqrt_eps_inside')
 METHODS = ('eigh', 'newton_schulz', 'diagonal')
 NORMALIZATIONS = ('spectral', 'frobenius', 'none')
@@ -59,6 +60,7 @@ def _symmetrize(M: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------------------ statistics
+
 
 def batch_correlation(f_a: jax.Array, f_b: jax.Array) -> jax.Array:
     """E[f f^T] over the rows of both views: (f_a^T f_a + f_b^T f_b) / (B_a + B_b), float32 [d, d], no gradient."""
@@ -99,6 +101,7 @@ def centered_correlation(F: jax.Array, mu: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------------------ linear algebra
+
 
 def top_eigenvalue(F: jax.Array, squarings: int = 8, iters: int = 2) -> jax.Array:
     """Largest eigenvalue of a symmetric positive semi-definite F by matrix products only (>= 0; 0 for F = 0).
@@ -148,6 +151,7 @@ def sqrtm_newton_schulz(A: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]
 
 # ------------------------------------------------------------------------------------------------------ predictors
 
+
 def eigenvalue_transform(a: jax.Array, eps: float, transform: str = 'sqrt') -> jax.Array:
     """p = transform(a) for normalised eigenvalues a = max(s, 0) / s_max in [0, 1] (see the module docstring)."""
     if transform == 'sqrt':
@@ -193,9 +197,15 @@ def eigh_predictor(F: jax.Array, eps: float = 0.01, transform: str = 'sqrt', dia
     return jnp.where(s_max > _TINY, W, _degenerate(F.shape[0], eps, transform))
 
 
-def newton_schulz_predictor(F: jax.Array, eps: float = 0.01, transform: str = 'sqrt', ns_iters: int = 20,
-                            ns_shift: float = 1e-6, ns_tol: float = 1e-2,
-                            power_squarings: int = 8) -> tuple[jax.Array, jax.Array]:
+def newton_schulz_predictor(
+    F: jax.Array,
+    eps: float = 0.01,
+    transform: str = 'sqrt',
+    ns_iters: int = 20,
+    ns_shift: float = 1e-6,
+    ns_tol: float = 1e-2,
+    power_squarings: int = 8,
+) -> tuple[jax.Array, jax.Array]:
     """W_p by matrix products only, and whether to trust it: -> (W float32 [d, d], ok bool scalar).
 
     s_max = :func:`top_eigenvalue` (F, ``power_squarings``), A = F / s_max, delta = ``ns_shift``, and
@@ -234,9 +244,16 @@ def newton_schulz_predictor(F: jax.Array, eps: float = 0.01, transform: str = 's
     return jnp.where(degenerate, _degenerate(d, eps, transform), W), degenerate | ok
 
 
-def predictor_from_correlation(F: jax.Array, eps: float = 0.01, method: str = 'eigh', transform: str = 'sqrt',
-                               ns_iters: int = 20, ns_shift: float = 1e-6, ns_tol: float = 1e-2,
-                               power_squarings: int = 8) -> jax.Array:
+def predictor_from_correlation(
+    F: jax.Array,
+    eps: float = 0.01,
+    method: str = 'eigh',
+    transform: str = 'sqrt',
+    ns_iters: int = 20,
+    ns_shift: float = 1e-6,
+    ns_tol: float = 1e-2,
+    power_squarings: int = 8,
+) -> jax.Array:
     """DirectPred's W_p from a correlation matrix F (symmetric, positive semi-definite up to rounding); float32 [d, d].
 
     ``method``:
@@ -262,8 +279,9 @@ def predictor_from_correlation(F: jax.Array, eps: float = 0.01, method: str = 'e
     return jax.lax.cond(ok, lambda: W, lambda: eigh_predictor(F, eps, transform))
 
 
-def directcopy_predictor(F: jax.Array, eps: float = 0.01, normalize: str = 'frobenius',
-                         power_squarings: int = 8) -> jax.Array:
+def directcopy_predictor(
+    F: jax.Array, eps: float = 0.01, normalize: str = 'frobenius', power_squarings: int = 8
+) -> jax.Array:
     """DirectCopy's W_p = F_hat + eps I, float32 [d, d], symmetric; no eigendecomposition.
 
     ``normalize`` picks F_hat:

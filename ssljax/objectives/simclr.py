@@ -1,4 +1,5 @@
 """SimCLR (Chen et al. 2020): NT-Xent over the global batch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ class SimCLR(TwoViewObjective):
     batch, so BatchNorm normalises over 2B rows); True runs each view on its own (solo-learn's CIFAR recipe).
     Metric: ``pos_cosine``.
     """
+
     name = 'simclr'
     temperature: float = 0.1
 

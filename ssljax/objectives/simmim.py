@@ -25,6 +25,7 @@ Defaults (the config keys): probe_unmasked False (as MAE's; True: the online pro
 from the first view's ``mask_ratio`` / ``mask_patch_size`` (the mask patch must be a multiple of the model's patch and
 divide the view side).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ L1_EPS = 1e-5
 
 
 # ==================================================================================================== pure functions
+
 
 def simmim_loss(images: jax.Array, recon: jax.Array, pixel_mask: jax.Array) -> jax.Array:
     """SimMIM's masked L1: sum M |y - x| / (sum M + 1e-5) / C with images, recon [B, H, W, C] and pixel_mask
@@ -60,15 +62,17 @@ def upsample_mask(mask: jax.Array, grid: int, scale: int) -> jax.Array:
 
 # ==================================================================================================== the objective
 
+
 @register
 @dataclasses.dataclass(frozen=True)
 class SimMIM(Objective):
     """SimMIM (see the module docstring for the math, the reference and the keys)."""
+
     name = 'simmim'
     probe_unmasked: bool = False  # the online probe on the whole view (mae.probe_features)
-    stride: int = derived(1)      # the pixel-shuffle head's upsampling factor
+    stride: int = derived(1)  # the pixel-shuffle head's upsampling factor
     input_mask: bool = derived(False)  # True: ResNet, masking at the input with a learnable pixel value
-    mask_grid: int = derived(0)   # side of the mask-patch grid
+    mask_grid: int = derived(0)  # side of the mask-patch grid
     mask_scale_tokens: int = derived(1)  # encoder tokens per mask patch side (ViT)
     image_size: int = derived(0)
     num_masked: int = derived(0)
@@ -78,16 +82,20 @@ class SimMIM(Objective):
         cls.config_values(config)
         vit = str(config.model.backbone).startswith('vit')
         if vit and config.model.get('mask_mode', 'drop') != 'token':
-            raise ConfigError(f'config key "model.mask_mode" must be \'token\' for simmim on a ViT, got '
-                              f'{config.model.get("mask_mode", "drop")!r}')
+            raise ConfigError(
+                f'config key "model.mask_mode" must be \'token\' for simmim on a ViT, got '
+                f'{config.model.get("mask_mode", "drop")!r}'
+            )
         name, view, spec = view_mask_spec(config, 0, cls.name)
         key = f'augment.views.{name}'
         if spec is None:
             raise ConfigError(f'config key "{key}.mask_ratio" must be > 0 for simmim (0.6 in the reference)')
         p = int(config.model.patch_size)
         if vit and spec.patch_size % p:
-            raise ConfigError(f'config key "{key}.mask_patch_size" ({spec.patch_size}) must be a multiple of the '
-                              f'model\'s patch size {p}')
+            raise ConfigError(
+                f'config key "{key}.mask_patch_size" ({spec.patch_size}) must be a multiple of the '
+                f'model\'s patch size {p}'
+            )
 
     @classmethod
     def from_config(cls, config, ctx: Context) -> 'SimMIM':
@@ -101,11 +109,21 @@ class SimMIM(Objective):
         else:  # the feature map's stride needs the encoder: checked here, not in check_config
             feature = _feature_grid(ctx.encoder, size)
             if size % feature:
-                raise ConfigError(f'config key "model.backbone": {backbone}\'s feature map ({feature} x {feature}) '
-                                  f'does not divide the view side {size}, so no pixel-shuffle stride fits')
+                raise ConfigError(
+                    f'config key "model.backbone": {backbone}\'s feature map ({feature} x {feature}) '
+                    f'does not divide the view side {size}, so no pixel-shuffle stride fits'
+                )
             stride, scale = size // feature, 1
-        return cls.build(config, ctx, stride=stride, input_mask=not vit, mask_grid=size // q,
-                         mask_scale_tokens=scale, image_size=size, num_masked=spec.num_masked)
+        return cls.build(
+            config,
+            ctx,
+            stride=stride,
+            input_mask=not vit,
+            mask_grid=size // q,
+            mask_scale_tokens=scale,
+            image_size=size,
+            num_masked=spec.num_masked,
+        )
 
     @property
     def head(self) -> PixelShuffleHead:
@@ -114,8 +132,10 @@ class SimMIM(Objective):
     def init(self, rng, encoder_variables):
         if self.input_mask:
             g = _feature_grid(self.ctx.encoder, self.image_size)
-            heads = {'decoder': (self.head, (jnp.zeros((2, g, g, self.ctx.feature_dim)),)),
-                     'mask_token': (PixelMaskToken(), (jnp.zeros((2, 2, 2, 3)), jnp.zeros((2, 2, 2), bool)))}
+            heads = {
+                'decoder': (self.head, (jnp.zeros((2, g, g, self.ctx.feature_dim)),)),
+                'mask_token': (PixelMaskToken(), (jnp.zeros((2, 2, 2, 3)), jnp.zeros((2, 2, 2), bool))),
+            }
         else:
             g = self.mask_grid * self.mask_scale_tokens
             heads = {'decoder': (self.head, (jnp.zeros((2, g, g, self.ctx.feature_dim)),))}
@@ -153,16 +173,18 @@ class SimMIM(Objective):
         """Evaluation hook (ssljax.evaluation.reconstruction): a fresh random mask from ``rng``; {'reconstruction',
         'pixel_mask', 'error' (mean |y - x| per masked pixel and channel)}, images in their normalised space."""
         from ssljax.data import augment
+
         fw = Forward(variables, train=False)
-        mask = augment.random_patch_masks(rng, images.shape[0], self.mask_grid ** 2, self.num_masked)
+        mask = augment.random_patch_masks(rng, images.shape[0], self.mask_grid**2, self.num_masked)
         recon, pixel_mask, _ = self.reconstruct_from(fw, images, mask)
         return {'reconstruction': recon, 'pixel_mask': pixel_mask, 'error': simmim_loss(images, recon, pixel_mask)}
 
 
 def _feature_grid(encoder, size: int) -> int:
     """Side of a ResNet's last feature map for size x size inputs (by shape evaluation)."""
-    out = jax.eval_shape(lambda: encoder.init_with_output(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                                                          train=False)[0])
+    out = jax.eval_shape(
+        lambda: encoder.init_with_output(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)[0]
+    )
     if 'feature_map' not in out:
         raise ConfigError('config key "model.backbone": simmim needs a ViT or a backbone with a feature map')
     return int(out['feature_map'].shape[1])

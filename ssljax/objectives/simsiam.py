@@ -1,4 +1,5 @@
 """SimSiam (Chen & He 2021): one network, a predictor and a stop-gradient; no target network, no negatives."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ class SimSiam(Objective):
     must equal projector_dim), BN in both, bn_per_view True.
     Metrics: ``pred_cosine`` (= -loss), ``z_std`` (std of n(z) over the batch, averaged over dims; collapse -> 0).
     """
+
     name = 'simsiam'
     projector_hidden: tuple = (2048, 2048)
     projector_dim: int = 2048
@@ -42,8 +44,11 @@ class SimSiam(Objective):
     @classmethod
     def check_config(cls, config, num_devices: int) -> None:
         v = cls.config_values(config)
-        require(v['predictor_dim'] == v['projector_dim'], 'predictor_dim',
-                f'({v["predictor_dim"]}) must equal objective.projector_dim ({v["projector_dim"]}) for simsiam')
+        require(
+            v['predictor_dim'] == v['projector_dim'],
+            'predictor_dim',
+            f'({v["predictor_dim"]}) must equal objective.projector_dim ({v["projector_dim"]}) for simsiam',
+        )
 
     @property
     def projector(self):

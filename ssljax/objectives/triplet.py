@@ -1,4 +1,5 @@
 """Median triplet loss (Wang et al. 2021, "Solving Inefficiency of Self-supervised Representation Learning")."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +33,7 @@ class Triplet(EMATwoViewObjective):
     momentum ema_base 0.99 -> 1, gamma 2, margin 100, truncate_lo 1, truncate_hi 10; negative 'median' and
     neg_group 0 (the paper's formulation). Metric: ``pred_target_cosine``.
     """
+
     name = 'triplet'
     ema_base: float = 0.99
     gamma: float = 2.0
@@ -47,14 +49,20 @@ class Triplet(EMATwoViewObjective):
         v = cls.config_values(config)
         batch, group, lo, hi = int(config.batch_size), v['neg_group'], v['truncate_lo'], v['truncate_hi']
         check_choice(v, 'negative', NEGATIVES)
-        require(group >= 0 and not (group and batch % group), 'neg_group',
-                f'({group}) must be 0 (the whole batch) or divide the global batch (batch_size = {batch})')
+        require(
+            group >= 0 and not (group and batch % group),
+            'neg_group',
+            f'({group}) must be 0 (the whole batch) or divide the global batch (batch_size = {batch})',
+        )
         size = group or batch
         require(size >= 2, 'neg_group', f'leaves each anchor no negative: groups have {size} images')
         if v['negative'] == 'truncated':
             require(0 <= lo < hi, 'truncate_lo', f'({lo}) must satisfy 0 <= truncate_lo < truncate_hi ({hi})')
-            require(hi <= size - 1, 'truncate_hi', f'({hi}) must be <= {size - 1}, the negatives per anchor with '
-                                                   f'neg_group {group} and batch_size {batch}')
+            require(
+                hi <= size - 1,
+                'truncate_hi',
+                f'({hi}) must be <= {size - 1}, the negatives per anchor with neg_group {group} and batch_size {batch}',
+            )
 
     @property
     def truncate(self) -> tuple[int, int]:

@@ -1,4 +1,5 @@
 """VICReg (Bardes et al. 2022): invariance + variance + covariance terms, statistics over the global batch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ class VICReg(TwoViewObjective):
     8192-8192-8192 with BN, sim_coeff 25, std_coeff 25, cov_coeff 1, bn_per_view True.
     Metrics: ``invariance``, ``variance``, ``covariance`` (unweighted terms).
     """
+
     name = 'vicreg'
     projector_hidden: tuple = (8192, 8192)
     projector_dim: int = 8192
@@ -34,8 +36,11 @@ class VICReg(TwoViewObjective):
         v = cls.config_values(config)
         for key in ('sim_coeff', 'std_coeff', 'cov_coeff'):
             require(v[key] >= 0, key, f'must be >= 0, got {v[key]}')
-        require(v['sim_coeff'] + v['std_coeff'] + v['cov_coeff'] > 0, 'sim_coeff',
-                'and objective.std_coeff, objective.cov_coeff are all 0: nothing to learn')
+        require(
+            v['sim_coeff'] + v['std_coeff'] + v['cov_coeff'] > 0,
+            'sim_coeff',
+            'and objective.std_coeff, objective.cov_coeff are all 0: nothing to learn',
+        )
 
     def pair_loss(self, z_a, z_b):
         return losses.vicreg_loss(z_a, z_b, self.sim_coeff, self.std_coeff, self.cov_coeff)

@@ -22,18 +22,48 @@ Modules, each importing only from those listed before it:
 * ``policy``: ``DATASET_SHAPES``, ``FOLDER_MAX_SIDE``, the ``DATASETS`` registry, ``load_split``, ``open_source``.
 """
 
-from ssljax.data.sources.base import (Source, Split, UnreadableImageError, resize_array, resize_shorter_and_crop,
-                                      short_reason)
+from ssljax.data.sources.base import (
+    Source,
+    Split,
+    UnreadableImageError,
+    resize_array,
+    resize_shorter_and_crop,
+    short_reason,
+)
 from ssljax.data.sources.folders import IMAGE_EXTENSIONS, FolderSource, decode_image, report_problems
 from ssljax.data.sources.policy import DATASET_SHAPES, DATASETS, FOLDER_MAX_SIDE, load_split, open_source
 from ssljax.data.sources.pool import default_num_workers
-from ssljax.data.sources.scan import (BAD_IMAGES_MODES, BadImagesError, append_bad_image, substitute_unreadable,
-                                      write_bad_images_report)
+from ssljax.data.sources.scan import (
+    BAD_IMAGES_MODES,
+    BadImagesError,
+    append_bad_image,
+    substitute_unreadable,
+    write_bad_images_report,
+)
 from ssljax.data.sources.tfds import TFDS_DATASETS, TfdsSource
 
 __all__ = [
-    'BAD_IMAGES_MODES', 'DATASETS', 'DATASET_SHAPES', 'FOLDER_MAX_SIDE', 'IMAGE_EXTENSIONS', 'TFDS_DATASETS',
-    'BadImagesError', 'FolderSource', 'Source', 'Split', 'TfdsSource', 'UnreadableImageError', 'append_bad_image',
-    'decode_image', 'default_num_workers', 'load_split', 'open_source', 'report_problems', 'resize_array',
-    'resize_shorter_and_crop', 'short_reason', 'substitute_unreadable', 'write_bad_images_report',
+    'BAD_IMAGES_MODES',
+    'DATASETS',
+    'DATASET_SHAPES',
+    'FOLDER_MAX_SIDE',
+    'IMAGE_EXTENSIONS',
+    'TFDS_DATASETS',
+    'BadImagesError',
+    'FolderSource',
+    'Source',
+    'Split',
+    'TfdsSource',
+    'UnreadableImageError',
+    'append_bad_image',
+    'decode_image',
+    'default_num_workers',
+    'load_split',
+    'open_source',
+    'report_problems',
+    'resize_array',
+    'resize_shorter_and_crop',
+    'short_reason',
+    'substitute_unreadable',
+    'write_bad_images_report',
 ]

@@ -68,11 +68,11 @@ class Split:
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
             raise ValueError(
-                f'{self.name}: images must be uint8 [N, H, W, 3], got {self.images.dtype} ' f'{self.images.shape}'
+                f'{self.name}: images must be uint8 [N, H, W, 3], got {self.images.dtype} {self.images.shape}'
             )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(
-                f'{self.name}: labels shape {self.labels.shape} does not match ' f'{self.images.shape[0]} images'
+                f'{self.name}: labels shape {self.labels.shape} does not match {self.images.shape[0]} images'
             )
         self.labels = self.labels.astype(np.int32, copy=False)
         self.class_names = tuple(self.class_names)

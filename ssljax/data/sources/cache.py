@@ -43,9 +43,13 @@ def _write_cache(images_path: str, meta_path: str, out: Split) -> None:
         np.save(fh, out.images, allow_pickle=False)
     os.replace(images_path + tmp, images_path)
     with open(meta_path + tmp, 'wb') as fh:
-        np.savez(fh, labels=out.labels, class_names=np.asarray(out.class_names, dtype=str),
-                 bad_paths=np.asarray([p for p, _ in out.bad_files], dtype=str),
-                 bad_reasons=np.asarray([r for _, r in out.bad_files], dtype=str))
+        np.savez(
+            fh,
+            labels=out.labels,
+            class_names=np.asarray(out.class_names, dtype=str),
+            bad_paths=np.asarray([p for p, _ in out.bad_files], dtype=str),
+            bad_reasons=np.asarray([r for _, r in out.bad_files], dtype=str),
+        )
     os.replace(meta_path + tmp, meta_path)
 
 

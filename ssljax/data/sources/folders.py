@@ -30,8 +30,13 @@ from ssljax.data import decode
 from ssljax.data.sources.base import Split, UnreadableImageError, short_reason
 from ssljax.data.sources.cache import _CACHE_FORMAT, _cache_paths, _cached, _read_cache
 from ssljax.data.sources.pool import _fill_parallel
-from ssljax.data.sources.scan import (BAD_IMAGES_MODES, _EMPTY_FOLDER, _report_bad, append_bad_image,
-                                      substitute_unreadable)
+from ssljax.data.sources.scan import (
+    _EMPTY_FOLDER,
+    BAD_IMAGES_MODES,
+    _report_bad,
+    append_bad_image,
+    substitute_unreadable,
+)
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
@@ -160,8 +165,10 @@ class FolderSource:
             except Exception:  # pylint: disable=broad-except
                 continue
         if not sides:
-            raise ValueError(f'none of {len(picks)} images sampled from {self.split_dir} could be opened to take '
-                             f'the image size from; set --config.image_size')
+            raise ValueError(
+                f'none of {len(picks)} images sampled from {self.split_dir} could be opened to take '
+                f'the image size from; set --config.image_size'
+            )
         return int(np.median(sides))
 
     def _reference_shape(self) -> tuple[int, int]:

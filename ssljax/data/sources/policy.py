@@ -122,6 +122,7 @@ def open_source(
     if dataset in TFDS_DATASETS:
         return TfdsSource(dataset, split, data_dir, image_size, num_workers)
     if dataset == 'image_folder':
-        return report_problems(FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers,
-                                            bad_images=bad_images))
+        return report_problems(
+            FolderSource(data_dir, split, image_size=image_size, num_workers=num_workers, bad_images=bad_images)
+        )
     return DATASETS[dataset](split, data_dir=data_dir, image_size=image_size)

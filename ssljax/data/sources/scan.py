@@ -68,18 +68,30 @@ def _report_bad(bad: list[tuple[str, str]], mode: str, where: str, report_path: 
     folders = sum(r == _EMPTY_FOLDER for _, r in bad)
     files = len(bad) - folders
     counts = ' and '.join(
-        t for t in (f'{files} unreadable file{"s" * (files > 1)}' if files else '',
-                    f'{folders} empty class folder{"s" * (folders > 1)}' if folders else '') if t)
+        t
+        for t in (
+            f'{files} unreadable file{"s" * (files > 1)}' if files else '',
+            f'{folders} empty class folder{"s" * (folders > 1)}' if folders else '',
+        )
+        if t
+    )
     if report_path is not None:
         more = f'; and {len(bad) - _SHOWN} more' if len(bad) > _SHOWN else ''
         listing = f'{_problem_text(bad[:_SHOWN])}{more} (full list in {report_path})'
     else:
         listing = _problem_text(bad)
     if mode == 'error':
-        raise BadImagesError(f'{counts} in image folder {where}: {listing}. Fix or remove them, or set '
-                             "bad_images='skip' (--config.bad_images=skip) to train without them", bad, report_path)
-    print(f'ssljax: warning: bad_images=skip: leaving out {counts} in image folder {where}: {listing}',
-          file=sys.stderr, flush=True)
+        raise BadImagesError(
+            f'{counts} in image folder {where}: {listing}. Fix or remove them, or set '
+            "bad_images='skip' (--config.bad_images=skip) to train without them",
+            bad,
+            report_path,
+        )
+    print(
+        f'ssljax: warning: bad_images=skip: leaving out {counts} in image folder {where}: {listing}',
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # How many following examples ``substitute_unreadable`` tries before giving up.
@@ -98,8 +110,14 @@ def append_bad_image(path: str, image: str, reason: str) -> None:
         fh.write(f'{image}\t{reason}\n')
 
 
-def substitute_unreadable(i: int, n: int, read: Callable[[int], object], describe: Callable[[int], str],
-                          bad_images: str, report: str | None = None) -> tuple[int, object]:
+def substitute_unreadable(
+    i: int,
+    n: int,
+    read: Callable[[int], object],
+    describe: Callable[[int], str],
+    bad_images: str,
+    report: str | None = None,
+) -> tuple[int, object]:
     """``(i, read(i))``, or with ``bad_images='skip'`` the first readable of i + 1, i + 2, ... (mod n).
 
     For data read on demand (streamed training, evaluation of a streamed split), where unreadable files are met one
@@ -121,11 +139,15 @@ def substitute_unreadable(i: int, n: int, read: Callable[[int], object], describ
             value = read(j)
         except UnreadableImageError:
             continue
-        print(f'ssljax: warning: bad_images=skip: cannot decode image {first.path}: {first.reason}; '
-              f'using {describe(j)} in its place' + (f' (listed in {report})' if report else ''),
-              file=sys.stderr, flush=True)
+        print(
+            f'ssljax: warning: bad_images=skip: cannot decode image {first.path}: {first.reason}; '
+            f'using {describe(j)} in its place' + (f' (listed in {report})' if report else ''),
+            file=sys.stderr,
+            flush=True,
+        )
         if report:
             append_bad_image(report, first.path, first.reason)
         return j, value
-    raise UnreadableImageError(first.path, f'{first.reason}; and the next {min(n - 1, _SUBSTITUTE_TRIES)} examples '
-                               'are unreadable too')
+    raise UnreadableImageError(
+        first.path, f'{first.reason}; and the next {min(n - 1, _SUBSTITUTE_TRIES)} examples are unreadable too'
+    )

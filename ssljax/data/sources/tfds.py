@@ -86,8 +86,9 @@ class TfdsSource:
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
         try:
-            return tfds.data_source(dataset, split=tfds_split, data_dir=data_dir, download=False, try_gcs=False,
-                                    decoders=decoders)
+            return tfds.data_source(
+                dataset, split=tfds_split, data_dir=data_dir, download=False, try_gcs=False, decoders=decoders
+            )
         except Exception as e:
             raise FileNotFoundError(
                 f'tfds dataset {dataset!r} split {tfds_split!r} is not prepared in array_record format under data_dir '
@@ -117,8 +118,10 @@ class TfdsSource:
 
             dataset, _, data_dir = self._args[:3]
             try:
-                raw = [self._open(dataset, s, data_dir, {'image': tfds.decode.SkipDecoding()})
-                       for s, _ in _tfds_subsplits(dataset, self.split)]
+                raw = [
+                    self._open(dataset, s, data_dir, {'image': tfds.decode.SkipDecoding()})
+                    for s, _ in _tfds_subsplits(dataset, self.split)
+                ]
                 sample = raw[0][0]['image']
                 if not isinstance(sample, bytes):
                     raise TypeError(f'encoded image is {type(sample).__name__}, not bytes')
@@ -127,8 +130,12 @@ class TfdsSource:
                 self._raw_parts = False
                 if self.name not in TfdsSource._noted:
                     TfdsSource._noted.add(self.name)
-                    print(f'ssljax: note: {self.name}: tfds returns no encoded images here ({short_reason(e)}); '
-                          'its records are decoded by tfds at full size', file=sys.stderr, flush=True)
+                    print(
+                        f'ssljax: note: {self.name}: tfds returns no encoded images here ({short_reason(e)}); '
+                        'its records are decoded by tfds at full size',
+                        file=sys.stderr,
+                        flush=True,
+                    )
         return self._raw_parts
 
     def record(self, i: int) -> tuple[bytes | np.ndarray, int]:
@@ -205,8 +212,11 @@ class TfdsSource:
         """sha256 over format tag, dataset, split, image_size, class names and every file of the prepared dataset
         (relative path, size, mtime_ns)."""
         h = hashlib.sha256()
-        h.update(json.dumps([_CACHE_FORMAT, 'tfds', self.dataset, self.split, self.image_size,
-                             list(self.class_names)]).encode())
+        h.update(
+            json.dumps(
+                [_CACHE_FORMAT, 'tfds', self.dataset, self.split, self.image_size, list(self.class_names)]
+            ).encode()
+        )
         root = os.fspath(self._parts[0][0].dataset_info.data_dir)
         for dirpath, _, names in sorted(os.walk(root)):
             for name in sorted(names):
@@ -218,8 +228,12 @@ class TfdsSource:
 
 def _tfds_loader(dataset: str):
     def load(
-        split: str, data_dir: str | None = None, image_size: int | None = None, num_workers: int | None = None,
-        cache_dir: str | None = None, **unused
+        split: str,
+        data_dir: str | None = None,
+        image_size: int | None = None,
+        num_workers: int | None = None,
+        cache_dir: str | None = None,
+        **unused,
     ) -> Split:
         del unused
         src = TfdsSource(dataset, split, data_dir, image_size, num_workers)
