@@ -13,12 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssljax.models.layers import batch_norm
+
 Dtype = Any
 
 # PyTorch's default Linear weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance 1 / (3 fan_in).
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
 
 
 class MLP(nn.Module):
@@ -47,14 +47,7 @@ class MLP(nn.Module):
         dense = partial(
             nn.Dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=torch_linear_init
         )
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        norm = batch_norm(train, self.dtype)
         x = x.astype(self.dtype)
         for i, h in enumerate(self.hidden_dims):
             x = dense(h, name=f"linear_{i}")(x)
@@ -134,14 +127,7 @@ class DINOHead(nn.Module):
         for i in range(self.num_layers - 1):
             x = dense(self.hidden_dim, name=f"linear_{i}")(x)
             if self.use_bn:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=BN_MOMENTUM,
-                    epsilon=BN_EPSILON,
-                    dtype=self.dtype,
-                    param_dtype=jnp.float32,
-                    name=f"bn_{i}",
-                )(x)
+                x = batch_norm(train, self.dtype)(name=f"bn_{i}")(x)
             x = nn.gelu(x, approximate=False)
         x = dense(self.bottleneck_dim, name="linear_bottleneck")(x)
         z = l2_normalize(x.astype(jnp.float32))

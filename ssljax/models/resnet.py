@@ -24,13 +24,12 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssljax.models.layers import batch_norm
+
 Dtype = Any
 
 # Kaiming normal, fan_out mode, gain sqrt(2) (ReLU), untruncated: torchvision's conv init.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
 
 
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -53,14 +52,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init)
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        norm = batch_norm(train, self.dtype)
         y = conv(self.width, (3, 3), strides=self.stride, padding=_pad(3), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.width, (3, 3), padding=_pad(3), name="conv2")(y)
@@ -84,14 +76,7 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init)
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        norm = batch_norm(train, self.dtype)
         out_width = self.width * self.expansion
         y = conv(self.width, (1, 1), padding="VALID", name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -144,38 +129,19 @@ class ResNet(nn.Module):
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} differ in length")
         x = x.astype(self.dtype)
-        if self.cifar_stem:
-            x = nn.Conv(
-                self.stem_width,
-                (3, 3),
-                strides=1,
-                padding=_pad(3),
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=conv_kernel_init,
-                name="stem_conv",
-            )(x)
-        else:
-            x = nn.Conv(
-                self.stem_width,
-                (7, 7),
-                strides=2,
-                padding=_pad(7),
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=conv_kernel_init,
-                name="stem_conv",
-            )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
+        kernel, stride = (3, 1) if self.cifar_stem else (7, 2)  # CIFAR: 3x3/1, no max-pool; ImageNet: 7x7/2
+        x = nn.Conv(
+            self.stem_width,
+            (kernel, kernel),
+            strides=stride,
+            padding=_pad(kernel),
+            use_bias=False,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            name="stem_bn",
+            kernel_init=conv_kernel_init,
+            name="stem_conv",
         )(x)
+        x = batch_norm(train, self.dtype)(name="stem_bn")(x)
         x = nn.relu(x)
         if not self.cifar_stem:
             # max_pool pads with -inf, like PyTorch's MaxPool2d(3, 2, padding=1).

@@ -242,6 +242,15 @@ def require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f'config key "objective.{key}" {message}')
 
 
+def require_predictor_dim(values: dict, why: str) -> None:
+    """The predictor's output must have the projector's width (it is compared with a projection): ConfigError."""
+    require(
+        values['predictor_dim'] == values['projector_dim'],
+        'predictor_dim',
+        f'({values["predictor_dim"]}) must equal objective.projector_dim ({values["projector_dim"]}){why}',
+    )
+
+
 def check_temperature(cfg, key: str = 'temperature') -> float:
     """``cfg[key]`` as a float, which must be > 0 (a softmax temperature)."""
     value = float(cfg[key])

@@ -26,7 +26,7 @@ from ssljax.objectives.base import (
     cosine_ema_momentum,
     ema_network,
     init_heads,
-    require,
+    require_predictor_dim,
 )
 
 
@@ -92,13 +92,7 @@ class EMATwoViewObjective(Objective):
 
     @classmethod
     def check_config(cls, config, num_devices: int) -> None:
-        v = cls.config_values(config)
-        require(
-            v['predictor_dim'] == v['projector_dim'],
-            'predictor_dim',
-            f'({v["predictor_dim"]}) must equal objective.projector_dim ({v["projector_dim"]}): the prediction is '
-            f'compared with the target projection',
-        )
+        require_predictor_dim(cls.config_values(config), ': the prediction is compared with the target projection')
 
     @property
     def projector(self) -> nn.Module:

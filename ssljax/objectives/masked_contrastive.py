@@ -37,8 +37,17 @@ import jax.numpy as jnp
 
 from ssljax.config_lib import ConfigError
 from ssljax.objectives import losses
-from ssljax.objectives.base import Context, Forward, LossOutput, derived, ema_network, init_heads, register
-from ssljax.objectives.ema import ema_copy, ema_momentum_at, with_batch_stats
+from ssljax.objectives.base import (
+    Context,
+    Forward,
+    LossOutput,
+    derived,
+    ema_network,
+    init_heads,
+    register,
+    require_predictor_dim,
+)
+from ssljax.objectives.ema import EMATwoViewObjective, ema_copy, ema_momentum_at, with_batch_stats
 from ssljax.objectives.mae import (
     MAE,
     check_decoder,
@@ -66,14 +75,15 @@ class MaskedContrastive(MAE):
     weight: float = 1.0
     term: str = 'simclr'
     temperature: float = 0.2
-    projector_hidden: tuple = (4096,)
-    projector_dim: int = 256
-    projector_bn: bool = True
-    predictor_hidden: tuple = (4096,)
-    predictor_dim: int = 256
-    predictor_bn: bool = True
-    ema_base: float = 0.996
-    ema_final: float = 1.0
+    # The byol term's heads and target momentum: BYOL's published defaults, read from their one place.
+    projector_hidden: tuple = EMATwoViewObjective.projector_hidden
+    projector_dim: int = EMATwoViewObjective.projector_dim
+    projector_bn: bool = EMATwoViewObjective.projector_bn
+    predictor_hidden: tuple = EMATwoViewObjective.predictor_hidden
+    predictor_dim: int = EMATwoViewObjective.predictor_dim
+    predictor_bn: bool = EMATwoViewObjective.predictor_bn
+    ema_base: float = EMATwoViewObjective.ema_base
+    ema_final: float = EMATwoViewObjective.ema_final
     masked: bool = derived(True)
 
     @classmethod
@@ -88,11 +98,8 @@ class MaskedContrastive(MAE):
             raise ConfigError(f'config key "objective.weight" must be >= 0, got {weight!r}')
         if cfg.term == 'simclr':
             check_positive(cfg, cls.name, 'temperature')
-        elif cfg.predictor_dim != cfg.projector_dim:
-            raise ConfigError(
-                f'config key "objective.predictor_dim" ({cfg.predictor_dim}) must equal '
-                f'objective.projector_dim ({cfg.projector_dim}) for the byol term'
-            )
+        else:
+            require_predictor_dim(cfg, ' for the byol term')
         specs = [drop_mask_spec(config, i, cls.name, required=False) for i in (0, 1)]
         if specs[0] != specs[1]:
             name = view_mask_spec(config, 1, cls.name)[0]

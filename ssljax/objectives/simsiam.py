@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.objectives import losses
-from ssljax.objectives.base import Forward, LossOutput, Objective, init_heads, register, require
+from ssljax.objectives.base import Forward, LossOutput, Objective, init_heads, register, require_predictor_dim
 
 
 def embedding_std(z: jax.Array) -> jax.Array:
@@ -43,12 +43,7 @@ class SimSiam(Objective):
 
     @classmethod
     def check_config(cls, config, num_devices: int) -> None:
-        v = cls.config_values(config)
-        require(
-            v['predictor_dim'] == v['projector_dim'],
-            'predictor_dim',
-            f'({v["predictor_dim"]}) must equal objective.projector_dim ({v["projector_dim"]}) for simsiam',
-        )
+        require_predictor_dim(cls.config_values(config), ' for simsiam')
 
     @property
     def projector(self):
