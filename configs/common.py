@@ -179,7 +179,8 @@ def base_config(
     c.eval.online_probe_lr = 0.1  # the online probe trains inside the step (SGD, cosine, x batch / 256)
 
     # Evaluators chosen by name (big_vision style): evals.<name>.type picks the class (the registry of
-    # ssljax/evaluation/framework.py), ``every`` its period in steps during training (0: only at the end, -1: eval_every), ``network``
+    # ssljax/evaluation/framework.py), ``every`` its period in steps during training (0: only at the end, -1:
+    # eval_every), ``network``
     # the encoder it scores ('' = the method's default: online, or DINO's teacher; 'online', 'target', 'teacher').
     # Every evaluator also runs once at the end; its values land in summary.json as <name>_<value> or <value>.
     c.evals = ml_collections.ConfigDict()

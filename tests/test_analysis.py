@@ -14,11 +14,9 @@ from ssljax.cka import cka_matrix, linear_cka
 from ssljax.config_lib import ConfigError
 from ssljax.data import augment, pipeline, sources
 from ssljax.evaluation import EvalRunner, make_context, train_linear_probe, validate_evals
-from ssljax.evaluation.analysis import (PartProbe, balanced_subset, crop_parts, fraction_tag, layer_features,
-                                        part_boxes)
+from ssljax.evaluation.analysis import PartProbe, balanced_subset, crop_parts, fraction_tag, layer_features, part_boxes
 from ssljax.models import registry
 from ssljax.objectives.base import Objective
-
 
 # ------------------------------------------------------------------------------------------------------ part boxes
 

@@ -100,7 +100,8 @@ def test_jitter_params_ranges_and_random_order():
     keys = jax.random.split(jax.random.key(1), 2000)
     factors, orders = jax.jit(jax.vmap(lambda k: A.jitter_params(k, 0.4, 1.5, 0.2, 0.1)))(keys)
     factors, orders = np.asarray(factors), np.asarray(orders)
-    lo = np.array([0.6, 0.0, 0.8, -0.1]); hi = np.array([1.4, 2.5, 1.2, 0.1])
+    lo = np.array([0.6, 0.0, 0.8, -0.1])
+    hi = np.array([1.4, 2.5, 1.2, 0.1])
     assert np.all(factors >= lo - 1e-6) and np.all(factors <= hi + 1e-6)
     # Roughly uniform over the range (mean near the centre) and a real permutation, every one of the 24 occurring.
     np.testing.assert_allclose(factors.mean(0), (lo + hi) / 2, atol=0.05)
@@ -114,7 +115,8 @@ def test_jitter_params_ranges_and_random_order():
 def np_blur(x, sigma, k):
     r = k // 2
     t = np.arange(-r, r + 1)
-    w = np.exp(-t ** 2 / (2 * sigma ** 2)); w /= w.sum()
+    w = np.exp(-t ** 2 / (2 * sigma ** 2))
+    w /= w.sum()
     p = np.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
     out = np.zeros_like(x, dtype=np.float64)
     for i in range(k):
@@ -177,7 +179,8 @@ def test_crop_box_stays_inside_and_respects_scale_and_ratio():
     frac = th * tw / (h_img * w_img)
     tol = (hs + ws + 0.5) / 2 / (h_img * w_img)
     assert np.all(frac >= scale[0] - tol) and np.all(frac <= scale[1] + tol)
-    r_lo = (ws - 0.5) / (hs + 0.5); r_hi = (ws + 0.5) / np.maximum(hs - 0.5, 1e-9)
+    r_lo = (ws - 0.5) / (hs + 0.5)
+    r_hi = (ws + 0.5) / np.maximum(hs - 0.5, 1e-9)
     assert np.all(r_hi >= ratio[0]) and np.all(r_lo <= ratio[1])
     # Fractions spread over the range and positions over the image.
     assert frac.min() < 0.15 and frac.max() > 0.9
@@ -286,7 +289,8 @@ def test_determinism_and_per_view_keys():
     a = augment_jit(images, jax.random.key(3), views)
     b = augment_jit(images, jax.random.key(3), views)
     c = augment_jit(images, jax.random.key(4), views)
-    np.testing.assert_array_equal(a[0], b[0]); np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
     assert np.abs(a[0] - a[1]).max() > 0.1  # identical recipes, different view index -> different views
     assert np.abs(a[0] - c[0]).max() > 0.1
     # Samples within a view are augmented differently even for identical images.
@@ -321,7 +325,8 @@ def test_empirical_application_rates_match_probabilities():
     flipped = np.abs(outs[0] - x[:, ::-1]).reshape(n, -1).max(1) < 1e-5
     gray = np.abs(outs[1] - outs[1][..., :1]).reshape(n, -1).max(1) < 1e-6
     solar = np.abs(outs[2] - np.where(x >= 0.5, 1 - x, x)).reshape(n, -1).max(1) < 1e-5
-    np.testing.assert_array_equal(flipped, changed[0]); np.testing.assert_array_equal(gray, changed[1])
+    np.testing.assert_array_equal(flipped, changed[0])
+    np.testing.assert_array_equal(gray, changed[1])
     np.testing.assert_array_equal(solar, changed[2])
     for rate, p in [(flipped, 0.5), (gray, 0.2), (solar, 0.3), (changed[3], 0.8), (changed[4], 0.1)]:
         assert abs(rate.mean() - p) < 4 * np.sqrt(p * (1 - p) / n), (rate.mean(), p)

@@ -15,9 +15,7 @@ noise into percent-level gradient differences after a couple of steps, for any l
 import json
 
 import pytest
-
 from conftest import assert_one_equals_eight, run_on_eight_devices
-
 
 # Kept small for CI's time (each case compiles twice): DCLW runs DCL's code plus its weights; MoCHi (mixing on from
 # step 1) runs MoCo v2's queue and shuffled BatchNorm plus the mixed negatives; the truncated triplet differs from the

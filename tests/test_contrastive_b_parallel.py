@@ -14,7 +14,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_equals_eight, run_on_eight_devices
 
 DENSE = {'model.cifar_stem': True, 'objective.queue_size': 32}  # 4 x 4 feature-map cells at 8 px

@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from configs import common
 from ssljax import config_lib, configure, train
 from ssljax.data import augment

@@ -7,9 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax.evaluation import (alignment, clustering_metrics, eigen_alignment, extract_features, feature_std,
-                               kmeans_cluster_eval, knn_predict, knn_top1, online_probe_init, online_probe_loss,
-                               rankme, train_linear_probe, uniformity)
+from ssljax.evaluation import (
+    alignment,
+    clustering_metrics,
+    eigen_alignment,
+    extract_features,
+    feature_std,
+    kmeans_cluster_eval,
+    knn_predict,
+    knn_top1,
+    online_probe_init,
+    online_probe_loss,
+    rankme,
+    train_linear_probe,
+    uniformity,
+)
 
 
 def _unit(x):

@@ -11,12 +11,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from ssljax import parallel
 from ssljax.data import augment, pipeline, sources
-from ssljax.evaluation import (EVALUATORS, EvalRunner, Evaluator, clustering_metrics, knn_top1,
-                               make_context, register_evaluator, train_linear_probe, validate_evals)
+from ssljax.evaluation import (
+    EVALUATORS,
+    EvalRunner,
+    Evaluator,
+    clustering_metrics,
+    knn_top1,
+    make_context,
+    register_evaluator,
+    train_linear_probe,
+    validate_evals,
+)
 from ssljax.models import registry
 from ssljax.objectives.base import Objective
 
@@ -356,6 +365,7 @@ def test_evaluate_command_reproduces_the_runner(tmp_path, capsys):
     """Checkpoints of two states written as the train loop writes them (no training: compiling the train step
     would double this test's time); `python -m ssljax.evaluate` must give the runner's values exactly."""
     from conftest import tiny_config
+
     from ssljax import checkpoint as ckpt_lib
     from ssljax import evaluate, train
     config = tiny_config('simclr')

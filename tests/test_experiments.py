@@ -1,12 +1,11 @@
 """The experiment scripts run on a tiny training run and write what they promise."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, tiny_config
+
 from ssljax import train
 
 

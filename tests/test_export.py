@@ -12,7 +12,6 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
 from test_analysis import random_variables
 

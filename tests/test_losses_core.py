@@ -61,7 +61,9 @@ def test_nt_xent_perfect_alignment_is_lower():
 def test_byol_loss_value_gradient_and_stop_gradient():
     rng = np.random.default_rng(2)
     pa, pb, za, zb = (rng.normal(size=(5, 4)) for _ in range(4))
-    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    def f32(x):
+        return jnp.asarray(x, jnp.float32)
+
     np.testing.assert_allclose(losses.byol_loss(f32(pa), f32(pb), f32(za), f32(zb)), byol_numpy(pa, pb, za, zb),
                                rtol=1e-5)
     grad = jax.grad(lambda p: losses.byol_loss(p, f32(pb), f32(za), f32(zb)))(f32(pa))

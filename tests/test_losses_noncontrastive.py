@@ -7,7 +7,6 @@ import pytest
 
 from ssljax.objectives import losses
 
-
 # ---------------------------------------------------------------------------------------------- NumPy references
 
 def np_cos(a, b):

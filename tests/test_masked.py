@@ -5,18 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from ssljax import config_lib
 from ssljax.data import augment
 from ssljax.data import views as views_lib
-from ssljax.models import registry
-from ssljax.models import vit
+from ssljax.models import registry, vit
 from ssljax.models.mae_decoder import MAEDecoder, PixelShuffleHead, scatter_visible, unpatchify
 from ssljax.objectives import Context, create_objective, losses
-from ssljax.objectives.mae import mae_loss, masked_patch_mse, normalized_patch_targets
+from ssljax.objectives.mae import mae_loss, normalized_patch_targets
 from ssljax.objectives.simmim import simmim_loss, upsample_mask
-
 
 # ============================================================================================== NumPy references
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from ssljax import train
 from ssljax.evaluation import finetune, linear_probe, reconstruction
 from ssljax.models import registry
@@ -134,6 +134,7 @@ def test_mae_run_writes_reconstruction_grid_and_tensorboard_image_and_fine_tunes
 def _tensorboard_image_tags(directory: str) -> set:
     """Image tags in the event files of ``directory`` (TFRecord framing: length, crc, Event proto, crc)."""
     import struct
+
     from tensorboardX.proto import event_pb2
     tags = set()
     for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):

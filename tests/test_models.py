@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from ssljax.models import (BACKBONES, MLP, DINOHead, LinearPredictor, create_encoder, patchify,
-                           sincos_pos_embed_2d)
+from ssljax.models import BACKBONES, MLP, DINOHead, LinearPredictor, create_encoder, patchify, sincos_pos_embed_2d
 from ssljax.models.resnet import BasicBlock, Bottleneck
 
 
@@ -480,7 +479,9 @@ def test_dino_head_normalised_last_layer():
     p = jax.device_get(variables["params"])
     assert set(p["last_layer"]) == {"kernel"}  # no bias, no learnable g
     out = head.apply(variables, x)
-    gelu = lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2)))
+    def gelu(z):
+        return 0.5 * z * (1 + erf(z / np.sqrt(2)))
+
     h = gelu(np_dense(gelu(np_dense(np.asarray(x, np.float64), p["linear_0"])), p["linear_1"]))
     z = np_dense(h, p["linear_bottleneck"])
     z /= np.linalg.norm(z, axis=1, keepdims=True)

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 EIGHT = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
@@ -35,8 +34,9 @@ for n in (1, 8):
     for _ in range(3):
         state, metrics = step(state, next(batches), data.device_arrays)
         losses.append(float(metrics['loss']))
-    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves((state.params, state.batch_stats, state.objective_state))]
-    out[n] = dict(losses=losses, sharding=str(state.params['encoder'][next(iter(state.params['encoder']))]), 
+    trees = (state.params, state.batch_stats, state.objective_state)
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(trees)]
+    out[n] = dict(losses=losses, sharding=str(state.params['encoder'][next(iter(state.params['encoder']))]),
                   leaves=[x.ravel().tolist() for x in leaves])
 print('RESULT' + json.dumps(out))
 '''

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from ssljax import plot, train
 
 PNG = b'\x89PNG\r\n\x1a\n'

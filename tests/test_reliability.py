@@ -16,11 +16,11 @@ import types
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-
-from ssljax import config_lib, configure, logging_lib, workdir as workdir_lib
+from ssljax import config_lib, configure, logging_lib
+from ssljax import workdir as workdir_lib
 from ssljax.data import sources as S
 
 
@@ -138,7 +138,7 @@ def test_missing_metadata_file_is_not_damage(tmp_path):
 
 
 def test_no_readable_checkpoint_is_one_clear_error_and_touches_nothing(tmp_path, capfd):
-    from ssljax.checkpoint import CheckpointError, Checkpointer
+    from ssljax.checkpoint import Checkpointer, CheckpointError
     directory = _write_steps(tmp_path)
     for s in ('1', '2', '3'):
         _truncate_array_file(os.path.join(directory, s))
@@ -157,6 +157,7 @@ def test_no_readable_checkpoint_is_one_clear_error_and_touches_nothing(tmp_path,
 def test_checkpoints_stay_compatible_both_ways(tmp_path):
     """Written asynchronously by Checkpointer: load_tree reads them; written by a bare orbax manager: restorable."""
     import orbax.checkpoint as ocp
+
     from ssljax.checkpoint import Checkpointer, load_tree
     ckpt = Checkpointer(str(tmp_path / 'a'), keep=2)
     ckpt.save(5, _tree(5))

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from ssljax import reproduce
 
 MACHINE = {'cpu_count': 2, 'platform': 'cpu', 'device_kind': 'cpu', 'device_count': 1}

@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import REPO, tiny_config
 from PIL import Image
 
-from conftest import REPO, tiny_config
 from ssljax.data import decode, pipeline, samplers, sources, streaming
 
 SIZES = [(40, 30), (30, 40), (64, 48), (48, 36)]
@@ -109,6 +109,7 @@ def test_decode_views_is_one_resize_of_the_crop_and_reduced_decoding_covers_it(t
 
 def test_packed_views_skip_the_device_crop():
     import jax
+
     from ssljax.data import augment
     views = (augment.ViewConfig(8), augment.ViewConfig(4, blur_prob=1.0, solarize_prob=0.5))
     rng = np.random.default_rng(3)
@@ -321,6 +322,7 @@ def test_streamed_evaluation_reads_only_the_rows_of_this_process(tmp_path):
     """Evaluation blocks of a split read on demand: each process decodes only the rows its devices hold (here a
     process holding rows 2-3 of every 4-row block, as process 1 of 2 would); the other rows are left zero."""
     import types
+
     from ssljax import parallel
     from ssljax.evaluation import context
     root = make_folder(tmp_path / 'data')

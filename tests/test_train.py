@@ -1,21 +1,21 @@
 """The train loop end to end: summary, resume after kill -9, NaN handling, bad input through the command line."""
+import dataclasses
 import glob
 import json
 import os
 import subprocess
 import sys
 
-import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO, tiny_config
+
 from ssljax import checkpoint as ckpt_lib
 from ssljax import main as main_lib
 from ssljax import train
-from ssljax.objectives import base, contrastive
+from ssljax.objectives import base, simclr
 
 SUMMARY_KEYS = ('method', 'dataset', 'backbone', 'steps', 'global_batch', 'devices', 'wall_s', 'train_samples_per_s',
                 'final_loss', 'knn_top1', 'linear_top1', 'random_init_knn_top1', 'random_init_linear_top1')
@@ -92,7 +92,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
 
 @base.register
 @dataclasses.dataclass(frozen=True)
-class NaNAfterTwo(contrastive.SimCLR):
+class NaNAfterTwo(simclr.SimCLR):
     """SimCLR whose loss turns NaN from step 3 on (it counts steps in its state)."""
     name = 'test_nan_after_two'
 
