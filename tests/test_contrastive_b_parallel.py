@@ -79,6 +79,7 @@ def test_one_device_equals_eight(results, case):
         np.testing.assert_allclose(value, eight['metrics'][key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow  # end-to-end: runs in .ci/run's slow step (pytest -m slow)
 def test_isogclr_tables_are_sharded_and_end_identical(results):
     one, eight = results['isogclr']['1']['tables'], results['isogclr']['8']['tables']
     assert one['rows'] == 1442 and eight['rows'] == 1448            # per_sample_rows: a multiple of the devices
