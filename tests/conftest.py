@@ -1,12 +1,43 @@
 """Shared test fixtures: tiny configs that train in seconds on 2 CPU cores."""
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+# One JAX persistent compilation cache for the whole test session, shared by the xdist workers and by every
+# subprocess a test starts (they inherit the environment): most of a tiny run's time is XLA compiling the same tiny
+# encoder's init, step and evaluation, which many tests build with identical shapes. The cache is keyed by the
+# program, its shapes, the compile options and the XLA flags, so a cached executable is the one XLA would compile;
+# it lives for one session only (a directory set in the environment beforehand is used as it is and kept).
+_CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
+_CACHE_OWNED = 'SSLJAX_TEST_JAX_CACHE_OWNED'
+
+
+def pytest_configure(config):
+    if not os.environ.get(_CACHE_ENV):  # the controller (or a run without -n); xdist workers inherit its variables
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix='ssljax-test-jax-cache-')
+        os.environ[_CACHE_OWNED] = os.environ[_CACHE_ENV]
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+    if 'jax' in sys.modules:  # a plugin imported jax before this hook: its config read the environment already
+        import jax
+        jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
+        jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                          float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
+        jax.config.update('jax_persistent_cache_min_entry_size_bytes',
+                          int(os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES']))
+
+
+def pytest_unconfigure(config):
+    owned = os.environ.get(_CACHE_OWNED)
+    if owned and not hasattr(config, 'workerinput') and os.environ.get(_CACHE_ENV) == owned:
+        shutil.rmtree(owned, ignore_errors=True)
 
 
 def tiny_config(config_name: str = 'simclr', **overrides):

@@ -146,7 +146,7 @@ def test_layer_features_of_resnet_and_vit():
     from flax import linen as nn
 
     from ssljax.models.resnet import BasicBlock
-    x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 8, 8, 3)), jnp.float32)
     resnet, _ = registry.create_encoder('resnet_tiny', cifar_stem=True)
     variables = random_variables(resnet, x, 1)
 

@@ -50,14 +50,17 @@ def test_patch_masks_keep_exactly_the_configured_count_and_depend_on_the_key_and
     views, masks = views_lib.views_from_config(c)
     assert masks[0] == views_lib.MaskSpec(num_patches=16, num_masked=12, patch_size=2)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)), jnp.uint8)
-    out, drawn = views_lib.make_views(images, jax.random.key(3), views, masks)
+    # Jitted, as in the train step (op by op, the augmentation dispatches and compiles every op on its own).
+    make_views = jax.jit(views_lib.make_views, static_argnums=(2, 3))
+    out, drawn = make_views(images, jax.random.key(3), views, masks)
     assert len(out) == len(drawn) == 2
     for m in drawn:
         assert m.shape == (6, 16) and m.dtype == jnp.bool_
         np.testing.assert_array_equal(np.asarray(m.sum(1)), 12)
-    _, again = views_lib.make_views(images, jax.random.key(3), views, masks)
+    _, again = make_views(images, jax.random.key(3), views, masks)
     np.testing.assert_array_equal(np.asarray(drawn[0]), np.asarray(again[0]))  # reproducible from the key
-    _, half = views_lib.make_views(images[:3], jax.random.key(3), views, masks)
+    # The masks alone at another batch size (the views' pixels, which the check does not read, are not compiled).
+    half = jax.jit(lambda x, key: views_lib.make_views(x, key, views, masks)[1])(images[:3], jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(drawn[1][:3]), np.asarray(half[1]))  # a sample's mask: its own key
     assert not np.array_equal(np.asarray(drawn[0]), np.asarray(drawn[1]))  # each view draws its own
 

@@ -1,6 +1,7 @@
 """The evaluators chosen by name (ssljax/evaluation/framework.py and builtin.py), their runner, the device-resident
 encoding, the sharded kNN (1 vs 8 devices) and the `python -m ssljax.evaluate` command line."""
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -52,11 +53,23 @@ class FakeObjective:
     encoder_variables = Objective.encoder_variables
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_encoder(encoder, key):
+    return encoder.init(key, jnp.zeros((2, 8, 8, 3)), train=False)
+
+
+def init_encoder(encoder, seed):
+    """``encoder.init`` (its own initialisers: Kaiming fan-out convs, zero-gamma residual BN), compiled once, from an
+    RBG key: a default (threefry) key's bit generator costs XLA CPU seconds to compile per parameter shape; the
+    weights' distribution is the initialisers', only the random bits come from another generator."""
+    return _init_encoder(encoder, jax.random.key(seed, impl='rbg'))
+
+
 def encoder_state(seed, encoder, dim, target_seed=None, num_classes=10):
-    v = encoder.init(jax.random.key(seed), jnp.zeros((2, 8, 8, 3)), train=False)
+    v = init_encoder(encoder, seed)
     objective_state = {}
     if target_seed is not None:
-        t = encoder.init(jax.random.key(target_seed), jnp.zeros((2, 8, 8, 3)), train=False)
+        t = init_encoder(encoder, target_seed)
         objective_state = {'target': {'params': {'encoder': t['params']}, 'batch_stats': {'encoder': t['batch_stats']}}}
     rng = np.random.default_rng(seed)
     probe = {'kernel': jnp.asarray(rng.normal(size=(dim, num_classes)), jnp.float32),
@@ -80,8 +93,11 @@ def setup(tmp_path_factory):
 
 def direct_features(ctx, variables, images):
     """Reference: the encoder on the eval view of all images at once, on the host."""
-    x = augment.eval_view(jnp.asarray(images), ctx.eval_size, ctx.mean, ctx.std)
-    return np.asarray(ctx.encoder.apply(variables, x, train=False)['pooled'], np.float32)
+    @jax.jit
+    def pooled(variables, images):
+        x = augment.eval_view(images, ctx.eval_size, ctx.mean, ctx.std)
+        return ctx.encoder.apply(variables, x, train=False)['pooled']
+    return np.asarray(pooled(variables, jnp.asarray(images)), np.float32)
 
 
 # ------------------------------------------------------------------------------------------------ every evaluator

@@ -1,5 +1,6 @@
 """The experiment scripts run on a tiny training run and write what they promise."""
 import json
+import os
 import subprocess
 import sys
 
@@ -28,10 +29,18 @@ def test_directpred_analysis_writes_plots_and_numbers(tmp_path):
 
 
 def test_directpred_analysis_refuses_a_run_without_correlation(tmp_path):
+    """The run's checkpoint is its initial TrainState, written as the loop writes it (no training: the refusal reads
+    only which trees the state holds, and a step leaves those as they are; compiling the step would double the time)."""
+    from ssljax import checkpoint as ckpt_lib
     run = tmp_path / 'mlp'
     config = tiny_config('directpred', total_steps=1, checkpoint_every=1)
     config.objective.predictor = 'mlp'
-    train.train_and_evaluate(config, str(run))
+    os.makedirs(run)
+    state = train.setup(config, str(run)).state
+    assert 'corr' not in state.objective_state
+    ckpt = ckpt_lib.Checkpointer(str(run), 3)
+    ckpt.save(1, state)
+    ckpt.close()
     r = subprocess.run([sys.executable, 'experiments/directpred/analysis.py', f'--workdir={run}',
                         f'--out={tmp_path / "plots"}'], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and 'keeps no correlation matrix' in r.stderr

@@ -5,10 +5,12 @@ Export and CKA read only config.json and the checkpoint's params / batch_stats /
 (`saved`) holds a BYOL config and checkpoints of just those trees, filled at random without compiling anything:
 step 2 has online = target, step 4 a different online encoder (the target unchanged). The evaluate test needs a
 checkpoint of the loop's whole TrainState, written as the train loop writes it (`finished`, no training)."""
+import functools
 import json
 import os
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -40,9 +42,15 @@ def saved(tmp_path_factory):
     return types.SimpleNamespace(workdir=workdir, encoder=encoder, networks=networks, images=images, config=config)
 
 
-def features(module, variables, images, size=8, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _pooled(module, variables, images, size, mean, std):
     from ssljax.data import augment
-    return np.asarray(module.apply(variables, augment.eval_view(images, size, mean, std), train=False)['pooled'])
+    return module.apply(variables, augment.eval_view(images, size, mean, std), train=False)['pooled']
+
+
+def features(module, variables, images, size=8, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+    """The encoder's pooled features of the eval view, compiled once per module and shape (not op by op)."""
+    return np.asarray(_pooled(module, variables, jnp.asarray(images), size, tuple(mean), tuple(std)))
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -114,9 +122,10 @@ def test_cka_command_between_two_encoders(saved, tmp_path):
     x = augment.eval_view(jnp.asarray(images), 8, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     encoder = saved.encoder
     layers = {}
+    stages = jax.jit(lambda variables, x: layer_features(encoder, variables, x))
     for net in ('online', 'target'):
         variables = saved.networks[(4, net)]
-        layers[net] = [*layer_features(encoder, variables, x).values(), features(encoder, variables, images)]
+        layers[net] = [*stages(variables, x).values(), features(encoder, variables, images)]
     want = [[cka.linear_cka(a, b) for b in layers['target']] for a in layers['online']]
     np.testing.assert_allclose(result['cka'], want, atol=1e-5)
     assert max(result['cka'][i][i] for i in range(3)) < 0.999  # different weights: no layer is the same

@@ -14,6 +14,11 @@ from ssljax.models import BACKBONES, MLP, DINOHead, LinearPredictor, create_enco
 from ssljax.models.resnet import BasicBlock, Bottleneck
 
 
+def normal(seed, shape):
+    """Standard normal float32 inputs drawn in NumPy (jax.random's threefry compiles for a second per shape on CPU)."""
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 def n_params(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
@@ -60,7 +65,7 @@ def random_variables(module, x, seed=0, **kw):
 @pytest.fixture(scope="module")
 def tiny_resnet():
     module, _ = create_encoder("resnet_tiny", cifar_stem=True)
-    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3)) * 2 + 1
+    x = normal(0, (4, 16, 16, 3)) * 2 + 1
     return module, random_variables(module, x, train=False), x
 
 
@@ -69,7 +74,7 @@ def tiny_vit():
     """vit_test on 16 px (16 patches of 4 px), with variables of the 'token' mode and a learned table so that one set
     serves every variant: modules that do not use 'mask_token' / 'pos_embed' ignore them."""
     module, _ = create_encoder("vit_test", image_size=16, mask_mode="token", pos_embed="learned")
-    x = jax.random.normal(jax.random.key(3), (3, 16, 16, 3))
+    x = normal(3, (3, 16, 16, 3))
     return x, random_variables(module, x, seed=1)
 
 
@@ -103,7 +108,7 @@ def test_large_backbones_shapes_abstract(name, dim, size, kw, spatial):
 
 def test_tiny_resnet_runs(tiny_resnet):
     module, variables, x = tiny_resnet
-    out = module.apply(variables, x, train=False)
+    out = jax.jit(module.apply, static_argnames="train")(variables, x, train=False)
     assert out["feature_map"].shape == (4, 8, 8, 16) and out["pooled"].shape == (4, 16)
     np.testing.assert_allclose(out["pooled"], np.asarray(out["feature_map"]).mean(axis=(1, 2)), rtol=1e-5)
     assert np.all(np.isfinite(np.asarray(out["pooled"])))
@@ -217,18 +222,18 @@ def test_resnet_init_zero_gamma_and_kaiming_fan_out():
 
 def test_batchnorm_train_vs_eval(tiny_resnet):
     module, variables, x = tiny_resnet
+    apply = jax.jit(module.apply, static_argnames=("train", "mutable", "capture_intermediates"))  # not op by op
     stats0 = variables["batch_stats"]
     # Eval: running statistics; each sample's output does not depend on the rest of the batch.
-    eval_all = module.apply(variables, x, train=False)["pooled"]
-    eval_one = module.apply(variables, x[:1], train=False)["pooled"]
+    eval_all = apply(variables, x, train=False)["pooled"]
+    eval_one = apply(variables, x[:1], train=False)["pooled"]
     np.testing.assert_allclose(eval_all[:1], eval_one, rtol=1e-5, atol=1e-6)
-    _, upd = module.apply(variables, x, train=False, mutable=["batch_stats"])
+    _, upd = apply(variables, x, train=False, mutable=("batch_stats",))
     jax.tree_util.tree_map(np.testing.assert_array_equal, upd["batch_stats"], stats0)
     # Train: batch statistics, so a sample's output depends on the batch; running stats move with momentum 0.9.
-    out, state = module.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                              capture_intermediates=True)
+    out, state = apply(variables, x, train=True, mutable=("batch_stats", "intermediates"), capture_intermediates=True)
     inter = state["intermediates"]
-    train_two, _ = module.apply(variables, x[:2], train=True, mutable=["batch_stats"])
+    train_two, _ = apply(variables, x[:2], train=True, mutable=("batch_stats",))
     assert not np.allclose(out["pooled"][:1], train_two["pooled"][:1], atol=1e-4)
     conv = np.asarray(inter["stem_conv"]["__call__"][0], np.float64).reshape(-1, 8)
     new = state["batch_stats"]["stem_bn"]
@@ -423,7 +428,7 @@ def np_bn_train(x, p=None, eps=1e-5):
 
 
 def test_mlp_matches_numpy_and_bn_placement():
-    x = jax.random.normal(jax.random.key(0), (8, 6))
+    x = normal(0, (8, 6))
     head = MLP(hidden_dims=(10, 12), out_dim=5, last_bn=True, last_bn_affine=False)
     variables = random_variables(head, x)
     p = jax.device_get(variables["params"])
@@ -458,7 +463,7 @@ def test_mlp_matches_numpy_and_bn_placement():
 
 def test_linear_predictor_is_x_at_kernel():
     pred = LinearPredictor(dim=4)
-    x = jax.random.normal(jax.random.key(0), (3, 4))
+    x = normal(0, (3, 4))
     variables = pred.init(jax.random.key(1), x)
     np.testing.assert_array_equal(variables["params"]["kernel"], np.eye(4))
     np.testing.assert_allclose(pred.apply(variables, x), x, atol=1e-6)
@@ -473,7 +478,7 @@ def test_linear_predictor_is_x_at_kernel():
 
 
 def test_dino_head_normalised_last_layer():
-    x = jax.random.normal(jax.random.key(0), (5, 12))
+    x = normal(0, (5, 12))
     head = DINOHead(out_dim=7, hidden_dim=16, bottleneck_dim=8)
     variables = random_variables(head, x)
     p = jax.device_get(variables["params"])

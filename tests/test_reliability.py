@@ -684,10 +684,14 @@ def test_two_processes_stop_at_the_same_step():
     assert outs == ['STOP 10 SIGTERM on process 1'] * 2, outs
 
 
-def test_image_folder_takes_size_and_classes_from_the_data(tmp_path):
+def test_image_folder_takes_size_and_classes_from_the_data(tmp_path, monkeypatch):
     """A default (MNIST) config with --config.dataset=image_folder: the images' size and the folder's classes, not
     MNIST's 28 px and 10 classes; every view size follows; an explicit image_size wins."""
+    import jax
+
     from ssljax import train
+    init_state = train.init_state  # traced for its shapes, not compiled (nothing here reads a value of the state)
+    monkeypatch.setattr(train, 'init_state', lambda exp, *a: jax.eval_shape(lambda: init_state(exp, *a)))
     for i, cls in enumerate(('ant', 'bee', 'cow')):
         for j in range(4):
             _png(tmp_path / 'data' / 'train' / cls / f'{j}.png', 40 * i + j, size=(12, 16))
@@ -706,4 +710,5 @@ def test_image_folder_takes_size_and_classes_from_the_data(tmp_path):
         'dataset=image_folder', data, 'model.backbone=resnet_tiny', 'batch_size=12', 'eval.max_train_examples=12'])
     run = train.setup(c, str(tmp_path / 'w'))
     assert run.exp.num_classes == 3 and run.eval_test.images.shape[1:] == (12, 12, 3)
+    assert run.state.probe_params['kernel'].shape == (run.exp.feature_dim, 3)  # the online probe: 3 classes
     assert [v.size for v in run.exp.views] == [12, 12]

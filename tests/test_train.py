@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from conftest import REPO, tiny_config
@@ -24,6 +25,7 @@ SUMMARY_KEYS = ('method', 'dataset', 'backbone', 'steps', 'global_batch', 'devic
 @pytest.mark.parametrize('method', ['simclr', 'byol'])
 def test_train_and_evaluate_writes_summary_metrics_and_checkpoints(tmp_path, method):
     config = tiny_config(method, **{'eval.random_init_baseline': True, 'eval_every': 2})
+    config.evals = ml_collections.ConfigDict({k: config.evals[k] for k in ('knn', 'linear')})  # the summary's keys
     summary = train.train_and_evaluate(config, str(tmp_path))
     on_disk = json.load(open(tmp_path / 'summary.json'))
     assert on_disk == json.loads(json.dumps(summary))
@@ -48,10 +50,11 @@ def run_main(args, env_extra=None):
                           cwd=REPO, timeout=600)
 
 
-TINY_ARGS = ['--config.dataset=digits', '--config.image_size=8', '--config.augment.size=8',
-             '--config.augment.blur_prob=0.0', '--config.batch_size=16', '--config.total_steps=4',
-             '--config.log_every=1', '--config.checkpoint_every=2', '--config.evals.linear.epochs=1',
-             '--config.eval.max_train_examples=128', '--config.eval.random_init_baseline=false']
+TINY_ARGS = ['--config.dataset=digits', '--config.model.backbone=resnet_tiny', '--config.image_size=8',
+             '--config.augment.size=8', '--config.augment.blur_prob=0.0', '--config.batch_size=16',
+             '--config.total_steps=4', '--config.log_every=1', '--config.checkpoint_every=2',
+             '--config.evals.linear.epochs=1', '--config.eval.max_train_examples=128',
+             '--config.eval.random_init_baseline=false']
 
 
 KILL_AFTER_CHECKPOINT = r"""
@@ -148,9 +151,13 @@ def test_streamed_dataset_trains_from_host_and_evaluates_a_subsample(tmp_path, m
     with pytest.raises(ValueError, match='eval.max_train_examples'):
         pipeline.load_split(config, 'train')  # a whole streamed split is never read into memory
     config.eval.max_train_examples = 200
+    # Features of lazily read blocks (knn) and rows indexed in the lazy test split (diagnostics' two views); the other
+    # evaluators read the same features as knn.
+    config.evals = ml_collections.ConfigDict({k: config.evals[k] for k in ('knn', 'diagnostics')})
     summary = train.train_and_evaluate(config, str(tmp_path / 'b'))
     assert 'streamed from host' in capsys.readouterr().out
     assert summary['steps'] == 4 and np.isfinite(summary['final_loss'])
+    assert 0.0 <= summary['knn_top1'] <= 1.0 and np.isfinite(summary['diagnostics_alignment'])
 
 
 def _tiny_run(workdir, *extra):
