@@ -135,6 +135,9 @@ def base_config(
     c.model = ml_collections.ConfigDict()
     c.model.backbone = backbone
     c.model.cifar_stem = dataset in ('mnist', 'digits', 'cifar10', 'cifar100', 'image_folder')
+    # padding of the CIFAR stem's 3x3 conv: 1 keeps 32 x 32 maps (SimCLR's CIFAR ResNet, 'SAME'); 2 makes them
+    # 34 x 34 (solo-learn's nn.Conv2d(3, 64, 3, 1, padding=2), set by method_config for the solo-learn recipes)
+    c.model.cifar_stem_padding = 1
     c.model.patch_size = 4  # ViT only
 
     c.augment = ml_collections.ConfigDict()
@@ -167,6 +170,9 @@ def base_config(
     c.optimizer.warmup_epochs = 10.0
     c.optimizer.warmup_steps = -1  # >= 0 wins over warmup_epochs
     c.optimizer.warmup_init_lr = 0.0
+    # optax: lr_t = init + (peak - init) t / W, the peak at step W (optax.warmup_cosine_decay_schedule, SimCLR's TF
+    # code); solo_learn: / (W - 1), the peak at step W - 1 (solo-learn's LinearWarmupCosineAnnealingLR). Same cosine.
+    c.optimizer.warmup_schedule = 'optax'
     c.optimizer.final_lr = 0.0
     c.optimizer.exclude_bias_and_norm = True  # from weight decay and LARS adaptation
     c.optimizer.constant_lr_heads = ()  # heads whose learning rate stays at the base value (SimSiam's predictor)
@@ -248,7 +254,8 @@ def recipe_overrides(c: ml_collections.ConfigDict) -> dict[str, tuple[Any, str]]
 
 
 def solo_cifar_optimizer(c: ml_collections.ConfigDict, lr: float, weight_decay: float) -> None:
-    """solo-learn's CIFAR optimizer: LARS eta 0.02, bias/norm excluded, 10 warm-up epochs from 3e-5, cosine to 0."""
+    """solo-learn's CIFAR optimizer: LARS eta 0.02, clip_lr, bias/norm excluded (exclude_bias_n_norm), 10 warm-up
+    epochs from 3e-5 with solo-learn's warm-up (the peak at step W - 1), cosine to 0."""
     c.optimizer.name = 'lars'
     c.optimizer.lr = lr
     c.optimizer.weight_decay = weight_decay
@@ -256,6 +263,7 @@ def solo_cifar_optimizer(c: ml_collections.ConfigDict, lr: float, weight_decay: 
     c.optimizer.lars_clip = True
     c.optimizer.warmup_epochs = 10.0
     c.optimizer.warmup_init_lr = 3e-5
+    c.optimizer.warmup_schedule = 'solo_learn'
 
 
 EMBEDDED_EPOCHS = 30.0  # the embedded default's budget: about 5 minutes of training on 2 CPU cores
@@ -267,7 +275,7 @@ def method_config(method: str, arg: str | None, objective_args: tuple[str, ...] 
     Variant args: dataset (mnist | cifar10 | cifar100 | stl10 | imagenet2012), backbone, epochs, batch_size,
     image_size (0: the dataset's; every view size follows it), plus ``extra_args`` of the method. The embedded MNIST
     default gets settings that finish in minutes on a CPU; the others start from solo-learn's CIFAR setup (ResNet-18
-    CIFAR stem, batch 256, 40 epochs, bf16).
+    CIFAR stem padded by 2 as solo/methods/base.py, batch 256, 40 epochs, bf16).
     ``objective_args`` are objective keys that are also variant args (``:predictor=linear``): their default is the
     class's, and a value that differs is a recipe override named after the argument.
     """
@@ -299,6 +307,7 @@ def method_config(method: str, arg: str | None, objective_args: tuple[str, ...] 
     else:
         c.epochs = 40.0
         c.dtype = 'bfloat16'
+        c.model.cifar_stem_padding = 2  # solo-learn's CIFAR stem (34 x 34 maps)
     return c, a
 
 

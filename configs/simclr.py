@@ -11,6 +11,9 @@ Measured results with their commands: BENCHMARKS.md.
 BatchNorm over the views (objective.bn_per_view): False by default, as SimCLR's reference (google-research/simclr
 tf2/model.py concatenates the views into one batch before the ResNet); True in the CIFAR variant, as solo-learn
 (solo/methods/base.py runs each crop through the backbone separately).
+The loss reduction (objective.reduction): 'sum_views' by default and on MNIST, SimCLR's own code (the sum of the two
+views' means); 'mean' in the CIFAR variant, solo-learn's (the mean over the 2B anchors, half the value and gradient).
+The CIFAR variant also takes solo-learn's stem padding 2 and warm-up (configs/common.py).
 The objective block starts at SimCLR's published defaults (ssljax/objectives/simclr.py: tau 0.1, a 2048-128 head with
 BN); the values below are the recipe overrides.
 """
@@ -38,6 +41,11 @@ def simclr_recipe(c, embedded: bool) -> None:
 
 def get_config(arg=None):
     c, a = common.method_config('simclr', arg)
-    simclr_recipe(c, a.dataset == 'mnist')
+    embedded = a.dataset == 'mnist'
+    simclr_recipe(c, embedded)
     common.recipe(c, "solo-learn's CIFAR SimCLR temperature (the embedded default's too)", temperature=0.2)
+    if not embedded:
+        common.recipe(
+            c, "solo-learn's CIFAR SimCLR (solo/losses/simclr.py): the mean over the 2B anchors", reduction='mean'
+        )
     return common.finish(c, a)

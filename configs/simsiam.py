@@ -9,14 +9,15 @@ simsiam/builder.py, z1 = encoder(x1), z2 = encoder(x2)) and solo-learn run each 
 
 dataset=cifar10 (and the other non-MNIST datasets): solo-learn's recipe, scripts/pretrain/cifar/simsiam.yaml with
 solo/methods/simsiam.py, solo/methods/base.py and solo/args/pretrain.py defaults:
-  model      ResNet-18, CIFAR stem; projector Linear-BN-ReLU x 2 (2048, no bias) - Linear(2048) - BN(no affine);
-             predictor Linear(512, no bias) - BN - ReLU - Linear(2048)  (proj_hidden_dim 2048, proj_output_dim 2048,
-             pred_hidden_dim 512)
+  model      ResNet-18, CIFAR stem padded by 2; projector Linear-BN-ReLU x 2 (2048, no bias) - Linear(2048) -
+             BN(no affine); predictor Linear(512, no bias) - BN - ReLU - Linear(2048)  (proj_hidden_dim 2048,
+             proj_output_dim 2048, pred_hidden_dim 512)
   views      augmentations/symmetric_weak.yaml, 2 crops: random resized crop 32 (scale 0.08-1), colour jitter p 0.8
              (brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1), grayscale p 0.2, Gaussian blur p 0.5,
              no solarization, flip p 0.5 (= solo_simclr_cifar with the jitter edited)
   optimizer  SGD momentum 0.9 (solo's default for sgd), lr 0.5 x B/256, wd 1e-5 on every parameter
-             (exclude_bias_n_norm_wd defaults to False), warmup_cosine: 10 warm-up epochs from 3e-5, cosine to 0;
+             (exclude_bias_n_norm_wd defaults to False), warmup_cosine: 10 warm-up epochs from 3e-5 (the peak at
+             step W - 1, optimizer.warmup_schedule = 'solo_learn'), cosine to 0;
              the predictor's lr stays constant (static_lr)
   batch 256, 1000 epochs in the yaml (40 here, the comparison budget; override with :epochs=N)
 """
@@ -54,5 +55,6 @@ def get_config(arg=None):
         c.optimizer.exclude_bias_and_norm = False
         c.optimizer.warmup_epochs = 10.0
         c.optimizer.warmup_init_lr = 3e-5
+        c.optimizer.warmup_schedule = 'solo_learn'  # LinearWarmupCosineAnnealingLR: the peak at step W - 1
         c.optimizer.final_lr = 0.0
     return common.finish(c, a)

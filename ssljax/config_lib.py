@@ -193,6 +193,7 @@ RANGES = (
     ('*max_train_examples', '[0, inf)', False),
     ('*num_clusters', '[0, inf)', False),
     ('model.patch_size', '[1, inf)', False),
+    ('model.cifar_stem_padding', '[0, inf)', False),
     ('objective.*_dim', '[1, inf)', False),
     ('objective.*_hidden', '[1, inf)', False),
     ('objective.head_*', '[1, inf)', False),

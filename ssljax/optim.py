@@ -6,7 +6,8 @@ One optimizer step, for gradients g of the whole params tree:
    ``clip_gradients``): each tensor g <- g min(1, c / (||g|| + 1e-6)); ``'global'``: every trainable tensor
    g <- g min(1, c / ||g||_global) (``optax.clip_by_global_norm``; the norm spans all params but ``frozen_heads``).
 2. The optimizer ``optimizer.name`` per parameter group, driven by the learning rate lr_t of ``warmup_cosine`` (linear
-   warm-up, then cosine to ``final_lr``) and the weight decay wd_t: constant ``weight_decay``, or, when
+   warm-up, ``optimizer.warmup_schedule`` 'optax' or 'solo_learn', then cosine to ``final_lr``) and the weight decay
+   wd_t: constant ``weight_decay``, or, when
    ``optimizer.weight_decay_end`` >= 0, DINO's per-step cosine wd_t = wd_end + (wd - wd_end)(1 + cos(pi t / T)) / 2
    (no warm-up; t clamped to T = total_steps). See ``lars`` for LARS; SGD is PyTorch's (buf <- mu buf + g + wd_t w;
    w <- w - lr_t buf); AdamW is decoupled (w <- w - lr_t (m_hat / (sqrt(v_hat) + eps) + wd_t w)).
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 LARS_VARIANTS = ('solo_learn', 'tf')
+WARMUP_SCHEDULES = ('optax', 'solo_learn')
 CLIP_GRAD_MODES = ('per_tensor', 'global')
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
@@ -45,17 +47,42 @@ def learning_rate(config) -> float:
 
 
 def warmup_cosine(
-    peak: float, total_steps: int, warmup_steps: int, init_lr: float = 0.0, final_lr: float = 0.0
+    peak: float,
+    total_steps: int,
+    warmup_steps: int,
+    init_lr: float = 0.0,
+    final_lr: float = 0.0,
+    warmup: str = 'optax',
 ) -> optax.Schedule:
-    """Linear warm-up from init_lr to peak over warmup_steps, then cosine decay to final_lr at total_steps."""
+    """Linear warm-up from init_lr to peak over W = warmup_steps, then cosine decay to final_lr at T = total_steps.
+
+    For t >= W both forms give lr_t = final + (peak - final) (1 + cos(pi (t - W) / (T - W))) / 2. For t < W:
+
+    - 'optax' (the default; ``optax.warmup_cosine_decay_schedule``, as SimCLR's TF code, step / warmup_steps):
+      lr_t = init + (peak - init) t / W, the peak first reached at step W.
+    - 'solo_learn' (solo-learn's ``LinearWarmupCosineAnnealingLR``, stepped per optimizer step from last_epoch 0):
+      lr_t = init + (peak - init) t / (W - 1), the peak reached at step W - 1 and held at step W.
+    """
+    if warmup not in WARMUP_SCHEDULES:
+        raise ValueError(f'optimizer.warmup_schedule must be one of {WARMUP_SCHEDULES}, got {warmup!r}')
     warmup_steps = min(warmup_steps, total_steps)
-    return optax.warmup_cosine_decay_schedule(
+    schedule = optax.warmup_cosine_decay_schedule(
         init_value=init_lr,
         peak_value=peak,
         warmup_steps=warmup_steps,
         decay_steps=max(total_steps, warmup_steps + 1),
         end_value=final_lr,
     )
+    if warmup == 'optax' or warmup_steps <= 1:  # W = 1: both give init at t = 0 and the peak from t = 1
+        return schedule
+    slope = (peak - init_lr) / (warmup_steps - 1)
+
+    def solo_learn(count):
+        t = jnp.asarray(count)
+        linear = init_lr + slope * jnp.minimum(t, warmup_steps - 1).astype(jnp.float32)
+        return jnp.where(t < warmup_steps, linear, schedule(count))
+
+    return solo_learn
 
 
 def weight_decay_schedule(config, total_steps: int) -> ScalarOrSchedule:
@@ -215,6 +242,10 @@ def validate(config) -> None:
         raise ValueError(f'unknown optimizer.name {o.name!r}; known: lars, sgd, adamw')
     if o.lars_variant not in LARS_VARIANTS:
         raise ValueError(f'optimizer.lars_variant must be one of {", ".join(LARS_VARIANTS)}, got {o.lars_variant!r}')
+    if o.get('warmup_schedule', 'optax') not in WARMUP_SCHEDULES:
+        raise ValueError(
+            f'optimizer.warmup_schedule must be one of {", ".join(WARMUP_SCHEDULES)}, got {o.warmup_schedule!r}'
+        )
     if o.clip_grad_mode not in CLIP_GRAD_MODES:
         raise ValueError(
             f'optimizer.clip_grad_mode must be one of {", ".join(CLIP_GRAD_MODES)}, got {o.clip_grad_mode!r}'
@@ -280,7 +311,7 @@ def create_optimizer(
     validate(config)
     peak = learning_rate(config)
     warmup = o.warmup_steps if o.warmup_steps >= 0 else int(round(o.warmup_epochs * steps_per_epoch))
-    schedule = warmup_cosine(peak, total_steps, warmup, o.warmup_init_lr, o.final_lr)
+    schedule = warmup_cosine(peak, total_steps, warmup, o.warmup_init_lr, o.final_lr, o.get('warmup_schedule', 'optax'))
     wd = weight_decay_schedule(config, total_steps)
     constant = tuple(o.constant_lr_heads)
     frozen_heads = tuple(frozen_heads)

@@ -35,16 +35,18 @@ def create_encoder(
     *,
     dtype=jnp.float32,
     cifar_stem: bool = False,
+    cifar_stem_padding: int = 1,
     patch_size: int | None = None,
     image_size: int | None = None,
     **overrides,
 ) -> tuple[nn.Module, int]:
     """Builds the encoder ``name`` and returns ``(module, feature_dim)``; feature_dim is the width of 'pooled'.
 
-    ResNets: ``cifar_stem`` picks the 3x3/1 stem without max-pool; ``patch_size`` and ``image_size`` are ignored.
+    ResNets: ``cifar_stem`` picks the 3x3/1 stem without max-pool, padded by ``cifar_stem_padding`` (1, or solo-learn's
+    2); ``patch_size`` and ``image_size`` are ignored.
     ViTs: ``image_size`` is required (it sizes the positional table and is checked against ``patch_size``);
-    ``patch_size`` defaults to 16 (4 for vit_test); ``cifar_stem`` is ignored. ``overrides`` go to the module
-    unchanged (e.g. ``pool='mean'``, ``mask_mode='token'``, ``pos_embed='learned'``).
+    ``patch_size`` defaults to 16 (4 for vit_test); ``cifar_stem`` and ``cifar_stem_padding`` are ignored.
+    ``overrides`` go to the module unchanged (e.g. ``pool='mean'``, ``mask_mode='token'``, ``pos_embed='learned'``).
     Unknown names raise ValueError listing the valid ones.
     """
     if name not in BACKBONES:
@@ -58,7 +60,7 @@ def create_encoder(
             f"{', '.join(sorted(settings - {'parent', 'name'}))}"
         )
     if name.startswith("resnet"):
-        module = ctor(dtype=dtype, cifar_stem=cifar_stem, **overrides)
+        module = ctor(dtype=dtype, cifar_stem=cifar_stem, cifar_stem_padding=cifar_stem_padding, **overrides)
     else:
         if image_size is None:
             raise ValueError(f"image_size is required for ViT backbone {name!r}")

@@ -7,7 +7,8 @@ ResNet-50: 23,508,032). Differences that are deliberate:
 * Zero-init of the last BatchNorm scale in every residual block (torchvision's ``zero_init_residual=True``), so that
   each block starts as the identity.
 * Two stems: ImageNet (7x7 conv stride 2, pad 3, then 3x3 max-pool stride 2, pad 1) and CIFAR (3x3 conv stride 1,
-  pad 1, no max-pool), the latter as in solo-learn / SimCLR's CIFAR variant.
+  no max-pool) padded by ``cifar_stem_padding``: 1 by default (32 x 32 maps from 32 px, SimCLR's CIFAR ResNet), 2 as
+  solo-learn (solo/methods/base.py: ``nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2)``, 34 x 34 maps).
 * BatchNorm running statistics use Flax's convention (biased batch variance in the running average) where PyTorch
   stores the unbiased one; momentum 0.9 here equals PyTorch's momentum 0.1.
 
@@ -100,6 +101,7 @@ class ResNet(nn.Module):
       widths: base width of each stage (stage i > 0 starts with stride 2); default (64, 128, 256, 512).
       stem_width: output channels of the stem conv (64 for the standard nets).
       cifar_stem: 3x3 stride-1 stem without max-pool (True) or 7x7 stride-2 stem + 3x3/2 max-pool (False).
+      cifar_stem_padding: zero padding on each side of the CIFAR stem's conv (1: same size; 2: solo-learn's).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
 
     ``__call__(x, train=True, mask=None)`` takes float images [B, H, W, C] (already normalised) and returns
@@ -113,6 +115,7 @@ class ResNet(nn.Module):
     widths: Sequence[int] = (64, 128, 256, 512)
     stem_width: int = 64
     cifar_stem: bool = False
+    cifar_stem_padding: int = 1
     dtype: Dtype = jnp.float32
 
     @property
@@ -130,11 +133,14 @@ class ResNet(nn.Module):
             raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} differ in length")
         x = x.astype(self.dtype)
         kernel, stride = (3, 1) if self.cifar_stem else (7, 2)  # CIFAR: 3x3/1, no max-pool; ImageNet: 7x7/2
+        pad = self.cifar_stem_padding if self.cifar_stem else kernel // 2
+        if pad < 0:
+            raise ValueError(f"cifar_stem_padding must be >= 0, got {pad}")
         x = nn.Conv(
             self.stem_width,
             (kernel, kernel),
             strides=stride,
-            padding=_pad(kernel),
+            padding=((pad, pad), (pad, pad)),
             use_bias=False,
             dtype=self.dtype,
             param_dtype=jnp.float32,

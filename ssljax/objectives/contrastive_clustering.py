@@ -29,7 +29,10 @@ class ContrastiveClustering(Objective):
         L_clu = NT-Xent over the 2K columns of Y^a, Y^b (cosine), tau_C, averaged over the 2K anchors - H(Y),
                 H(Y) = -sum_k [P^a_k log P^a_k + P^b_k log P^b_k],  P^v_k = sum_i Y^v_ik / sum_ik Y^v_ik
     (``losses.cc_cluster_loss``). The paper's L_clu is the default; ``entropy_log_k`` adds the reference code's
-    constant 2 log K (Yunfan-Li/Contrastive-Clustering, ClusterLoss), same gradient. Heads as the code:
+    constant 2 log K (Yunfan-Li/Contrastive-Clustering, ClusterLoss: ne_i = log K + sum_k P log P per view), same
+    gradient. Logged values: ``cluster`` and the total ``loss`` are in the form chosen, so with the default they sit
+    2 log K (4.605 at K = 10) below the numbers the reference code prints, and can be negative; ``cluster_entropy``
+    is H(Y) (at most 2 log K) and ``cluster_contrast`` the NT-Xent term, the same in both forms. Heads as the code:
     Linear(d, h) - ReLU - Linear(h, out), no BatchNorm. Each view goes through the network on its own
     (``bn_per_view`` True, as the code's resnet(x_i), resnet(x_j)).
     :meth:`cluster_assignments` is argmax_k Y_k in eval mode, which the ``clustering`` evaluator scores (NMI, ACC,

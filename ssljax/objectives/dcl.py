@@ -47,9 +47,11 @@ class DCLW(DCL):
     """DCLW: DCL with the positive term weighted by a negative von Mises-Fisher weight, sigma = 0.5:
         w_i = 2 - exp(<u_i, v_i> / sigma) / mean_j exp(<u_j, v_j> / sigma)          (``weight_norm`` 'mean', the paper)
     so easy positives (already aligned) weigh less than hard ones; the mean of w over the batch is 1.
-    ``weight_norm`` 'sum' divides by the sum instead of the mean (w_i = 2 - softmax_i, weights near 2), as the
-    raminnakhli/Decoupled-Contrastive-Learning implementation does. Defaults: DCL's plus the paper's sigma 0.5 and
-    'mean'.
+    'mean' = 2 - B softmax_i is also the form of raminnakhli/Decoupled-Contrastive-Learning (a third-party
+    implementation; its HEAD 0b9b76d) and of lightly's DCLWLoss (which detaches w; here and in raminnakhli's code the
+    gradient flows through w). ``weight_norm`` 'sum' divides by the sum instead (w_i = 2 - softmax_i, weights near 2),
+    which that repository had only at commit 50991ef (reverted the next day). Defaults: DCL's plus the paper's sigma
+    0.5 and 'mean'.
     """
 
     name = 'dclw'

@@ -111,6 +111,7 @@ def vicreg_loss(
     std_coeff: float = 25.0,
     cov_coeff: float = 1.0,
     eps: float = 1e-4,
+    variance_views: str = 'mean',
 ) -> tuple[jax.Array, dict]:
     """VICReg: -> (sim_coeff * inv + std_coeff * var + cov_coeff * cov, {'invariance', 'variance', 'covariance'}).
 
@@ -118,8 +119,12 @@ def vicreg_loss(
         inv = mean_{i,d} (z_a - z_b)^2                                   (MSE over all B x D entries)
         var = 1/2 sum_{z in (z_a, z_b)} mean_d relu(1 - sqrt(Var_d(z) + eps))
         cov = sum_{z in (z_a, z_b)} sum_{i != j} Cov(z)_ij^2 / D
-    Var and Cov are unbiased (divided by B - 1). The returned terms are unweighted; all float32.
+    Var and Cov are unbiased (divided by B - 1). ``variance_views`` 'mean' is that 1/2 (facebookresearch/vicreg
+    main_vicreg.py); 'sum' drops it (solo-learn's ``variance_loss``: the two views' terms added, twice the value at
+    the same std_coeff). The returned terms are unweighted; all float32.
     """
+    if variance_views not in ('mean', 'sum'):
+        raise ValueError(f"vicreg_loss: variance_views must be 'mean' or 'sum', got {variance_views!r}")
     z_a, z_b = z_a.astype(jnp.float32), z_b.astype(jnp.float32)
     batch, dim = z_a.shape
     invariance = jnp.mean(jnp.square(z_a - z_b))
@@ -132,7 +137,7 @@ def vicreg_loss(
 
     var_a, cov_a = var_cov(z_a)
     var_b, cov_b = var_cov(z_b)
-    variance = 0.5 * (var_a + var_b)
+    variance = (0.5 if variance_views == 'mean' else 1.0) * (var_a + var_b)
     covariance = cov_a + cov_b
     total = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
     return total, {'invariance': invariance, 'variance': variance, 'covariance': covariance}
@@ -410,8 +415,11 @@ def dcl_loss(z_a: jax.Array, z_b: jax.Array, temperature, sigma=None, weight_nor
         L_i = -w_i s(u_i, v_i) / tau + log sum_{j != i} [exp(s(u_i, u_j) / tau) + exp(s(u_i, v_j) / tau)]
     (the positive is not in the denominator), L = mean_i L_i(u, v) + mean_i L_i(v, u). DCL: w_i = 1. DCLW (von
     Mises-Fisher weighting, ``sigma`` > 0): w_i = 2 - exp(s(u_i, v_i) / sigma) / mean_j exp(s(u_j, v_j) / sigma)
-    (``weight_norm`` 'mean', the paper's, = 2 - B softmax_i); 'sum' divides by the sum instead (2 - softmax_i, as the
-    raminnakhli/Decoupled-Contrastive-Learning code does). Gradients flow through w, as both codes do.
+    (``weight_norm`` 'mean', the paper's, = 2 - B softmax_i: also what raminnakhli/Decoupled-Contrastive-Learning, a
+    third-party PyTorch implementation, computes at its HEAD 0b9b76d, and lightly's ``negative_mises_fisher_weights``);
+    'sum' divides by the sum instead (2 - softmax_i, weights near 2: that repository's code only at commit 50991ef,
+    reverted to the B softmax form the next day). Gradients flow through w, as in raminnakhli's code; lightly
+    detaches the weights (w carries no gradient there).
     """
     if weight_norm not in ('mean', 'sum'):
         raise ValueError(f"dcl_loss: weight_norm must be 'mean' or 'sum', got {weight_norm!r}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from ssljax.objectives import losses
-from ssljax.objectives.base import TwoViewObjective, register, require
+from ssljax.objectives.base import TwoViewObjective, check_choice, register, require
+
+VARIANCE_VIEWS = ('mean', 'sum')
 
 
 @register
@@ -14,12 +16,14 @@ class VICReg(TwoViewObjective):
     """VICReg: z = g(f(x)) with projector g = [Linear - BN - ReLU] x 2 - Linear; (losses.vicreg_loss)
         L = sim_coeff MSE(z_a, z_b) + std_coeff 1/2 sum_z mean_d relu(1 - sqrt(Var_d(z) + 1e-4))
             + cov_coeff sum_z sum_{i != j} Cov(z)_ij^2 / D            (Var, Cov unbiased)
+    ``variance_views`` 'mean' (the default: the 1/2 above, the reference's ``std_loss``) or 'sum' (solo-learn's
+    ``variance_loss`` adds the two views' terms: at the same std_coeff its variance weight is twice the reference's).
 
     BatchNorm: ``bn_per_view`` True (the reference's ``forward(x, y)`` runs backbone and projector on each view
     separately, as solo-learn does); False concatenates the views.
 
     Defaults (the config keys): the paper's ImageNet setting (facebookresearch/vicreg main_vicreg.py): projector
-    8192-8192-8192 with BN, sim_coeff 25, std_coeff 25, cov_coeff 1, bn_per_view True.
+    8192-8192-8192 with BN, sim_coeff 25, std_coeff 25, cov_coeff 1, variance_views 'mean', bn_per_view True.
     Metrics: ``invariance``, ``variance``, ``covariance`` (unweighted terms).
     """
 
@@ -29,6 +33,7 @@ class VICReg(TwoViewObjective):
     sim_coeff: float = 25.0
     std_coeff: float = 25.0
     cov_coeff: float = 1.0
+    variance_views: str = 'mean'
     bn_per_view: bool = True
 
     @classmethod
@@ -41,6 +46,9 @@ class VICReg(TwoViewObjective):
             'sim_coeff',
             'and objective.std_coeff, objective.cov_coeff are all 0: nothing to learn',
         )
+        check_choice(v, 'variance_views', VARIANCE_VIEWS)
 
     def pair_loss(self, z_a, z_b):
-        return losses.vicreg_loss(z_a, z_b, self.sim_coeff, self.std_coeff, self.cov_coeff)
+        return losses.vicreg_loss(
+            z_a, z_b, self.sim_coeff, self.std_coeff, self.cov_coeff, variance_views=self.variance_views
+        )
