@@ -100,6 +100,19 @@ def test_schedule_warmup_then_cosine():
     np.testing.assert_allclose(schedule(110), 0.0, atol=1e-7)
 
 
+def test_solo_learn_warmup_peaks_one_step_earlier():
+    """warmup_schedule 'solo_learn': init + (peak - init) t / (W - 1) for t < W; the cosine after W is the same."""
+    ours = optim.warmup_cosine(1.0, 50, 10, init_lr=0.1, warmup='optax')
+    solo = optim.warmup_cosine(1.0, 50, 10, init_lr=0.1, warmup='solo_learn')
+    t = np.arange(10)
+    np.testing.assert_allclose(np.asarray(jax.vmap(solo)(t)), 0.1 + 0.9 * t / 9, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.vmap(ours)(t)), 0.1 + 0.9 * t / 10, rtol=1e-6)
+    after = np.arange(10, 51)
+    np.testing.assert_allclose(np.asarray(jax.vmap(solo)(after)), np.asarray(jax.vmap(ours)(after)), rtol=1e-6)
+    one = optim.warmup_cosine(1.0, 50, 1, init_lr=0.1, warmup='solo_learn')  # W = 1: the start, then the peak
+    np.testing.assert_allclose([float(one(0)), float(one(1))], [0.1, 1.0], rtol=1e-6)
+
+
 # ----- LARS -----------------------------------------------------------------------------------------------------------
 
 ETA, WD, LR0 = 0.02, 1e-2, {'r<lr': 0.5, 'r>lr': 1e-4}
@@ -319,7 +332,7 @@ def test_unknown_group_and_optimizer_are_errors():
 
 
 @pytest.mark.parametrize('key,value', [('lars_variant', 'pytorch'), ('clip_grad_mode', 'layer'),
-                                       ('clip_grad', -1.0)])
+                                       ('clip_grad', -1.0), ('warmup_schedule', 'pl_bolts')])
 def test_bad_optimizer_values_name_their_key(key, value):
     with pytest.raises(ValueError, match=f'optimizer.{key}'):
         optim.create_optimizer(make_config(**{key: value}), 10, 1)
