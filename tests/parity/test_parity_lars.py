@@ -4,7 +4,8 @@ or not. Skipped with one line without the optional extra ``parity``."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip('torch', reason='parity tests need the optional extra: pip install -e .[parity] (torch CPU)')
+REASON = 'parity tests need the optional extra: pip install -e .[parity] (torch CPU)'
+torch = pytest.importorskip('torch', reason=REASON)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -206,11 +206,11 @@ def test_byol_and_simsiam_negative_cosine():
     crit = negcos.NegativeCosineSimilarity()
     compare('BYOL normalised MSE (one order)', losses.normalized_mse, lambda p, z: crit(p, z), [p_a, z_b], (0,),
             factor=CONVENTIONS['byol_scale'], offset=CONVENTIONS['byol_offset'])
-    compare('BYOL symmetrised loss', losses.byol_loss, lambda pa, pb, za, zb: crit(pa, zb.detach()) + crit(pb, za.detach()),
-            [p_a, p_b, z_a, z_b], (0, 1), factor=CONVENTIONS['byol_scale'], offset=2 * CONVENTIONS['byol_offset'])
-    compare('SimSiam negative cosine', losses.simsiam_loss,
-            lambda pa, pb, za, zb: CONVENTIONS['simsiam_order_mean'] * (crit(pa, zb.detach()) + crit(pb, za.detach())),
-            [p_a, p_b, z_a, z_b], (0, 1, 2, 3))  # z's gradient is 0 on both sides (stop-gradient)
+    both_orders = lambda pa, pb, za, zb: crit(pa, zb.detach()) + crit(pb, za.detach())  # noqa: E731
+    compare('BYOL symmetrised loss', losses.byol_loss, both_orders, [p_a, p_b, z_a, z_b], (0, 1),
+            factor=CONVENTIONS['byol_scale'], offset=2 * CONVENTIONS['byol_offset'])
+    compare('SimSiam negative cosine', losses.simsiam_loss, both_orders, [p_a, p_b, z_a, z_b], (0, 1, 2, 3),
+            factor=CONVENTIONS['simsiam_order_mean'])  # z's gradient is 0 on both sides (stop-gradient)
 
 
 def test_barlow_twins():
