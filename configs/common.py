@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from ssljax.config_lib import ConfigError
 from ssljax.data.sources import DATASET_SHAPES as DATASET_DEFAULTS  # 0: from the data (image folders)
 
 
@@ -103,7 +104,9 @@ def base_config(
     ``configure.load_config_with_overrides``, which rebuilds the config with it).
     """
     if dataset not in DATASET_DEFAULTS:
-        raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(sorted(DATASET_DEFAULTS))}')
+        raise ConfigError(
+            f'unknown dataset {dataset!r} (config argument "dataset"); known: {", ".join(sorted(DATASET_DEFAULTS))}'
+        )
     ds = dict(DATASET_DEFAULTS[dataset])
     if image_size > 0:
         ds['image_size'] = image_size

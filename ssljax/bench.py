@@ -185,7 +185,7 @@ def reference(path: str, config, steps: int) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog='python -m ssljax.bench')
+    parser = argparse.ArgumentParser(prog=cli.prog('python -m ssljax.bench'))
     parser.add_argument('--config', required=True)
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--reference', default='', help='path of ../shared/bench/anchor_jax.py to compare with')

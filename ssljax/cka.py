@@ -221,20 +221,34 @@ def plot_cka(result: dict, path: str) -> None:
 
 
 def parse_args(argv: list[str]):
-    parser = argparse.ArgumentParser(prog='python -m ssljax.cka', description=__doc__.splitlines()[0])
-    parser.add_argument('--workdir_a', required=True, help='run A (its images are used)')
-    parser.add_argument('--workdir_b', required=True, help='run B (may be A)')
+    from ssljax import cli
+
+    parser = argparse.ArgumentParser(prog=cli.prog('python -m ssljax.cka'), description=__doc__.splitlines()[0])
+    parser.add_argument('--workdir-a', '--workdir_a', required=True, help='run A (its images are used)')
+    parser.add_argument('--workdir-b', '--workdir_b', required=True, help='run B (may be A)')
     parser.add_argument('--out', required=True, help='folder for cka.json and cka.png')
-    parser.add_argument('--step_a', type=int, default=None, help='checkpoint step of A (default: the latest)')
-    parser.add_argument('--step_b', type=int, default=None, help='checkpoint step of B (default: the latest)')
+    parser.add_argument(
+        '--step-a', '--step_a', type=int, default=None, help='checkpoint step of A (default: the latest)'
+    )
+    parser.add_argument(
+        '--step-b', '--step_b', type=int, default=None, help='checkpoint step of B (default: the latest)'
+    )
     networks = ('', 'online', 'target', 'teacher')
-    parser.add_argument('--network_a', default='', choices=networks, help="A's encoder (default: the evaluated one)")
-    parser.add_argument('--network_b', default='', choices=networks, help="B's encoder (default: the evaluated one)")
-    parser.add_argument('--max_examples', type=int, default=2048, help='images compared (seeded subset; 0: all)')
+    parser.add_argument(
+        '--network-a', '--network_a', default='', choices=networks, help="A's encoder (default: the evaluated one)"
+    )
+    parser.add_argument(
+        '--network-b', '--network_b', default='', choices=networks, help="B's encoder (default: the evaluated one)"
+    )
+    parser.add_argument(
+        '--max-examples', '--max_examples', type=int, default=2048, help='images compared (seeded subset; 0: all)'
+    )
     parser.add_argument('--split', default='', help="A's split to read the images from (default: its eval_split)")
-    parser.add_argument('--token_pool', default='mean', choices=('mean', 'cls'), help='pooling of ViT block tokens')
-    parser.add_argument('--batch_size', type=int, default=256, help='images per encoder call')
-    return parser.parse_args(argv)
+    parser.add_argument(
+        '--token-pool', '--token_pool', default='mean', choices=('mean', 'cls'), help='pooling of ViT block tokens'
+    )
+    parser.add_argument('--batch-size', '--batch_size', type=int, default=256, help='images per encoder call')
+    return parser.parse_args(argv)  # --workdir_a and the other snake_case spellings stay accepted
 
 
 def run(argv: list[str]) -> int:

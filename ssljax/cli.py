@@ -1,7 +1,8 @@
 """What every command line shares: ``--config.KEY=VALUE`` parsing and one-line error reporting.
 
 The entry points (``python -m ssljax.main``, ``ssljax.evaluate``, ``ssljax.export``, ``ssljax.plot``,
-``ssljax.cka``, ``ssljax.reproduce``, ``ssljax.bench``) are the top layer of the package; each parses its own flags
+``ssljax.cka``, ``ssljax.reproduce``, ``ssljax.bench``, all reachable as subcommands of the one ``ssljax`` command in
+``ssljax.commands``) are the top layer of the package; each parses its own flags (``--kebab-case``)
 and hands the rest to :func:`parse_known`, then runs its work through :func:`run_reporting_errors`, so that a run
 that cannot start or cannot go on ends with one line ``ssljax: error: ...`` and a non-zero exit (set
 ``SSLJAX_TRACEBACK=1`` for the full traceback); checkpoints already written are never touched.
@@ -16,6 +17,19 @@ import argparse
 import os
 import sys
 from typing import Callable
+
+_PROG: str | None = None  # set by the ``ssljax`` command: 'ssljax train' instead of 'python -m ssljax.main'
+
+
+def prog(default: str) -> str:
+    """The program name a parser shows: ``ssljax SUBCOMMAND`` when run through the ``ssljax`` command, else
+    ``default`` (``python -m ssljax.X``)."""
+    return _PROG or default
+
+
+def set_prog(name: str | None) -> None:
+    global _PROG
+    _PROG = name
 
 
 def parse_known(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

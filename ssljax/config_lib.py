@@ -22,11 +22,45 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key."""
 
 
+# The method configs shipped with the package: configs/ beside ssljax/ (a clone, an editable or a regular install).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def config_names(directory: str = CONFIG_DIR) -> list[str]:
+    """The method config names under ``directory`` (``simclr`` for configs/simclr.py), sorted."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(
+        f[:-3] for f in os.listdir(directory) if f.endswith('.py') and not f.startswith('_') and f != 'common.py'
+    )
+
+
+def resolve_config_path(path: str) -> str:
+    """A config file path, or a config name: ``simclr`` (or ``simclr.py``) -> ``configs/simclr.py``.
+
+    An existing file wins; a bare name is looked up in ``./configs`` and then in the package's own configs/
+    (:data:`CONFIG_DIR`). Neither: a ConfigError that suggests the closest names.
+    """
+    if os.path.isfile(path):
+        return path
+    name = path[:-3] if path.endswith('.py') else path
+    if name and os.sep not in name and '/' not in name:
+        for directory in ('configs', CONFIG_DIR):
+            candidate = os.path.join(directory, f'{name}.py')
+            if name != 'common' and os.path.isfile(candidate):
+                return candidate
+    names = config_names()
+    stem = os.path.basename(name)
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.5)
+    hint = f'; did you mean {", ".join(close)}?' if close else f'; config names: {", ".join(names)}' if names else ''
+    raise ConfigError(f'config file {path!r} not found (neither a file nor a name under configs/){hint}')
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'configs/simclr.py:dataset=cifar10' -> get_config('dataset=cifar10') of that file."""
+    """'configs/simclr.py:dataset=cifar10' (or 'simclr:dataset=cifar10') -> get_config('dataset=cifar10') of that
+    file; a name resolves as :func:`resolve_config_path` says."""
     path, _, arg = spec.partition(':')
-    if not os.path.isfile(path):
-        raise ConfigError(f'config file {path!r} not found')
+    path = resolve_config_path(path)
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     if repo_root not in sys.path:  # method configs import configs.common
         sys.path.insert(0, repo_root)
@@ -35,7 +69,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path!r} has no get_config(arg) function')
-    return module.get_config(arg or None)
+    try:
+        return module.get_config(arg or None)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a bad variant argument (unknown key or value): a config problem, exit 2
+        raise ConfigError(f'{spec}: {e}') from e
 
 
 def all_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
@@ -73,7 +112,16 @@ def parse_value(key: str, text: str, current):
             return text
     except (ValueError, SyntaxError):
         pass
-    raise ConfigError(f'config key {key!r} expects a {type(current).__name__} (e.g. {current!r}), got {text!r}')
+    raise ConfigError(f'config key {key!r} expects {type_words(current)} (e.g. {current!r}), got {text!r}')
+
+
+TYPE_WORDS = {bool: 'a bool', int: 'an int', float: 'a float', str: 'a string', tuple: 'a tuple', list: 'a list'}
+
+
+def type_words(value) -> str:
+    """'an int', 'a float', 'a tuple', ...: the type of ``value`` with its article."""
+    name = type(value).__name__
+    return TYPE_WORDS.get(type(value), f'{"an" if name[:1] in "aeiou" else "a"} {name}')
 
 
 def _initials(name: str) -> str:
@@ -226,6 +274,15 @@ def _numbers(value) -> list | None:
     if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         return None
     return values
+
+
+def range_of(key: str) -> str | None:
+    """The valid range of a numeric key as ``check_ranges`` applies it ('(0, inf)', '[0, 1] or negative: unset'),
+    None when no rule of ``RANGES`` checks it."""
+    rule = next((r for r in RANGES if fnmatch.fnmatchcase(key, r[0])), None)
+    if rule is None or rule[1] is None:
+        return None
+    return rule[1] + (' or negative: unset' if rule[2] else '')
 
 
 def check_ranges(config: ml_collections.ConfigDict) -> None:

@@ -45,10 +45,31 @@ def add_evaluators(config: ml_collections.ConfigDict, overrides: list[str]) -> l
     return added
 
 
+NO_EVALS = ('none', '', '()', '{}')  # evals=none: no evaluator at all
+
+
+def drop_evaluators(config: ml_collections.ConfigDict) -> None:
+    """No evaluator and no random-init baseline (``--config.evals=none``): a smoke run that only trains."""
+    with config.unlocked():
+        config.evals = ml_collections.ConfigDict()
+        if 'eval' in config:
+            config.eval.random_init_baseline = False
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """``config_lib.apply_overrides`` after adding the evaluators that ``evals.NAME.type=TYPE`` overrides name."""
-    add_evaluators(config, overrides)
-    return config_lib.apply_overrides(config, overrides)
+    """``config_lib.apply_overrides`` after adding the evaluators that ``evals.NAME.type=TYPE`` overrides name.
+
+    ``evals=none`` removes every evaluator defined so far and the random-init baseline (later ``evals.NAME.type=``
+    overrides can add some back).
+    """
+    for item in overrides:  # in order, each one seeing the evaluators the earlier ones left
+        key, sep, text = item.partition('=')
+        if key == 'evals' and sep and text.strip().lower() in NO_EVALS and 'evals' in config:
+            drop_evaluators(config)
+            continue
+        add_evaluators(config, [item])
+        config_lib.apply_overrides(config, [item])
+    return config
 
 
 def load_config_with_overrides(

@@ -85,9 +85,10 @@ def _earlier_values(path: str, ran: tuple, defined: tuple) -> dict:
 
 
 def parse_args(argv: list[str]):
+    from ssljax import cli
     from ssljax.cli import parse_known
 
-    parser = argparse.ArgumentParser(prog='python -m ssljax.evaluate', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=cli.prog('python -m ssljax.evaluate'), description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (config.json, checkpoints/)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
     parser.add_argument('--only', default='', help='comma-separated evaluator names to run (default: all)')

@@ -312,7 +312,9 @@ def load_encoder(path: str, dtype: str | None = None):
 
 
 def parse_args(argv: list[str]):
-    parser = argparse.ArgumentParser(prog='python -m ssljax.export', description=__doc__.splitlines()[0])
+    from ssljax import cli
+
+    parser = argparse.ArgumentParser(prog=cli.prog('python -m ssljax.export'), description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (config.json, checkpoints/)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
     parser.add_argument(

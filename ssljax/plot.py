@@ -405,9 +405,10 @@ def make_plots(
 
 
 def parse_args(argv: list[str]):
+    from ssljax import cli
     from ssljax.cli import parse_known
 
-    parser = argparse.ArgumentParser(prog='python -m ssljax.plot', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=cli.prog('python -m ssljax.plot'), description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', required=True, help='the run directory (metrics.jsonl, config.json, checkpoints/)')
     parser.add_argument('--out', default=None, help='where the PNGs go (default: WORKDIR/figures)')
     parser.add_argument('--step', type=int, default=None, help='checkpoint of the feature figures (default: latest)')

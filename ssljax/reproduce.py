@@ -581,9 +581,10 @@ def reproduce(
 
 
 def parse_args(argv: list[str]):
+    from ssljax import cli
     from ssljax.cli import parse_known
 
-    parser = argparse.ArgumentParser(prog='python -m ssljax.reproduce', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=cli.prog('python -m ssljax.reproduce'), description=__doc__.splitlines()[0])
     parser.add_argument(
         '--methods',
         default='',

@@ -350,7 +350,27 @@ def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -
     state = init_state(exp, train_data.sampler_state)
     # config.evals passed configure.validate above: the runner only fills in the defaults, checking nothing again
     runner = EvalRunner(make_context(config, exp, eval_train, eval_test, workdir), validated=True)
+    runner.log = logging_lib.info  # one line per evaluator: ~40 s of final evaluation is not silent
     return Run(exp, state, train_data, eval_train, eval_test, runner)
+
+
+def summary_text(summary: dict, path: str) -> str:
+    """A short human summary of a finished run: kNN and linear top-1 (against random init), loss, wall time, and
+    where the whole summary is."""
+
+    def pct(key: str) -> str | None:
+        value = summary.get(key)
+        return None if value is None or value != value else f'{100 * value:.1f}%'
+
+    parts = []
+    for label, key in (('kNN top-1', 'knn_top1'), ('linear top-1', 'linear_top1')):
+        value, baseline = pct(key), pct(f'random_init_{key}')
+        if value is not None:
+            parts.append(f'{label} {value}' + (f' (random init {baseline})' if baseline else ''))
+    loss = summary.get('final_loss')
+    parts.append(f'final loss {loss:.4f}' if isinstance(loss, float) and loss == loss else 'final loss n/a')
+    parts.append(f'{summary["steps"]} steps in {summary["wall_s"]:.0f} s wall (evaluation {summary["eval_s"]:.0f} s)')
+    return f'done: {summary["method"]} on {summary["dataset"]}: ' + '; '.join(parts) + f'\nsummary: {path}'
 
 
 # =====================================================================================================================
@@ -520,7 +540,8 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
     }
     summary.setdefault('random_init_knn_top1', None)
     summary.setdefault('random_init_linear_top1', None)
-    logging_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
-    log('summary: ' + logging_lib.dumps(summary))
+    summary_path = os.path.join(workdir, 'summary.json')
+    logging_lib.write_json(summary_path, summary)
+    log(summary_text(summary, summary_path))
     ckpt.close()
     return summary

@@ -48,7 +48,7 @@ def test_overrides_parse_types():
 
 @pytest.mark.parametrize('override, message', [
     ('optimizer.lrr=0.1', "unknown config key 'optimizer.lrr'; did you mean optimizer.lr"),
-    ('batch_size=abc', "config key 'batch_size' expects a int"),
+    ('batch_size=abc', "config key 'batch_size' expects an int"),
     ('model.cifar_stem=maybe', "config key 'model.cifar_stem' expects a bool"),
     ('optimizer=sgd', "config key 'optimizer' is a group"),
     ('batch_size', 'is not of the form'),

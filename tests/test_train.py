@@ -123,7 +123,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_checkpoints(tmp_path, capsys):
     (['--config.method=simclrr'], "unknown method 'simclrr'"),
     (['--config.model.backbone=resnet7'], "unknown backbone 'resnet7'"),
     (['--config.dataset=cifar11'], "unknown dataset 'cifar11'"),
-    (['--config.batch_size=sixteen'], "config key 'batch_size' expects a int"),
+    (['--config.batch_size=sixteen'], "config key 'batch_size' expects an int"),
     (['--config.optimizer.nme=sgd'], "unknown config key 'optimizer.nme'"),
     (['--config.dataset=image_folder', '--config.data_dir=/nonexistent/x'], "data_dir '/nonexistent/x' does not exist"),
 ])

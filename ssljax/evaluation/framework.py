@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from ssljax.config_lib import ConfigError
+from ssljax.config_lib import ConfigError, type_words
 from ssljax.evaluation.context import EvalContext, make_context, to_host
 
 # Settings every evaluator has, with their defaults.
@@ -166,7 +166,7 @@ def validate_evals(config) -> None:
                 )
             if not _type_ok(value, allowed[setting]):
                 raise ConfigError(
-                    f'config key "{key}.{setting}" expects a {type(allowed[setting]).__name__} '
+                    f'config key "{key}.{setting}" expects {type_words(allowed[setting])} '
                     f'(e.g. {allowed[setting]!r}), got {value!r}'
                 )
         settings = settings_of(name, given)
@@ -227,6 +227,7 @@ class EvalRunner:
             self.evaluators[name] = EVALUATORS[settings.type](settings, ctx, name)
             self.every[name] = settings.every if settings.every >= 0 else int(config.eval_every)
         self.timings: dict[str, float] = {}
+        self.log: Callable[[str], None] | None = None  # one line per evaluator run (the train loop sets it)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -253,14 +254,22 @@ class EvalRunner:
         results: dict[str, float] = {}
         self.timings = {}
         self.ctx.clear_cache()
+        todo = [name for name in self.names if name in names]
         try:
-            for name in self.names:
-                if name not in names:
-                    continue
+            for i, name in enumerate(todo):
                 start = time.time()
-                for key, value in self.evaluators[name].run(state, int(step)).items():
-                    results[f'{name}_{key}'] = float(value)
+                values = {
+                    f'{name}_{key}': float(value) for key, value in self.evaluators[name].run(state, int(step)).items()
+                }
+                results.update(values)
                 self.timings[name] = time.time() - start
+                if self.log is not None:
+                    shown = ', '.join(f'{k} {v:.4g}' for k, v in list(values.items())[:4])
+                    more = f' (+{len(values) - 4} more)' if len(values) > 4 else ''
+                    self.log(
+                        f'eval {i + 1}/{len(todo)} @ step {step}: {name} {self.timings[name]:.1f} s'
+                        f'{": " + shown + more if shown else ""}'
+                    )
         finally:
             self.ctx.clear_cache()
         return results

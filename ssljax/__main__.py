@@ -1,0 +1,4 @@
+from ssljax.commands import main
+
+if __name__ == "__main__":
+    main()
