@@ -2,7 +2,10 @@
 gradients), the unrolled <-> stacked parameter converter, checkpoints that restore across layouts, the config checks,
 and the memory bench's JSON on CPU devices."""
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -307,3 +310,58 @@ def test_checkpoint_of_another_model_still_fails(tmp_path):
     with pytest.raises(ckpt_lib.CheckpointError):
         ckpt.restore_latest(other, log=lambda m: None)
     ckpt.close()
+
+
+# ----- the memory bench -----------------------------------------------------------------------------------------------
+def test_topology_names():
+    from ssljax import bench
+
+    assert bench.topology_spec('v5e-256') == dict(topology_name='v5e:16x16', chip_config_name='default', chips=256)
+    assert bench.topology_spec('v5e-8')['topology_name'] == 'v5e:2x4'
+    assert bench.topology_spec('v4-1024') == dict(topology_name='v4:8x8x8', chip_config_name='megacore', chips=512)
+    assert bench.topology_spec('v4-2048')['topology_name'] == 'v4:8x8x16'
+    assert bench.topology_spec('v4-8')['topology_name'] == 'v4:2x2x1'
+    assert bench.topology_spec('v5p-128')['topology_name'] == 'v5:4x4x4'
+    assert bench.topology_spec('v5e:4x4')['topology_name'] == 'v5e:4x4'
+    for bad in ('v5e-100', 'tpu-8', 'v4-2'):
+        with pytest.raises(ValueError):
+            bench.topology_spec(bad)
+
+
+def _memory(*overrides, devices=2):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    cmd = [sys.executable, '-m', 'ssljax.bench', '--memory', '--cpu-devices', str(devices), '--config',
+           'configs/mae.py', '--config.batch_size=8', '--config.model.depth=2', *overrides]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_bench_json_on_cpu_devices():
+    """One JSON line from the compiled real step: the byte figures add up, the state figure is the replicated
+    state's size (params + AdamW moments + probe ...), the mesh is the 2 simulated devices'."""
+    from ssljax import configure, parallel, train
+
+    result = _memory()
+    for key in ('state_bytes_per_device', 'temp_bytes_per_device', 'total_bytes_per_device', 'flops', 'compile_s'):
+        assert result[key] > 0, key
+    assert result['mesh'] == {'data': 2} and result['devices'] == 2 and result['batch_per_device'] == 4
+    parts = ('argument', 'output', 'temp', 'code')
+    a, o, t, c = (result[f'{p}_bytes_per_device'] for p in parts)
+    assert result['total_bytes_per_device'] == a + o + t + c - result['alias_bytes_per_device']
+    # The replicated state on one device = every leaf of the train state, computed here from its shapes.
+    overrides = ['batch_size=8', 'model.depth=2']
+    config = configure.load_config_with_overrides(os.path.join(ROOT, 'configs/mae.py'), overrides)
+    exp = train.build_experiment(config, parallel.make_mesh(jax.devices()[:1]), 1_281_167, 10)
+    shapes = jax.eval_shape(lambda: train.init_state(exp))
+    assert result['state_bytes_per_device'] == sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    assert result['argument_bytes_per_device'] >= result['state_bytes_per_device']
+
+
+@pytest.mark.slow
+def test_memory_bench_remat_and_scan_cut_what_they_should():
+    plain = _memory('--config.batch_size=64', '--config.model.depth=4')
+    remat = _memory('--config.batch_size=64', '--config.model.depth=4', '--config.model.remat=block')
+    scan = _memory('--config.batch_size=64', '--config.model.depth=4', '--config.model.scan=true')
+    assert remat['temp_bytes_per_device'] < plain['temp_bytes_per_device']
+    assert scan['state_bytes_per_device'] == plain['state_bytes_per_device']
