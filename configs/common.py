@@ -142,6 +142,15 @@ def base_config(
     # 34 x 34 (solo-learn's nn.Conv2d(3, 64, 3, 1, padding=2), set by method_config for the solo-learn recipes)
     c.model.cifar_stem_padding = 1
     c.model.patch_size = 4  # ViT only
+    # ViT shape (0: the backbone preset's): width, blocks, heads, MLP ratio, MLP width (> 0 wins over the ratio)
+    c.model.dim = 0
+    c.model.depth = 0
+    c.model.num_heads = 0
+    c.model.mlp_ratio = 0.0
+    c.model.mlp_dim = 0
+    c.model.remat = 'none'  # none | block: recompute each block's activations in the backward pass (ViT, ResNet)
+    c.model.remat_policy = 'nothing_saveable'  # what remat keeps: a jax.checkpoint_policies name (dots_saveable, ...)
+    c.model.scan = False  # ViT: one nn.scan over the blocks (compiles once; stacked params, see docs/scaling.md)
 
     c.augment = ml_collections.ConfigDict()
     c.augment.size = ds[

@@ -18,17 +18,41 @@ images_per_s (source images per second), view_images_per_s, batch_ms, the data m
 and its workers spent in the timed window (main_cpu_s: the training process's share) with images_per_cpu_s (the
 rate per fully used core, which a machine busy with other work changes much less than the wall-clock rate) and the
 load average at the start and end.
+
+    python -m ssljax.bench --memory --config configs/mae.py:dataset=imagenet2012,backbone=vit_huge \
+        --config.model.patch_size=14 --config.batch_size=4096 [--topology v5e-256 | --cpu-devices 8] \
+        [--config.model.remat=block --config.model.scan=true ...]
+
+Memory: builds the run's experiment and the train step exactly as training does (``train.build_experiment``,
+``train.make_train_step``), with the state abstract (``jax.eval_shape`` of ``train.init_state``, placed with
+``train.state_shardings``: nothing is allocated), lowers and compiles the step ahead of time, and prints one JSON
+line from the compiled executable: ``memory_analysis()`` per device (arguments, outputs, aliased (donated) bytes,
+temporaries, generated code), ``state_bytes_per_device`` (the train state's shards on the fullest device),
+``total_bytes_per_device`` (arguments + outputs - aliased + temporaries + code: the peak XLA plans for),
+``cost_analysis()``'s ``flops`` (of one device's program), the compile seconds and the mesh. The batch is the one a
+host-fed run sends (``uint8 [B, image_size, image_size, 3]``, labels, indices, sharded over the batch axes); no
+dataset is read.
+
+The devices: this machine's (on CPU, ``--cpu-devices N`` simulates N), or with ``--topology`` a TPU slice that is
+not there: ``v5e-256``, ``v4-1024``, ``v5p-512`` (the cores count for v4 / v5p as in their product names, chips
+for v5e / v6e) or a libtpu topology name (``v5e:16x16``), compiled by libtpu through
+``jax.experimental.topologies.get_topology_desc`` (``pip install 'ssljax[topology]'``: the libtpu that the
+installed jax pins; install it in an environment of its own, see docs/scaling.md). The mesh is the config's
+(``config.mesh`` / ``config.sharding_strategy`` where the config has them) over those devices.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import subprocess
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ssljax import cli
@@ -83,6 +107,152 @@ def bench(config, steps: int, warmup: int = 2) -> dict:
         view_images_per_s=round(views * config.batch_size / dt, 1),
         samples_per_s_per_device=round(config.batch_size / dt / devices, 1),
         loss=float(metrics['loss']),
+    )
+
+
+# ----- memory at scale: the compiled step's plan, without running it ------------------------------------------------
+TPU_2D = ('v5e', 'v6e')  # product name counts chips; 2-D torus
+TPU_3D = ('v4', 'v5p')  # product name counts TensorCores (2 per chip, one megacore device); 3-D torus
+
+
+def _torus(chips: int, dims: int) -> tuple[int, ...]:
+    """The slice shape of ``chips`` (a power of 2): double the smallest side, the last of equals first
+    (v5e: 8 -> 2x4, 256 -> 16x16; v4 / v5p from 2x2x1: 8 -> 2x2x2, 512 -> 8x8x8, 1024 -> 8x8x16)."""
+    shape = [1] * dims
+    if dims == 3:
+        shape = [2, 2, 1]
+    if chips < math.prod(shape) or chips & (chips - 1):
+        raise ValueError(f'{chips} chips: not a power of 2 of at least {math.prod(shape)}')
+    while math.prod(shape) < chips:
+        i = max(j for j in range(dims) if shape[j] == min(shape))
+        shape[i] *= 2
+    return tuple(shape)
+
+
+def topology_spec(name: str) -> dict:
+    """'v5e-256' -> {'topology_name': 'v5e:16x16', 'chip_config_name': 'default', 'chips': 256}; a libtpu name with
+    ':' passes through. ValueError for a name of another form."""
+    if ':' in name:
+        return dict(topology_name=name, chip_config_name=None, chips=None)
+    kind, _, count = name.partition('-')
+    if not count.isdigit() or kind not in TPU_2D + TPU_3D:
+        raise ValueError(
+            f'unknown --topology {name!r}: use v5e-N, v6e-N (N chips), v4-N, v5p-N (N TensorCores) or a libtpu '
+            'name such as v5e:16x16'
+        )
+    n = int(count)
+    if kind in TPU_2D:
+        shape, config_name = _torus(n, 2), 'default'
+    else:
+        shape, config_name = _torus(n // 2, 3), 'megacore'
+    libtpu_kind = 'v5' if kind == 'v5p' else kind
+    return dict(
+        topology_name=f'{libtpu_kind}:{"x".join(map(str, shape))}', chip_config_name=config_name, chips=math.prod(shape)
+    )
+
+
+def topology_devices(name: str) -> list:
+    """The devices of a TPU slice compiled for by libtpu on this machine (no TPU needed)."""
+    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
+    spec = topology_spec(name)
+    kwargs = dict(topology_name=spec['topology_name'], platform='tpu')
+    if spec['chip_config_name']:
+        kwargs.update(chip_config_name=spec['chip_config_name'], chips_per_host_bounds=(2, 2, 1))
+    try:
+        devices = list(topologies.get_topology_desc(**kwargs).devices)
+    except Exception as e:  # no libtpu, or one that does not know this topology
+        raise SystemExit(
+            f'ssljax: error: cannot describe TPU topology {name!r} ({spec["topology_name"]}): '
+            f'{type(e).__name__}: {str(e).splitlines()[0][:300]}. Install libtpu: pip install "ssljax[topology]"'
+        ) from None
+    if spec['chips'] and len(devices) != spec['chips']:
+        raise SystemExit(f'ssljax: error: topology {name!r} gave {len(devices)} devices, expected {spec["chips"]}')
+    return devices
+
+
+def _shard_bytes(abstract) -> int:
+    """Bytes of the largest shard set one device holds of the abstract arrays ``abstract`` (with shardings)."""
+    per_device: dict = {}
+    for leaf in jax.tree.leaves(abstract):
+        itemsize = np.dtype(leaf.dtype).itemsize
+        for device, index in leaf.sharding.devices_indices_map(leaf.shape).items():
+            size = math.prod(len(range(*sl.indices(dim))) for sl, dim in zip(index, leaf.shape))
+            per_device[device] = per_device.get(device, 0) + size * itemsize
+    return max(per_device.values(), default=0)
+
+
+def bench_memory(config, topology: str = '') -> dict:
+    """Compiles the real train step for this machine's devices or a TPU ``topology`` and reads its memory plan."""
+    from ssljax import configure, parallel, train
+
+    devices = topology_devices(topology) if topology else jax.devices()
+    mesh = parallel.mesh_from_config(config, devices) if hasattr(parallel, 'mesh_from_config') else None
+    mesh = mesh if mesh is not None else parallel.make_mesh(devices)
+    configure.validate(config, mesh.devices.size, check_data=False)  # synthetic shapes
+    num_examples, num_classes = max(config.batch_size, 1_281_167), max(config.num_classes, 2)
+    t0 = time.perf_counter()
+    exp = train.build_experiment(config, mesh, num_examples, num_classes)
+    shapes = jax.eval_shape(lambda: train.init_state(exp))
+    shardings = train.state_shardings(exp, shapes)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+    b, size = config.batch_size, config.image_size or config.augment.size
+    batch_sharding = parallel.batch_sharded(mesh)
+    batch = {
+        'image': jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8, sharding=batch_sharding),
+        'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding),
+        'index': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding),
+    }
+    step = train.make_train_step(exp, state)
+    setup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    lowered = step.lower(state, batch, {})
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp, code = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes), int(mem.generated_code_size_in_bytes)
+    total = arg + out - alias + temp + code
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params['encoder']))
+    gib = 2.0**30
+    views = [v.size for v in exp.views]
+    return dict(
+        method=config.method,
+        backbone=config.model.backbone,
+        encoder_params=n_params,
+        patch_size=int(getattr(exp.encoder, 'patch_size', 0)),
+        remat=config.model.get('remat', 'none'),
+        scan=bool(config.model.get('scan', False)),
+        dtype=config.dtype,
+        batch=b,
+        devices=int(mesh.devices.size),
+        batch_per_device=b / mesh.devices.size,
+        views=views,
+        platform=devices[0].platform,
+        device_kind=devices[0].device_kind,
+        topology=topology or None,
+        mesh={name: int(n) for name, n in mesh.shape.items()},
+        sharding_strategy=[list(r) for r in config.get('sharding_strategy', ())] or None,
+        state_bytes_per_device=_shard_bytes(state),
+        argument_bytes_per_device=arg,
+        output_bytes_per_device=out,
+        alias_bytes_per_device=alias,
+        temp_bytes_per_device=temp,
+        code_bytes_per_device=code,
+        total_bytes_per_device=total,
+        state_gib_per_device=round(_shard_bytes(state) / gib, 3),
+        temp_gib_per_device=round(temp / gib, 3),
+        total_gib_per_device=round(total / gib, 3),
+        flops=float(cost.get('flops', float('nan'))) if cost else None,
+        flops_scope='one device program',
+        setup_s=round(setup_s, 2),
+        lower_s=round(lower_s, 2),
+        compile_s=round(compile_s, 2),
+        loadavg=[round(x, 2) for x in os.getloadavg()],
     )
 
 
@@ -196,7 +366,21 @@ def main(argv=None) -> None:
         default=-1,
         help='--data-only: grain worker processes (-1: one per core, 0: threads of this process)',
     )
+    parser.add_argument('--memory', action='store_true', help='compile the train step and print its memory plan')
+    parser.add_argument('--topology', default='', help='--memory for a TPU slice: v5e-256, v4-1024, v5p-512, ...')
+    parser.add_argument('--cpu-devices', type=int, default=0, help='--memory on N simulated CPU devices')
     args, overrides = cli.parse_known(parser, argv)
+    if (args.topology or args.cpu_devices) and not args.memory:
+        parser.error('--topology and --cpu-devices go with --memory')
+    if args.cpu_devices:  # before JAX starts its backends
+        flags = os.environ.get('XLA_FLAGS', '')
+        os.environ['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={args.cpu_devices}'.strip()
+    if args.topology:
+        # Compile for the slice from this machine: JAX itself stays on the CPU, libtpu asks no metadata server and
+        # shares its lock with other processes that load it.
+        os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+        os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+        os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
     def run():
         from ssljax import configure
@@ -204,6 +388,9 @@ def main(argv=None) -> None:
         config = configure.load_config_with_overrides(args.config, overrides, log=lambda m: print(m, file=sys.stderr))
         if args.data_only:
             print(json.dumps(bench_data(config, args.steps, args.workers)), flush=True)
+            return
+        if args.memory:
+            print(json.dumps(bench_memory(config, args.topology)), flush=True)
             return
         result = bench(config, args.steps)
         if args.reference:

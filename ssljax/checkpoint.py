@@ -9,6 +9,12 @@ that filled up). ``Checkpointer.restore_latest`` tries the newest step and falls
 logging one line per damaged step. Nothing is ever deleted by it: a damaged step newer than the one resumed from is
 renamed ``<step>.unreadable`` next to the others (orbax ignores that name), because orbax would otherwise skip every
 save up to that step (``should_save`` refuses steps <= the latest) and then refuse to overwrite it.
+
+Parameter layouts: a checkpoint stores the state in the layout the model had when it was saved (a ViT with
+``model.scan`` keeps its blocks stacked under ``blocks``, otherwise as ``block1 .. blockN``). A restore into a state
+of the other layout converts: when the plain restore fails, every layout converter registered with
+:func:`register_layout` (the models layer registers the ViT's on import; this module imports no model) is tried:
+the checkpoint is read in the target's other layout and converted back, then placed with the target's shardings.
 """
 
 from __future__ import annotations
@@ -18,11 +24,25 @@ import gc
 import os
 import re
 import sys
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
 UNREADABLE_SUFFIX = '.unreadable'
+
+# (layout_of(tree) -> a hashable layout or None when the tree has no such part, convert(tree, layout) -> tree).
+_LAYOUTS: list[tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]] = []
+
+
+def register_layout(layout_of: Callable[[Any], Any], convert: Callable[[Any, Any], Any]) -> None:
+    """Registers a two-layout converter (e.g. scanned <-> unrolled ViT blocks) that restores may use.
+
+    ``layout_of(tree)`` is True / False for the two layouts (None: the tree has neither); ``convert(tree, layout)``
+    returns ``tree`` in that layout, for concrete arrays and for ``jax.ShapeDtypeStruct`` leaves alike.
+    """
+    if (layout_of, convert) not in _LAYOUTS:
+        _LAYOUTS.append((layout_of, convert))
 
 
 class CheckpointError(RuntimeError):
@@ -57,7 +77,24 @@ class Checkpointer:
         """Restores into the structure, shapes, dtypes and shardings of ``state_like`` (concrete or abstract)."""
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return self._restore(step, abstract)
+
+    def _restore(self, step: int, abstract):
+        """Restores ``step`` into ``abstract``, converting from another registered parameter layout if needed."""
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as error:  # a mismatched tree, or a damaged step: try the other layouts, then re-raise
+            for layout_of, convert in _LAYOUTS:
+                layout = layout_of(abstract)
+                if layout is None:
+                    continue
+                try:
+                    restored = self.manager.restore(step, args=ocp.args.StandardRestore(convert(abstract, not layout)))
+                except Exception:
+                    continue
+                converted = convert(restored, layout)
+                return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), converted, abstract)
+            raise error
 
     def restore_latest(self, state_like, log=None):
         """-> (step, state) of the newest readable checkpoint, or (None, None) when there is none.
@@ -78,7 +115,7 @@ class Checkpointer:
             state, reason = None, None
             with _quiet_unraisable():
                 try:
-                    state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+                    state = self._restore(step, abstract)
                 except Exception as e:  # orbax / TensorStore raise many kinds; any of them means "unreadable here"
                     reason = short_reason(e)
             if not _all_processes_agree(reason is None):

@@ -242,6 +242,11 @@ RANGES = (
     ('*num_clusters', '[0, inf)', False),
     ('model.patch_size', '[1, inf)', False),
     ('model.cifar_stem_padding', '[0, inf)', False),
+    ('model.dim', '[0, inf)', False),  # 0: the backbone preset's (dim, depth, num_heads, mlp_ratio, mlp_dim)
+    ('model.depth', '[0, inf)', False),
+    ('model.num_heads', '[0, inf)', False),
+    ('model.mlp_ratio', '[0, inf)', False),
+    ('model.mlp_dim', '[0, inf)', False),
     ('objective.*_dim', '[1, inf)', False),
     ('objective.*_hidden', '[1, inf)', False),
     ('objective.head_*', '[1, inf)', False),

@@ -149,6 +149,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
         f'unknown backbone {config.model.backbone!r} '
         f'(config key "model.backbone"); known: {", ".join(sorted(registry.BACKBONES))}',
     )
+    registry.check_model_config(config)  # model.remat / remat_policy / scan / ViT shape keys vs the backbone
     need(
         config.dataset in sources.DATASETS,
         f'unknown dataset {config.dataset!r} (config key "dataset"); known: {", ".join(sorted(sources.DATASETS))}',

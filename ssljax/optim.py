@@ -16,7 +16,9 @@ Parameter groups are chosen by the top-level name in ``params`` (``encoder``, ``
 heads an objective sets itself (``Objective.frozen_heads``) get no update at all; heads listed in
 ``optimizer.constant_lr_heads`` keep the base learning rate for the whole run (SimSiam's predictor). Biases and
 normalisation scales (every parameter with ndim <= 1) are excluded from weight decay and from LARS adaptation when
-``optimizer.exclude_bias_and_norm``. ``create_optimizer(..., freeze_steps={'head/last_layer': N})`` freezes a subtree
+``optimizer.exclude_bias_and_norm``. A scanned ViT's stacked blocks (``encoder/blocks``, one leading layer axis) are
+treated layer by layer in every per-tensor rule (mask, trust ratio, per-tensor clipping), as the unrolled blocks
+are. ``create_optimizer(..., freeze_steps={'head/last_layer': N})`` freezes a subtree
 for the first N optimizer steps (DINO's last layer): see ``create_optimizer``.
 """
 
@@ -104,17 +106,38 @@ def weight_decay_schedule(config, total_steps: int) -> ScalarOrSchedule:
     return schedule
 
 
+# A scanned ViT (model.scan) keeps its blocks' parameters stacked on a leading axis under encoder/blocks: every
+# per-tensor rule here (the weight-decay mask, LARS's trust ratio, per-tensor clipping) treats each layer's slice as
+# its own tensor there, so a scanned model is optimised exactly as the unrolled one.
+STACKED_PATH = ('encoder', 'blocks')
+
+
+def _is_stacked(path) -> bool:
+    keys = [getattr(k, 'key', None) for k in path]
+    n = len(STACKED_PATH)
+    return any(tuple(keys[i : i + n]) == STACKED_PATH for i in range(len(keys) - n + 1))
+
+
+def stacked_axes(tree) -> Any:
+    """Per leaf: how many leading axes stack layers (1 under encoder/blocks, else 0)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: int(_is_stacked(path)), tree)
+
+
 def decay_mask(params) -> Any:
-    """True for weights that take weight decay and LARS adaptation: every leaf with ndim > 1."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """True for weights that take weight decay and LARS adaptation: every leaf with ndim > 1 (per layer, for the
+    stacked blocks of a scanned ViT)."""
+    return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim - int(_is_stacked(path)) > 1, params)
 
 
 def _as_schedule(value: ScalarOrSchedule) -> Callable[[jax.Array], jax.Array]:
     return value if callable(value) else (lambda count: jnp.asarray(value, jnp.float32))
 
 
-def _norm(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+def _norm(x: jax.Array, stacked: int = 0) -> jax.Array:
+    """||x||, or per layer ([N, 1, ...], broadcasting against x) over the axes after ``stacked`` leading ones."""
+    if not stacked:
+        return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=tuple(range(stacked, x.ndim)), keepdims=True))
 
 
 class LarsDirectionState(NamedTuple):
@@ -153,27 +176,28 @@ def lars_direction(
         lr, wd = lr_fn(state.count), wd_fn(state.count)
         masks = mask(params) if callable(mask) else mask
 
-        def solo_learn(g, w, adapt):
+        def solo_learn(g, w, adapt, k):
             if not adapt:
                 return g
-            w_norm, g_norm = _norm(w), _norm(g)
+            w_norm, g_norm = _norm(w, k), _norm(g, k)
             ratio = eta * w_norm / (g_norm + wd * w_norm + eps)
             if clip:  # min(r / lr, 1), safe at lr = 0 (the step lr d is 0 there anyway)
                 ratio = jnp.where(ratio < lr, ratio / jnp.where(lr > 0, lr, 1.0), 1.0)
             return jnp.where((w_norm > 0) & (g_norm > 0), ratio * (g + wd * w), g).astype(g.dtype)
 
-        def tf(g, w, adapt):
+        def tf(g, w, adapt, k):
             if not adapt:
                 return (lr * g).astype(g.dtype)
             g = g + wd * w
-            w_norm, g_norm = _norm(w), _norm(g)
+            w_norm, g_norm = _norm(w, k), _norm(g, k)
             ratio = jnp.where((w_norm > 0) & (g_norm > 0), eta * w_norm / jnp.where(g_norm > 0, g_norm, 1.0), 1.0)
             if clip:
                 ratio = jnp.minimum(ratio, 1.0)
             return (lr * ratio * g).astype(g.dtype)
 
         direction = solo_learn if variant == 'solo_learn' else tf
-        return jax.tree.map(direction, updates, params, masks), LarsDirectionState(optax.safe_increment(state.count))
+        out = jax.tree.map(direction, updates, params, masks, stacked_axes(params))
+        return out, LarsDirectionState(optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -208,11 +232,11 @@ def clip_per_tensor(max_norm: float, eps: float = 1e-6) -> optax.GradientTransfo
     def update_fn(updates, state, params=None):
         del params
 
-        def clip_one(g):
-            coef = max_norm / (_norm(g) + eps)
+        def clip_one(g, k):
+            coef = max_norm / (_norm(g, k) + eps)
             return jnp.where(coef < 1.0, g * coef, g).astype(g.dtype)
 
-        return jax.tree.map(clip_one, updates), state
+        return jax.tree.map(clip_one, updates, stacked_axes(updates)), state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 

@@ -56,6 +56,8 @@ def layer_id(path: tuple[str, ...], num_layers: int) -> int:
 def count_layers(encoder_params: dict) -> int:
     """Blocks of a ViT or stages of a ResNet (the largest i of block{i} / stage{i}_*), + 1."""
     ids = [int(m.group(1)) for m in (re.match(r'(?:block|stage)(\d+)', k) for k in encoder_params) if m]
+    if 'blocks' in encoder_params:  # a scanned ViT: blocks 1 .. N stacked on the leading axis
+        ids.append(jax.tree.leaves(encoder_params['blocks'])[0].shape[0])
     return max(ids, default=0) + 1
 
 
@@ -63,9 +65,12 @@ def layer_scales(params: dict, layer_decay: float) -> dict:
     """{'encoder': ..., 'head': ...} -> the same tree of float scales layer_decay^(L - layer_id), L = count_layers."""
     num_layers = count_layers(params['encoder'])
 
-    def scale(path, _):
+    def scale(path, leaf):
         names = tuple(getattr(p, 'key', str(p)) for p in path)
         names = names[1:] if names[0] == 'encoder' else names
+        if names[0] == 'blocks':  # scanned ViT: block i + 1 is row i of the stacked leaf
+            ids = np.arange(1, leaf.shape[0] + 1, dtype=np.float64)
+            return (float(layer_decay) ** (num_layers - ids)).astype(np.float32).reshape((-1,) + (1,) * (leaf.ndim - 1))
         return float(layer_decay) ** (num_layers - layer_id(names, num_layers))
 
     return jax.tree_util.tree_map_with_path(scale, params)
@@ -76,7 +81,8 @@ def decay_mask(params: dict) -> dict:
 
     def decays(path, p):
         names = [getattr(k, 'key', str(k)) for k in path]
-        return p.ndim > 1 and not any(n in NO_DECAY for n in names)
+        stacked = int(names[:2] == ['encoder', 'blocks'] or names[:1] == ['blocks'])  # scanned ViT: per layer
+        return p.ndim - stacked > 1 and not any(n in NO_DECAY for n in names)
 
     return jax.tree_util.tree_map_with_path(decays, params)
 

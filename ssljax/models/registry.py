@@ -20,6 +20,9 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vit_tiny": vit.ViTTiny,
     "vit_small": vit.ViTSmall,
     "vit_base": vit.ViTBase,
+    "vit_large": vit.ViTLarge,
+    "vit_huge": vit.ViTHuge,
+    "vit_giant": vit.ViTGiant,
     "vit_test": vit.ViTTest,
 }
 
@@ -73,8 +76,48 @@ def create_encoder(
     return module, module.feature_dim
 
 
+# config.model keys whose value here means "the backbone's own setting": not passed to the module, so a ResNet config
+# carries them without error and a ViT keeps its preset's shape. Any other value is passed (and must be a setting
+# of the backbone: --config.model.scan=true on a ResNet is an error naming the key).
+UNSET = {'dim': 0, 'depth': 0, 'num_heads': 0, 'mlp_ratio': 0.0, 'mlp_dim': 0, 'scan': False}
+
+
+def model_settings(model) -> dict:
+    """The ``config.model`` keys that go to the module (every key but ``backbone``, less the unset ones)."""
+    settings = {k: v for k, v in model.items() if k != 'backbone' and not (k in UNSET and v == UNSET[k])}
+    if 'mlp_ratio' in settings and 'mlp_dim' not in settings and 'mlp_dim' in _settings(BACKBONES[model.backbone]):
+        settings['mlp_dim'] = 0  # an explicit ratio wins over a preset's MLP width (vit_giant's 6144)
+    return settings
+
+
+def check_model_config(config) -> None:
+    """ConfigError naming the ``config.model`` key that cannot build the backbone (before anything is created)."""
+    from ssljax.config_lib import ConfigError  # pylint: disable=import-outside-toplevel  (same layer)
+
+    model = config.model
+    if 'remat' in model and model.remat not in vit.REMAT_MODES:
+        raise ConfigError(f'config key "model.remat" must be one of {", ".join(vit.REMAT_MODES)}, got {model.remat!r}')
+    if 'remat_policy' in model and model.remat_policy not in vit.REMAT_POLICIES:
+        raise ConfigError(
+            f'config key "model.remat_policy" must be a jax.checkpoint_policies name that takes no argument '
+            f'({", ".join(vit.REMAT_POLICIES)}), got {model.remat_policy!r}'
+        )
+    settings = _settings(BACKBONES[model.backbone]) if model.backbone in BACKBONES else set()
+    for key in model_settings(model):
+        if settings and key not in settings and key not in ('cifar_stem', 'patch_size'):
+            raise ConfigError(
+                f'config key "model.{key}" is not a setting of backbone {model.backbone!r} '
+                f'(leave it at {UNSET[key]!r} for this backbone)'
+                if key in UNSET
+                else f'config key "model.{key}" is not a setting of backbone {model.backbone!r}'
+            )
+
+
 def encoder_from_config(config) -> tuple[nn.Module, int]:
-    """The backbone ``model.backbone`` built with every other key of ``config.model`` (mask token, drop-path, ...)."""
+    """The backbone ``model.backbone`` built with every other key of ``config.model`` (mask token, drop-path, ...).
+
+    ``dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``mlp_dim`` at 0 and ``scan`` False keep the preset's own.
+    """
     dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-    settings = {k: v for k, v in config.model.items() if k != 'backbone'}
+    settings = model_settings(config.model)
     return create_encoder(config.model.backbone, dtype=dtype, image_size=config.augment.size, **settings)

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssljax.models.layers import batch_norm
+from ssljax.models.vit import check_remat, remat_policy
 
 Dtype = Any
 
@@ -103,6 +104,9 @@ class ResNet(nn.Module):
       cifar_stem: 3x3 stride-1 stem without max-pool (True) or 7x7 stride-2 stem + 3x3/2 max-pool (False).
       cifar_stem_padding: zero padding on each side of the CIFAR stem's conv (1: same size; 2: solo-learn's).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
+      remat: 'none' (default) or 'block': every residual block is rematerialised in the backward pass
+        (``nn.remat``; parameter and batch-statistics names unchanged), saving what ``remat_policy`` (a name of
+        ``jax.checkpoint_policies``, default 'nothing_saveable') allows.
 
     ``__call__(x, train=True, mask=None)`` takes float images [B, H, W, C] (already normalised) and returns
     ``{'pooled': float32 [B, feature_dim], 'feature_map': float32 [B, h, w, feature_dim]}`` where ``pooled`` is the
@@ -117,6 +121,8 @@ class ResNet(nn.Module):
     cifar_stem: bool = False
     cifar_stem_padding: int = 1
     dtype: Dtype = jnp.float32
+    remat: str = "none"
+    remat_policy: str = "nothing_saveable"
 
     @property
     def feature_dim(self) -> int:
@@ -152,12 +158,14 @@ class ResNet(nn.Module):
         if not self.cifar_stem:
             # max_pool pads with -inf, like PyTorch's MaxPool2d(3, 2, padding=1).
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        check_remat(self.remat, self.remat_policy)
+        block = self.block
+        if self.remat == "block":  # argument 0 is the module, 1 the input, 2 the static train flag
+            block = nn.remat(block, policy=remat_policy(self.remat_policy), static_argnums=(2,))
         for s, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for b in range(n_blocks):
                 stride = 2 if (s > 0 and b == 0) else 1
-                x = self.block(width=width, stride=stride, dtype=self.dtype, name=f"stage{s + 1}_block{b + 1}")(
-                    x, train=train
-                )
+                x = block(width=width, stride=stride, dtype=self.dtype, name=f"stage{s + 1}_block{b + 1}")(x, train)
         feature_map = x.astype(jnp.float32)
         pooled = jnp.mean(feature_map, axis=(1, 2))
         return {"pooled": pooled, "feature_map": feature_map}

@@ -33,6 +33,7 @@ keep ~ Bernoulli(1 - r_i) per sample. It needs a ``'dropout'`` rng when ``train`
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any
 
@@ -40,6 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ssljax import checkpoint
 
 Dtype = Any
 
@@ -114,12 +117,37 @@ class Attention(nn.Module):
         return nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="proj")(y.reshape(b, n, d))
 
 
-def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
-    """Per-sample stochastic depth of a branch x [B, ...]: x keep_b / (1 - rate), keep_b ~ Bernoulli(1 - rate)."""
-    if rate <= 0.0:
+def drop_path(x: jax.Array, rate, rng: jax.Array) -> jax.Array:
+    """Per-sample stochastic depth of a branch x [B, ...]: x keep_b / (1 - rate), keep_b ~ Bernoulli(1 - rate).
+
+    ``rate`` is a Python float (0 returns x untouched) or a traced scalar (the scanned blocks' per-layer rate; a
+    traced 0 keeps every sample, x / 1).
+    """
+    if isinstance(rate, (int, float)) and rate <= 0.0:
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+    """timm's linear stochastic-depth rule: block i (0-based) drops with drop_path_rate * i / (depth - 1)."""
+    return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def _block_body(x, num_heads: int, mlp_dim: int, dtype, branch):
+    """The pre-norm block's layers, created in the calling module's scope (Block, or one layer of the scan)."""
+    d = x.shape[-1]
+    ln = partial(nn.LayerNorm, epsilon=LN_EPSILON, dtype=dtype)
+    x = x + branch(Attention(num_heads, dtype=dtype, name="attn")(ln(name="norm1")(x)))
+    y = ln(name="norm2")(x)
+    y = nn.Dense(mlp_dim, dtype=dtype, kernel_init=dense_init, name="fc1")(y)
+    y = nn.gelu(y, approximate=False)
+    y = nn.Dense(d, dtype=dtype, kernel_init=dense_init, name="fc2")(y)
+    return x + branch(y)
+
+
+def _mlp_width(dim: int, mlp_ratio: float, mlp_dim: int) -> int:
+    return mlp_dim if mlp_dim > 0 else int(dim * mlp_ratio)
 
 
 class Block(nn.Module):
@@ -127,25 +155,70 @@ class Block(nn.Module):
 
     ``drop_path`` > 0 drops each residual branch per sample in training (see :func:`drop_path`; needs a 'dropout'
     rng); ``__call__(x, train=False)`` by default, so a block called without ``train`` is deterministic.
+    ``mlp_dim`` > 0 sets the MLP's hidden width directly (ViT-g/14's 6144), otherwise it is ``int(D * mlp_ratio)``.
     """
 
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
     drop_path: float = 0.0
+    mlp_dim: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        d = x.shape[-1]
-        ln = partial(nn.LayerNorm, epsilon=LN_EPSILON, dtype=self.dtype)
         active = train and self.drop_path > 0.0
         branch = lambda y: drop_path(y, self.drop_path, self.make_rng("dropout")) if active else y  # noqa: E731
-        x = x + branch(Attention(self.num_heads, dtype=self.dtype, name="attn")(ln(name="norm1")(x)))
-        y = ln(name="norm2")(x)
-        y = nn.Dense(int(d * self.mlp_ratio), dtype=self.dtype, kernel_init=dense_init, name="fc1")(y)
-        y = nn.gelu(y, approximate=False)
-        y = nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="fc2")(y)
-        return x + branch(y)
+        mlp_dim = _mlp_width(x.shape[-1], self.mlp_ratio, self.mlp_dim)
+        return _block_body(x, self.num_heads, mlp_dim, self.dtype, branch)
+
+
+class ScannedBlock(nn.Module):
+    """One layer of the scanned stack: ``(x, rate) -> (block(x), None)``, the body ``nn.scan`` repeats.
+
+    The same layers as :class:`Block` (so a stacked parameter tree is the unrolled blocks' trees stacked on a leading
+    axis, :func:`stack_blocks`); the drop-path ``rate`` is this layer's entry of the scanned rate vector and the
+    'dropout' rng is split per layer by the scan. ``drop_path`` (static) only says whether any layer drops.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    drop_path: bool = False
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x, rate):
+        active = self.train and self.drop_path
+        branch = lambda y: drop_path(y, rate, self.make_rng("dropout")) if active else y  # noqa: E731
+        return _block_body(x, self.num_heads, self.mlp_dim, self.dtype, branch), None
+
+
+REMAT_MODES = ("none", "block")
+
+
+def remat_policy(name: str):
+    """``jax.checkpoint_policies.<name>`` for a policy that takes no arguments; ValueError listing them otherwise."""
+    policy = getattr(jax.checkpoint_policies, name, None) if name in REMAT_POLICIES else None
+    if policy is None:
+        raise ValueError(f"unknown remat policy {name!r}; known: {', '.join(REMAT_POLICIES)}")
+    return policy
+
+
+# The argument-free policies of jax.checkpoint_policies (the others, e.g. save_only_these_names, are factories).
+REMAT_POLICIES = (
+    "nothing_saveable",
+    "everything_saveable",
+    "dots_saveable",
+    "checkpoint_dots",
+    "dots_with_no_batch_dims_saveable",
+    "checkpoint_dots_with_no_batch_dims",
+)
+
+
+def check_remat(remat: str, policy: str) -> None:
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {', '.join(REMAT_MODES)}, got {remat!r}")
+    remat_policy(policy)
 
 
 class ViT(nn.Module):
@@ -160,6 +233,14 @@ class ViT(nn.Module):
       mask_mode: 'drop' (MAE, keep visible patches only) or 'token' (SimMIM, learnable mask token).
       drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks; 0: off, the default).
       dtype: compute dtype; parameters are float32.
+      mlp_dim: hidden width of the MLPs when > 0 (ViT-g/14: 6144); 0 (default): ``int(dim * mlp_ratio)``.
+      remat: 'none' (default) or 'block': every block is rematerialised in the backward pass (``nn.remat``), keeping
+        only what ``remat_policy`` (a name of ``jax.checkpoint_policies``, default 'nothing_saveable') saves.
+      scan: False (default): blocks are a Python loop, parameters ``block1 .. block{depth}``. True: one
+        ``nn.scan`` over the blocks (compiled once, not ``depth`` times), parameters stacked on a leading axis of
+        size depth under ``blocks`` (:func:`stack_blocks` / :func:`unstack_blocks` convert; checkpoints convert
+        on restore). Outputs and gradients equal the loop's; stochastic depth uses per-layer rngs split by the scan
+        (other random draws than the loop's, the same distribution).
 
     ``__call__(x, train=True, mask=None, num_visible=None)`` takes float images [B, H, W, C] and returns
     ``{'pooled': float32 [B, dim], 'tokens': float32 [B, N, dim]}`` (patch tokens after the final norm, [CLS]
@@ -180,6 +261,10 @@ class ViT(nn.Module):
     mask_mode: str = "drop"
     dtype: Dtype = jnp.float32
     drop_path_rate: float = 0.0
+    mlp_dim: int = 0
+    remat: str = "none"
+    remat_policy: str = "nothing_saveable"
+    scan: bool = False
 
     @property
     def feature_dim(self) -> int:
@@ -197,6 +282,7 @@ class ViT(nn.Module):
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        check_remat(self.remat, self.remat_policy)
 
     def _positions(self, grid_h: int, grid_w: int):
         """Returns (cls_pos [1, 1, D], patch_pos [1, grid_h * grid_w, D]) in float32."""
@@ -247,11 +333,7 @@ class ViT(nn.Module):
 
         cls = jnp.broadcast_to((cls_token + cls_pos).astype(self.dtype), (b, 1, self.dim))
         tokens = jnp.concatenate([cls, tokens], axis=1)
-        for i in range(self.depth):
-            rate = self.drop_path_rate * i / max(self.depth - 1, 1)
-            tokens = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, drop_path=rate, name=f"block{i + 1}")(
-                tokens, train=train
-            )
+        tokens = self._blocks(tokens, train)
         tokens = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="norm")(tokens).astype(jnp.float32)
         patch_tokens = tokens[:, 1:]
         out["tokens"] = patch_tokens
@@ -259,9 +341,169 @@ class ViT(nn.Module):
         out["pooled"] = tokens[:, 0] if self.pool == "cls" else jnp.mean(patch_tokens, axis=1)
         return out
 
+    def _blocks(self, tokens, train: bool):
+        rates = drop_path_rates(self.drop_path_rate, self.depth)
+        mlp_dim = _mlp_width(self.dim, self.mlp_ratio, self.mlp_dim)
+        policy = remat_policy(self.remat_policy)
+        if self.scan:
+            layer = ScannedBlock
+            if self.remat == "block":
+                layer = nn.remat(layer, policy=policy, prevent_cse=False)  # scan already keeps the layers apart
+            stack = nn.scan(
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=0,
+                length=self.depth,
+            )
+            active = self.drop_path_rate > 0.0
+            tokens, _ = stack(self.num_heads, mlp_dim, self.dtype, active, train, name="blocks")(
+                tokens, jnp.asarray(rates, jnp.float32)
+            )
+            return tokens
+        block = Block if self.remat == "none" else nn.remat(Block, policy=policy, static_argnums=(2,))
+        for i, rate in enumerate(rates):
+            tokens = block(
+                self.num_heads, self.mlp_ratio, dtype=self.dtype, drop_path=rate, mlp_dim=mlp_dim, name=f"block{i + 1}"
+            )(tokens, train)
+        return tokens
+
+
+# ----- the two parameter layouts: unrolled blocks (block1 .. blockN) and the scan's stacked 'blocks' -----------------
+_BLOCK_KEY = re.compile(r"block(\d+)$")
+STACKED_KEY = "blocks"
+
+
+def _block_numbers(tree: dict) -> list[int]:
+    return sorted(int(m.group(1)) for m in map(_BLOCK_KEY.match, tree) if m)
+
+
+def stack_blocks(encoder: dict) -> dict:
+    """Unrolled ViT parameters (``block1 .. blockN``) -> the scanned layout (``blocks``, leaves stacked [N, ...]).
+
+    Works on any tree that mirrors the encoder's parameters (optimizer moments, an EMA copy) and on abstract leaves
+    (``jax.ShapeDtypeStruct``, whose NamedSharding gains a leading unsharded axis). A tree without blocks is
+    returned unchanged.
+    """
+    numbers = _block_numbers(encoder)
+    if not numbers:
+        return encoder
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"blocks must be numbered 1 .. N without gaps, got {numbers}")
+    out = {k: v for k, v in encoder.items() if not _BLOCK_KEY.match(k)}
+    out[STACKED_KEY] = jax.tree.map(_stack_leaves, *[encoder[f"block{i}"] for i in numbers])
+    return out
+
+
+def unstack_blocks(encoder: dict, depth: int | None = None) -> dict:
+    """The scanned layout (``blocks`` [N, ...]) -> unrolled ``block1 .. blockN``; the inverse of :func:`stack_blocks`.
+
+    ``depth`` is N; None reads it off the first leaf (a subtree without array leaves, e.g. an optimizer state that
+    masks every block out, needs it).
+    """
+    if STACKED_KEY not in encoder:
+        return encoder
+    stacked = encoder[STACKED_KEY]
+    if depth is None:
+        leaves = jax.tree.leaves(stacked)
+        if not leaves:
+            raise ValueError("unstack_blocks: the stacked blocks hold no array; pass depth=")
+        depth = leaves[0].shape[0]
+    out = {k: v for k, v in encoder.items() if k != STACKED_KEY}
+    for i in range(depth):
+        out[f"block{i + 1}"] = jax.tree.map(lambda x, i=i: _take_leaf(x, i), stacked)
+    return out
+
+
+def _stack_leaves(*xs):
+    first = xs[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+        sharding = first.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
+        return jax.ShapeDtypeStruct((len(xs), *first.shape), first.dtype, sharding=sharding)
+    return jnp.stack(xs)
+
+
+def _take_leaf(x, i: int):
+    if isinstance(x, jax.ShapeDtypeStruct):
+        sharding = x.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            spec = tuple(sharding.spec)[1:]
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+    return x[i]
+
+
+def _first_encoder_layout(tree) -> tuple[bool, int] | None:
+    """(scanned?, blocks) of the first ViT encoder found in ``tree`` (either layout), None when there is none."""
+    found = []
+
+    def visit(node, under_encoder=False):
+        if found:
+            return
+        if isinstance(node, dict):
+            if under_encoder and _block_numbers(node):
+                found.append((False, max(_block_numbers(node))))
+            elif under_encoder and STACKED_KEY in node and jax.tree.leaves(node[STACKED_KEY]):
+                found.append((True, jax.tree.leaves(node[STACKED_KEY])[0].shape[0]))
+            for k, v in node.items():
+                visit(v, k == "encoder")
+            return
+        for child in _children(node)[0]:
+            visit(child)
+
+    visit(tree)
+    return found[0] if found else None
+
+
+def is_scanned(tree) -> bool | None:
+    """Layout of the ViT encoder parameters in ``tree``: True scanned, False unrolled, None when it has none."""
+    found = _first_encoder_layout(tree)
+    return None if found is None else found[0]
+
+
+def _children(node):
+    """Immediate pytree children of ``node`` and its treedef (no children for a leaf)."""
+    children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+    if jax.tree_util.treedef_is_leaf(treedef):
+        return [], treedef
+    return children, treedef
+
+
+def relayout(tree, scanned: bool):
+    """Every ``'encoder'`` subtree of ``tree`` (a whole train state: params, optimizer moments, EMA targets) in the
+    scanned (``scanned=True``) or the unrolled layout; other subtrees (heads, MAE's decoder blocks) are left alone.
+    Leaves may be arrays or ``jax.ShapeDtypeStruct`` (restoring a checkpoint into the other layout)."""
+    found = _first_encoder_layout(tree)
+    if found is None:
+        return tree
+    depth = found[1]
+
+    def visit(node, under_encoder=False):
+        if isinstance(node, dict):
+            if under_encoder:
+                node = stack_blocks(node) if scanned else unstack_blocks(node, depth)
+            return {k: visit(v, k == "encoder") for k, v in node.items()}
+        children, treedef = _children(node)
+        if not children:
+            return node
+        return treedef.unflatten([visit(c) for c in children])
+
+    return visit(tree)
+
+
+checkpoint.register_layout(is_scanned, relayout)  # a checkpoint of either layout restores into the other
 
 ViTTiny = partial(ViT, dim=192, depth=12, num_heads=3)
 ViTSmall = partial(ViT, dim=384, depth=12, num_heads=6)
 ViTBase = partial(ViT, dim=768, depth=12, num_heads=12)
+# ViT-L/16 and ViT-H/14 as in Dosovitskiy et al. 2021 (Table 1) and MAE; H uses 14 px patches.
+ViTLarge = partial(ViT, dim=1024, depth=24, num_heads=16)
+ViTHuge = partial(ViT, dim=1280, depth=32, num_heads=16, patch_size=14)
+# ViT-g/14 of Zhai et al. 2022, "Scaling Vision Transformers" (Table 2): width 1408, depth 40, MLP 6144, 16 heads;
+# 1.01 G parameters here (issue 20's DINO ViT-g/14 figure, 19.3 GiB of params + AdamW + teacher + gradients, is
+# this net with a DINO head). DINOv2's vit_giant2 is another net (1536 wide, 24 heads, SwiGLU FFN): not this preset.
+ViTGiant = partial(ViT, dim=1408, depth=40, num_heads=16, mlp_dim=6144, patch_size=14)
 # Test-size net: width 32, 2 blocks, 2 heads, patch 4.
 ViTTest = partial(ViT, dim=32, depth=2, num_heads=2, patch_size=4, image_size=32)
