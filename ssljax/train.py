@@ -119,21 +119,46 @@ def build_experiment(config, mesh, num_examples: int, num_classes: int) -> Exper
 
 
 def state_shardings(exp: Experiment, state: TrainState) -> TrainState:
-    """Replicated everywhere except the objective state's leaves the objective declares sharded (per-sample)."""
-    replicated = parallel.replicated(exp.mesh)
-    specs = exp.objective.state_partition(state.objective_state)
+    """A NamedSharding for every leaf of ``state`` (arrays or ShapeDtypeStructs), from ``config.sharding_strategy``.
+
+    The rules decide the parameters and anything else they match (first match of the '/'-joined path, e.g.
+    'params/encoder/Conv_0/kernel'; 'fsdp' splits a leaf of at least ``sharding_min_size_mb`` along its largest
+    dimension divisible by the mesh's fsdp size; no match: replicated). Optimizer moments and EMA targets / teachers
+    (leaves whose path ends with a parameter's path, at its shape) take their parameter's sharding. Objective state
+    the objective declares sharded (per-sample tables, ``Objective.state_partition``) keeps that declaration. On the
+    default mesh (fsdp size 1) everything but those tables is replicated.
+    """
+    mesh, config = exp.mesh, exp.config
+    strategy = tuple(config.get('sharding_strategy', parallel.DEFAULT_STRATEGY))
+    min_mb = float(config.get('sharding_min_size_mb', 4.0))
+    params = parallel.strategy_specs({'params': state.params}, mesh, strategy, min_mb)
+    follow = {path.split('/', 1)[1]: value for path, value in params.items()}
+    specs = {path: spec for path, (_, spec) in parallel.strategy_specs(state, mesh, strategy, min_mb, follow).items()}
+    declared = exp.objective.state_partition(state.objective_state)
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
     objective = jax.tree.map(
-        lambda spec, sub: jax.tree.map(lambda _: jax.sharding.NamedSharding(exp.mesh, spec), sub),
-        specs,
-        state.objective_state,
-        is_leaf=is_spec,
+        lambda spec, sub: jax.tree.map(lambda _: spec, sub), declared, state.objective_state, is_leaf=is_spec
     )
-    return jax.tree.map(lambda _: replicated, state).replace(objective_state=objective)
+    for path, spec in jax.tree_util.tree_flatten_with_path(objective, is_leaf=is_spec)[0]:
+        if spec != parallel.P():
+            specs['objective_state/' + parallel.path_string(path)] = spec
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: jax.sharding.NamedSharding(mesh, specs[parallel.path_string(path)]), state
+    )
+
+
+def param_shardings_active(shardings: TrainState) -> bool:
+    """Whether any parameter is split (fsdp): then gradients are constrained to their parameters' shardings."""
+    return any(not s.is_fully_replicated for s in jax.tree.leaves(shardings.params))
 
 
 def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState:
-    """Initialises encoder, heads, objective state, optimizer and online probe from ``config.seed``."""
+    """Initialises encoder, heads, objective state, optimizer and online probe from ``config.seed``.
+
+    Created sharded: the shapes come first (``jax.eval_shape``), then ``jax.jit(init, out_shardings=...)`` and
+    ``jax.jit(tx.init, out_shardings=...)`` write every array straight into its shards, so nothing is materialised
+    whole on one device (random draws are identical whatever the sharding: JAX's partitionable threefry).
+    """
     config = exp.config
     key = jax.random.key(config.seed)
     enc_key, head_key, probe_key = jax.random.split(jax.random.fold_in(key, 1), 3)
@@ -146,22 +171,32 @@ def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState
         batch_stats = {'encoder': enc_vars.get('batch_stats', {}), **heads['batch_stats']}
         return params, batch_stats, objective_state
 
-    params, batch_stats, objective_state = jax.jit(init_fn)()
-    optim.check_param_groups(config, params, exp.objective.frozen_heads)
     probe_params = linear_probe.online_probe_init(probe_key, exp.feature_dim, exp.num_classes)
-    state = TrainState(
-        step=jnp.zeros([], jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=exp.tx.init(params),
-        objective_state=objective_state,
-        probe_params=probe_params,
-        probe_opt_state=exp.probe_tx.init(probe_params),
-        rng=jax.random.key_data(key),
-        nonfinite_step=jnp.full([], -1, jnp.int32),
-        sampler_state=jax.tree.map(jnp.asarray, dict(sampler_state or {})),
-    )
-    return jax.device_put(state, state_shardings(exp, state))
+
+    def make(params, batch_stats, objective_state, opt_state):
+        return TrainState(
+            step=jnp.zeros([], jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            objective_state=objective_state,
+            probe_params=probe_params,
+            probe_opt_state=exp.probe_tx.init(probe_params),
+            rng=jax.random.key_data(key),
+            nonfinite_step=jnp.full([], -1, jnp.int32),
+            sampler_state=jax.tree.map(jnp.asarray, dict(sampler_state or {})),
+        )
+
+    shapes = jax.eval_shape(init_fn)
+    abstract = jax.eval_shape(lambda p, b, o: make(p, b, o, exp.tx.init(p)), *shapes)
+    shardings = state_shardings(exp, abstract)
+    params, batch_stats, objective_state = jax.jit(
+        init_fn, out_shardings=(shardings.params, shardings.batch_stats, shardings.objective_state)
+    )()
+    optim.check_param_groups(config, params, exp.objective.frozen_heads)
+    opt_state = jax.jit(exp.tx.init, out_shardings=shardings.opt_state)(params)
+    state = make(params, batch_stats, objective_state, opt_state)
+    return jax.device_put(state, shardings)
 
 
 # =====================================================================================================================
@@ -170,10 +205,17 @@ def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState
 def make_train_step(exp: Experiment, state: TrainState | None = None):
     """-> jitted ``step(state, batch, device_data) -> (state, metrics)``; state buffers are donated.
 
-    ``state`` (optional, any state of this experiment) fixes the output shardings of per-sample objective state;
-    without it every output is replicated.
+    ``state`` (optional, any state of this experiment) fixes the output shardings (:func:`state_shardings`); without
+    it every output is replicated, which only the default mesh allows. Gradients are constrained to their parameters'
+    shardings when any parameter is split.
     """
     objective, tx, probe_tx, schedule = exp.objective, exp.tx, exp.probe_tx, exp.schedule
+    replicated = parallel.replicated(exp.mesh)
+    if state is None and parallel.axis_size(exp.mesh, parallel.FSDP_AXIS) > 1:
+        raise ValueError('make_train_step on an fsdp mesh needs the state (its shardings fix the outputs)')
+    shardings = None if state is None else state_shardings(exp, state)
+    out_state = replicated if shardings is None else shardings
+    constrain_grads = shardings is not None and param_shardings_active(shardings)
     views_cfg, masks_cfg = exp.views, exp.masks or (None,) * len(exp.views)
 
     def step_fn(state: TrainState, batch: dict, device_data: dict):
@@ -189,6 +231,8 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
             return objective.loss(variables, state.objective_state, views, batch, loss_key)
 
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if constrain_grads:  # fsdp: each gradient reduce-scattered onto its parameter's shards
+            grads = jax.lax.with_sharding_constraint(grads, shardings.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params, objective_state = objective.update(params, out.objective_state, state.step + 1)
@@ -220,8 +264,6 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
         }
         return new_state, metrics
 
-    replicated = parallel.replicated(exp.mesh)
-    out_state = replicated if state is None else state_shardings(exp, state)
     return jax.jit(_traced_once(step_fn), donate_argnums=(0,), out_shardings=(out_state, replicated))
 
 
@@ -335,8 +377,8 @@ def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -
     ``before_data`` runs after the config is validated and before any data is read (the loop's workdir checks).
     """
     parallel.initialize_distributed(config)
-    mesh = parallel.make_mesh()
-    configure.validate(config, mesh.devices.size)
+    configure.validate(config, jax.device_count())
+    mesh = parallel.mesh_from_config(config)
     if before_data is not None:
         before_data()
     train_data = pipeline.load_train_data(config, mesh, workdir)

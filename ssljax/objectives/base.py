@@ -39,8 +39,9 @@ from ssljax.models.heads import MLP
 
 PyTree = Any
 
-# Partition specs for Context.per_device and Objective.state_partition (re-exported from ssljax.parallel).
-AXIS = 'data'
+# Partition specs for Context.per_device and Objective.state_partition. AXIS names every batch axis of the mesh
+# (ssljax.parallel.BATCH_AXES: 'data' and 'fsdp'): collectives over it reach every device.
+AXIS = ('data', 'fsdp')
 BATCH = jax.sharding.PartitionSpec(AXIS)
 REPLICATED = jax.sharding.PartitionSpec()
 
@@ -59,7 +60,8 @@ class LossOutput:
 class Context:
     """Facts about the run an objective may need when it is built.
 
-    ``mesh`` is the run's device mesh (one axis, ``'data'``; None outside a run, e.g. in a notebook): losses see the
+    ``mesh`` is the run's device mesh (axes ``'data'`` and ``'fsdp'``, the batch split over both; None outside a run,
+    e.g. in a notebook): losses see the
     global batch and XLA inserts the collectives, and :meth:`per_device` runs part of a loss on each device's shard
     of the batch instead (MoCo's shuffled BatchNorm, per-device negatives).
     """
@@ -84,7 +86,7 @@ class Context:
         return -(-self.num_examples // n) * n
 
     def per_device(self, fn, in_specs, out_specs):
-        """``fn`` run once per device on its shard, through ``jax.shard_map`` over the mesh's ``'data'`` axis.
+        """``fn`` run once per device on its shard, through ``jax.shard_map`` over every batch axis (:data:`AXIS`).
 
         ``in_specs`` / ``out_specs`` are pytrees (prefixes) of :data:`BATCH` (split along the leading axis, each
         device sees its B / n rows) and :data:`REPLICATED` (every device sees the whole value). Inside ``fn``,
