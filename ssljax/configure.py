@@ -19,7 +19,7 @@ import ml_collections
 from ssljax import config_lib, evaluation, parallel
 from ssljax.config_lib import ConfigError, load_config
 from ssljax.data import samplers, sources
-from ssljax.models import registry
+from ssljax.models import registry, resnet
 from ssljax.objectives import OBJECTIVES
 
 
@@ -214,8 +214,30 @@ def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
     mode = config.get('grad_accum_mode', 'exact')
     if mode not in GRAD_ACCUM_MODES:
         raise ConfigError(f'config key "grad_accum_mode" must be one of {", ".join(GRAD_ACCUM_MODES)}, got {mode!r}')
+    if k > 1 and mode == 'exact':
+        cls = OBJECTIVES.get(config.method)
+        if cls is not None and not cls.accumulation:
+            raise ConfigError(
+                f'config key "grad_accum_steps" ({k}): {config.method} has no exact gradient accumulation (its loss '
+                'couples the batch and no split at the encoder output is written for it); set grad_accum_steps=1, '
+                'or grad_accum_mode=per_microbatch, a change of method (docs/scaling-mesh.md)'
+            )
+        if encoder_has_batch_norm(config):
+            raise ConfigError(
+                f'config key "grad_accum_mode" (exact, with grad_accum_steps={k}) is impossible with BatchNorm in '
+                f'the encoder (model.backbone={config.model.backbone}): each micro-batch would be normalised with '
+                'its own statistics, so no split equals the one-batch step; use a BatchNorm-free encoder (a ViT), '
+                'or grad_accum_mode=per_microbatch, an explicit change of method (docs/scaling-mesh.md)'
+            )
     if k > 1 and config.batch_size % (k * num_devices):
         raise ConfigError(
             f'config key "grad_accum_steps" ({k}) times the {num_devices} devices must divide batch_size '
             f'({config.batch_size}): every micro-batch splits evenly over the devices'
         )
+
+
+def encoder_has_batch_norm(config: ml_collections.ConfigDict) -> bool:
+    """Whether ``config.model.backbone`` normalises with batch statistics (the ResNets) -- without building it."""
+    ctor = registry.BACKBONES.get(config.model.backbone)
+    cls = getattr(ctor, 'func', ctor)
+    return isinstance(cls, type) and issubclass(cls, resnet.ResNet)

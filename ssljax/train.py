@@ -32,7 +32,7 @@ from ssljax.data import pipeline, samplers, sources
 from ssljax.data import views as views_lib
 from ssljax.evaluation import EvalRunner, linear_probe, make_context
 from ssljax.models import registry
-from ssljax.objectives import Context, Objective, create_objective
+from ssljax.objectives import Context, LossOutput, Objective, create_objective
 
 
 class NonFiniteLossError(RuntimeError):
@@ -216,6 +216,7 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
     shardings = None if state is None else state_shardings(exp, state)
     out_state = replicated if shardings is None else shardings
     constrain_grads = shardings is not None and param_shardings_active(shardings)
+    accum, accum_kind = accumulation(exp.config, objective)
     views_cfg, masks_cfg = exp.views, exp.masks or (None,) * len(exp.views)
 
     def step_fn(state: TrainState, batch: dict, device_data: dict):
@@ -230,7 +231,12 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
             variables = {'params': params, 'batch_stats': state.batch_stats}
             return objective.loss(variables, state.objective_state, views, batch, loss_key)
 
-        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if accum == 1:
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        elif accum_kind == 'split':
+            loss, out, grads = _split_step(objective, state, views, batch, loss_key, accum, exp.mesh)
+        else:
+            loss, out, grads = _micro_batch_step(objective, state, views, batch, loss_key, accum, exp.mesh)
         if constrain_grads:  # fsdp: each gradient reduce-scattered onto its parameter's shards
             grads = jax.lax.with_sharding_constraint(grads, shardings.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -265,6 +271,106 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
         return new_state, metrics
 
     return jax.jit(_traced_once(step_fn), donate_argnums=(0,), out_shardings=(out_state, replicated))
+
+
+# ----- gradient accumulation: the global batch in k micro-batches inside one step ------------------------------------
+
+
+def accumulation(config, objective: Objective) -> tuple[int, str]:
+    """-> (k, how): k = config.grad_accum_steps; how is 'split' (GradCache), 'per_sample' or 'per_microbatch'."""
+    k = int(config.get('grad_accum_steps', 1))
+    if k == 1:
+        return 1, ''
+    if config.get('grad_accum_mode', 'exact') == 'per_microbatch':
+        return k, 'per_microbatch'
+    return k, objective.accumulation
+
+
+def _to_micro(tree, k: int, mesh):
+    """[B, ...] leaves -> [k, B / k, ...]: micro-batch j holds rows j, j + k, j + 2k, ... so that each keeps the
+    batch's split over the devices (every device gives each micro-batch B / (n k) of its rows)."""
+    spec = jax.sharding.PartitionSpec(None, parallel.batch_axes(mesh))
+
+    def split(x):
+        b = x.shape[0]
+        y = jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+        return jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, spec))
+
+    return jax.tree.map(split, tree)
+
+
+def _from_micro(tree):
+    """Inverse of :func:`_to_micro`: [k, B / k, ...] -> [B, ...] in the batch's row order."""
+    return jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:]), tree)
+
+
+def _tree_add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _micro_batch_step(objective, state, views, batch, rng, k: int, mesh):
+    """``objective.loss`` on each micro-batch in turn (``lax.scan``), gradients and metrics averaged; batch
+    statistics and objective state carried from one micro-batch to the next.
+
+    Equal to the one-batch step for per-sample losses without batch-coupled state ('per_sample': MAE, SimMIM); for
+    anything else (``grad_accum_mode='per_microbatch'``) it is a different method: BatchNorm statistics, negatives,
+    cross-correlations and queue updates come from B / k rows at a time.
+    """
+    xs = _to_micro((list(views), batch), k, mesh)
+
+    def body(carry, x):
+        grads, batch_stats, objective_state = carry
+        mviews, mbatch = x
+
+        def loss_fn(params):
+            return objective.loss({'params': params, 'batch_stats': batch_stats}, objective_state, mviews, mbatch, rng)
+
+        (loss, out), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return (_tree_add(grads, g), out.batch_stats, out.objective_state), (loss, out.metrics, out.probe_features)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats, objective_state), (losses, metrics, probe) = jax.lax.scan(
+        body, (zeros, state.batch_stats, state.objective_state), xs
+    )
+    grads = jax.tree.map(lambda g: g / k, grads)
+    out = LossOutput(
+        jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics), batch_stats, objective_state, _from_micro(probe)
+    )
+    return jnp.mean(losses), out, grads
+
+
+def _split_step(objective, state, views, batch, rng, k: int, mesh):
+    """GradCache: the one-batch loss and gradients, the encoders run one micro-batch at a time.
+
+    Pass 1 (``lax.map``, nothing differentiated, so no activations kept): ``objective.features`` of each micro-batch,
+    re-assembled into the whole batch's features. Then ``objective.head_loss`` on them, differentiated with respect
+    to the parameters (heads) and to the online features. Pass 2 (``lax.scan``): each micro-batch's encoder forward
+    again, and its vector-Jacobian product with that micro-batch's slice of the feature gradients, summed into the
+    encoder's gradient. Equal to the one-batch step when row i of the features depends on row i of the input only.
+    """
+    params, batch_stats, objective_state = state.params, state.batch_stats, state.objective_state
+    xs = _to_micro((list(views), batch), k, mesh)
+
+    def encode(encoder_params, mviews, mbatch):
+        variables = {'params': dict(params, encoder=encoder_params), 'batch_stats': batch_stats}
+        return objective.features(variables, objective_state, mviews, mbatch, rng)
+
+    online, fixed = _from_micro(jax.lax.map(lambda x: encode(params['encoder'], *x), xs))
+
+    def head(p, feats):
+        return objective.head_loss(
+            {'params': p, 'batch_stats': batch_stats}, objective_state, feats, fixed, views, batch, rng
+        )
+
+    (loss, out), (grads, feature_grads) = jax.value_and_grad(head, argnums=(0, 1), has_aux=True)(params, online)
+
+    def body(acc, x):
+        mviews, mbatch, g = x
+        _, vjp = jax.vjp(lambda e: encode(e, mviews, mbatch)[0], params['encoder'])
+        return _tree_add(acc, vjp(g)[0]), None
+
+    encoder_grads, _ = jax.lax.scan(body, grads['encoder'], (*xs, _to_micro(feature_grads, k, mesh)))
+    return loss, out, dict(grads, encoder=encoder_grads)
 
 
 def _traced_once(fn):

@@ -9,6 +9,7 @@ parameters only). MoCo v3 (no queue, a predictor) is in mocov3.py.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -166,6 +167,30 @@ class MoCoV2(Objective):
         xk = [views[1], views[0]][: self.num_queries]  # query v's positive key is the other view
         target = objective_state['target']
         q, feats, k, stats, target_stats = self.encode(variables, target, xq, xk, shuffle_key)
+        return self._loss_from(q, feats, k, stats, target_stats, objective_state, mix_key)
+
+    # Gradient accumulation (a BatchNorm-free encoder: no groups, nothing to shuffle): the query and key encoders per
+    # micro-batch; projectors, InfoNCE against the queue and the queue's update on the whole batch.
+    accumulation: ClassVar[str] = 'split'
+
+    def features(self, variables, objective_state, views, batch, rng):
+        xq = list(views[: self.num_queries])
+        xk = [views[1], views[0]][: self.num_queries]
+        online = [Forward(variables).apply('encoder', self.ctx.encoder, x)['pooled'] for x in xq]
+        target = Forward(objective_state['target'])
+        fixed = [jax.lax.stop_gradient(target.apply('encoder', self.ctx.encoder, x)['pooled']) for x in xk]
+        return online, fixed
+
+    def head_loss(self, variables, objective_state, online, fixed, views, batch, rng):
+        _, mix_key = jax.random.split(rng)
+        fw, target = Forward(variables), Forward(objective_state['target'])
+        q = [fw.apply('projector', self.projector, f) for f in online]
+        k = [jax.lax.stop_gradient(target.apply('projector', self.projector, f)) for f in fixed]
+        stats, target_stats = fw.batch_stats, jax.lax.stop_gradient(target.batch_stats)
+        return self._loss_from(q, online[0], k, stats, target_stats, objective_state, mix_key)
+
+    def _loss_from(self, q, feats, k, stats, target_stats, objective_state, mix_key):
+        target = objective_state['target']
         queue, step = objective_state['queue'], objective_state['step']
         total, metrics = 0.0, {}
         for v in range(self.num_queries):
