@@ -248,3 +248,13 @@ def strategy_specs(tree, mesh: Mesh, strategy, min_size_mb: float, follow: dict 
             spec = fsdp_spec(shape, mesh, min_size_mb, itemsize) if rule == 'fsdp' else P()
         specs[name] = (shape, spec)
     return specs
+
+
+def tree_shardings(trees: dict, mesh: Mesh, strategy=DEFAULT_STRATEGY, min_size_mb: float = 4.0) -> dict:
+    """NamedShardings for ``{'params': ..., 'opt_state': ..., ...}`` by ``strategy`` (paths start with the names);
+    a leaf whose path ends with a parameter's path, at its shape, follows that parameter (:func:`strategy_specs`).
+    """
+    params = strategy_specs({'params': trees.get('params', {})}, mesh, strategy, min_size_mb)
+    follow = {path.split('/', 1)[1]: value for path, value in params.items()}
+    specs = strategy_specs(trees, mesh, strategy, min_size_mb, follow)
+    return jax.tree_util.tree_map_with_path(lambda p, _: NamedSharding(mesh, specs[path_string(p)][1]), trees)

@@ -132,6 +132,11 @@ class MoCoV2(Objective):
             feats.append(f)
         return zs, feats, variables['batch_stats']
 
+    @property
+    def global_groups(self) -> bool:
+        """Whether the BatchNorm groups run as one global vmapped forward instead of per device (fsdp meshes)."""
+        return self.ctx.mesh is not None and dict(self.ctx.mesh.shape).get('fsdp', 1) > 1
+
     def encode(self, variables, target, xq, xk, rng):
         """-> (queries [V][B, D], probe features [B, F], keys [V][B, D], online stats, target stats)."""
         groups = self.bn_groups or self.ctx.num_devices
@@ -141,6 +146,15 @@ class MoCoV2(Objective):
             return q, f[0], [jax.lax.stop_gradient(x) for x in k], stats, target_stats
         perms = [jax.random.permutation(key, xk[0].shape[0]) for key in jax.random.split(rng, len(xk))]
         shuffled = [x[p] for x, p in zip(xk, perms)]
+        if self.global_groups:
+            # fsdp-sharded parameters: the same groups as one global vmapped forward, which XLA partitions over the
+            # devices (each weight gathered as its layer runs). A shard_map here would take the parameters with
+            # REPLICATED in_specs and so gather the whole online and key networks onto every device at its boundary
+            # (measured: docs/scaling-mesh.md). Equal to the per-device path up to the order of the statistics' mean.
+            q, f, stats = self._forward_views(variables, xq, groups)
+            k, _, target_stats = self._forward_views(target, shuffled, groups)
+            k = [jax.lax.stop_gradient(x[jnp.argsort(p)]) for x, p in zip(k, perms)]
+            return q, f[0], k, stats, target_stats
         local_groups = groups // self.ctx.num_devices
 
         def local(online, key_net, xq_local, xk_local):
