@@ -256,6 +256,10 @@ RANGES = (
     ('objective.eps', '[0, inf)', False),
     ('objective.rho', '[0, 1]', False),
     ('objective.freq', '[1, inf)', False),
+    ('sharding_min_size_mb', '[0, inf)', False),
+    ('grad_accum_steps', '[1, inf)', False),
+    ('mesh', None, False),  # (axis, size) pairs: checked by configure.validate
+    ('mesh_dcn', None, False),
     ('distributed.num_processes', '[0, inf)', False),
     ('distributed.process_id', '[-1, inf)', False),
 )

@@ -9,15 +9,17 @@ the evaluators ``evals.NAME.type=TYPE`` names, sizing image folders from their i
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from typing import Callable
 
 import ml_collections
 
-from ssljax import config_lib, evaluation
+from ssljax import config_lib, evaluation, parallel
 from ssljax.config_lib import ConfigError, load_config
 from ssljax.data import samplers, sources
-from ssljax.models import registry
+from ssljax.models import registry, resnet
 from ssljax.objectives import OBJECTIVES
 
 
@@ -163,6 +165,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
         f'batch_size {config.batch_size} is not divisible by the number of '
         f'devices ({num_devices}); use a multiple of {num_devices}',
     )
+    check_scale(config, num_devices)
     need(config.total_steps > 0 or config.epochs > 0, 'set config key "total_steps" or "epochs" to a positive value')
     need(
         config.checkpoint_every >= 0 and config.eval_every >= 0 and config.log_every > 0,
@@ -195,3 +198,68 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_data: bo
         )
     config_lib.check_ranges(config)
     OBJECTIVES[config.method].check_config(config, num_devices)  # the method's own keys, before any data is read
+
+
+SHARDING_RULES = ('fsdp', 'replicate')
+GRAD_ACCUM_MODES = ('exact', 'per_microbatch')
+
+
+def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """``mesh``, ``mesh_dcn``, ``sharding_strategy``, ``grad_accum_*``: a ConfigError naming the first bad key."""
+    mesh, dcn = tuple(config.get('mesh', parallel.DEFAULT_MESH)), tuple(config.get('mesh_dcn', ()))
+    slices = 1
+    if dcn:
+        try:
+            sizes = parallel.mesh_sizes(dcn, parallel.dcn_slices(dcn, num_devices), 'slices')
+        except ValueError as e:
+            raise ConfigError(f'config key "mesh_dcn" {e}, got {dcn!r}') from None
+        slices = math.prod(sizes.values())
+    try:
+        parallel.mesh_sizes(mesh, num_devices // slices, 'slice' if dcn else 'run')
+    except ValueError as e:
+        raise ConfigError(f'config key "mesh" {e}, got {mesh!r}') from None
+    for i, entry in enumerate(tuple(config.get('sharding_strategy', ()))):
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise ConfigError(f'config key "sharding_strategy" entry {i} must be a (regex, rule) pair, got {entry!r}')
+        pattern, rule = entry
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f'config key "sharding_strategy" entry {i}: bad regex {pattern!r} ({e})') from None
+        if rule not in SHARDING_RULES:
+            raise ConfigError(
+                f'config key "sharding_strategy" entry {i}: unknown rule {rule!r}; known: {", ".join(SHARDING_RULES)}'
+            )
+    k = int(config.get('grad_accum_steps', 1))
+    if k < 1:
+        raise ConfigError(f'config key "grad_accum_steps" must be >= 1, got {k}')
+    mode = config.get('grad_accum_mode', 'exact')
+    if mode not in GRAD_ACCUM_MODES:
+        raise ConfigError(f'config key "grad_accum_mode" must be one of {", ".join(GRAD_ACCUM_MODES)}, got {mode!r}')
+    if k > 1 and mode == 'exact':
+        cls = OBJECTIVES.get(config.method)
+        if cls is not None and not cls.accumulation:
+            raise ConfigError(
+                f'config key "grad_accum_steps" ({k}): {config.method} has no exact gradient accumulation (its loss '
+                'couples the batch and no split at the encoder output is written for it); set grad_accum_steps=1, '
+                'or grad_accum_mode=per_microbatch, a change of method (docs/scaling-mesh.md)'
+            )
+        if encoder_has_batch_norm(config):
+            raise ConfigError(
+                f'config key "grad_accum_mode" (exact, with grad_accum_steps={k}) is impossible with BatchNorm in '
+                f'the encoder (model.backbone={config.model.backbone}): each micro-batch would be normalised with '
+                'its own statistics, so no split equals the one-batch step; use a BatchNorm-free encoder (a ViT), '
+                'or grad_accum_mode=per_microbatch, an explicit change of method (docs/scaling-mesh.md)'
+            )
+    if k > 1 and config.batch_size % (k * num_devices):
+        raise ConfigError(
+            f'config key "grad_accum_steps" ({k}) times the {num_devices} devices must divide batch_size '
+            f'({config.batch_size}): every micro-batch splits evenly over the devices'
+        )
+
+
+def encoder_has_batch_norm(config: ml_collections.ConfigDict) -> bool:
+    """Whether ``config.model.backbone`` normalises with batch statistics (the ResNets) -- without building it."""
+    ctor = registry.BACKBONES.get(config.model.backbone)
+    cls = getattr(ctor, 'func', ctor)
+    return isinstance(cls, type) and issubclass(cls, resnet.ResNet)

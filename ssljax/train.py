@@ -32,7 +32,7 @@ from ssljax.data import pipeline, samplers, sources
 from ssljax.data import views as views_lib
 from ssljax.evaluation import EvalRunner, linear_probe, make_context
 from ssljax.models import registry
-from ssljax.objectives import Context, Objective, create_objective
+from ssljax.objectives import Context, LossOutput, Objective, create_objective
 
 
 class NonFiniteLossError(RuntimeError):
@@ -119,21 +119,46 @@ def build_experiment(config, mesh, num_examples: int, num_classes: int) -> Exper
 
 
 def state_shardings(exp: Experiment, state: TrainState) -> TrainState:
-    """Replicated everywhere except the objective state's leaves the objective declares sharded (per-sample)."""
-    replicated = parallel.replicated(exp.mesh)
-    specs = exp.objective.state_partition(state.objective_state)
+    """A NamedSharding for every leaf of ``state`` (arrays or ShapeDtypeStructs), from ``config.sharding_strategy``.
+
+    The rules decide the parameters and anything else they match (first match of the '/'-joined path, e.g.
+    'params/encoder/Conv_0/kernel'; 'fsdp' splits a leaf of at least ``sharding_min_size_mb`` along its largest
+    dimension divisible by the mesh's fsdp size; no match: replicated). Optimizer moments and EMA targets / teachers
+    (leaves whose path ends with a parameter's path, at its shape) take their parameter's sharding. Objective state
+    the objective declares sharded (per-sample tables, ``Objective.state_partition``) keeps that declaration. On the
+    default mesh (fsdp size 1) everything but those tables is replicated.
+    """
+    mesh, config = exp.mesh, exp.config
+    strategy = tuple(config.get('sharding_strategy', parallel.DEFAULT_STRATEGY))
+    min_mb = float(config.get('sharding_min_size_mb', 4.0))
+    params = parallel.strategy_specs({'params': state.params}, mesh, strategy, min_mb)
+    follow = {path.split('/', 1)[1]: value for path, value in params.items()}
+    specs = {path: spec for path, (_, spec) in parallel.strategy_specs(state, mesh, strategy, min_mb, follow).items()}
+    declared = exp.objective.state_partition(state.objective_state)
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
     objective = jax.tree.map(
-        lambda spec, sub: jax.tree.map(lambda _: jax.sharding.NamedSharding(exp.mesh, spec), sub),
-        specs,
-        state.objective_state,
-        is_leaf=is_spec,
+        lambda spec, sub: jax.tree.map(lambda _: spec, sub), declared, state.objective_state, is_leaf=is_spec
     )
-    return jax.tree.map(lambda _: replicated, state).replace(objective_state=objective)
+    for path, spec in jax.tree_util.tree_flatten_with_path(objective, is_leaf=is_spec)[0]:
+        if spec != parallel.P():
+            specs['objective_state/' + parallel.path_string(path)] = spec
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: jax.sharding.NamedSharding(mesh, specs[parallel.path_string(path)]), state
+    )
+
+
+def param_shardings_active(shardings: TrainState) -> bool:
+    """Whether any parameter is split (fsdp): then gradients are constrained to their parameters' shardings."""
+    return any(not s.is_fully_replicated for s in jax.tree.leaves(shardings.params))
 
 
 def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState:
-    """Initialises encoder, heads, objective state, optimizer and online probe from ``config.seed``."""
+    """Initialises encoder, heads, objective state, optimizer and online probe from ``config.seed``.
+
+    Created sharded: the shapes come first (``jax.eval_shape``), then ``jax.jit(init, out_shardings=...)`` and
+    ``jax.jit(tx.init, out_shardings=...)`` write every array straight into its shards, so nothing is materialised
+    whole on one device (random draws are identical whatever the sharding: JAX's partitionable threefry).
+    """
     config = exp.config
     key = jax.random.key(config.seed)
     enc_key, head_key, probe_key = jax.random.split(jax.random.fold_in(key, 1), 3)
@@ -146,22 +171,32 @@ def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState
         batch_stats = {'encoder': enc_vars.get('batch_stats', {}), **heads['batch_stats']}
         return params, batch_stats, objective_state
 
-    params, batch_stats, objective_state = jax.jit(init_fn)()
-    optim.check_param_groups(config, params, exp.objective.frozen_heads)
     probe_params = linear_probe.online_probe_init(probe_key, exp.feature_dim, exp.num_classes)
-    state = TrainState(
-        step=jnp.zeros([], jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=exp.tx.init(params),
-        objective_state=objective_state,
-        probe_params=probe_params,
-        probe_opt_state=exp.probe_tx.init(probe_params),
-        rng=jax.random.key_data(key),
-        nonfinite_step=jnp.full([], -1, jnp.int32),
-        sampler_state=jax.tree.map(jnp.asarray, dict(sampler_state or {})),
-    )
-    return jax.device_put(state, state_shardings(exp, state))
+
+    def make(params, batch_stats, objective_state, opt_state):
+        return TrainState(
+            step=jnp.zeros([], jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            objective_state=objective_state,
+            probe_params=probe_params,
+            probe_opt_state=exp.probe_tx.init(probe_params),
+            rng=jax.random.key_data(key),
+            nonfinite_step=jnp.full([], -1, jnp.int32),
+            sampler_state=jax.tree.map(jnp.asarray, dict(sampler_state or {})),
+        )
+
+    shapes = jax.eval_shape(init_fn)
+    abstract = jax.eval_shape(lambda p, b, o: make(p, b, o, exp.tx.init(p)), *shapes)
+    shardings = state_shardings(exp, abstract)
+    params, batch_stats, objective_state = jax.jit(
+        init_fn, out_shardings=(shardings.params, shardings.batch_stats, shardings.objective_state)
+    )()
+    optim.check_param_groups(config, params, exp.objective.frozen_heads)
+    opt_state = jax.jit(exp.tx.init, out_shardings=shardings.opt_state)(params)
+    state = make(params, batch_stats, objective_state, opt_state)
+    return jax.device_put(state, shardings)
 
 
 # =====================================================================================================================
@@ -170,10 +205,18 @@ def init_state(exp: Experiment, sampler_state: dict | None = None) -> TrainState
 def make_train_step(exp: Experiment, state: TrainState | None = None):
     """-> jitted ``step(state, batch, device_data) -> (state, metrics)``; state buffers are donated.
 
-    ``state`` (optional, any state of this experiment) fixes the output shardings of per-sample objective state;
-    without it every output is replicated.
+    ``state`` (optional, any state of this experiment) fixes the output shardings (:func:`state_shardings`); without
+    it every output is replicated, which only the default mesh allows. Gradients are constrained to their parameters'
+    shardings when any parameter is split.
     """
     objective, tx, probe_tx, schedule = exp.objective, exp.tx, exp.probe_tx, exp.schedule
+    replicated = parallel.replicated(exp.mesh)
+    if state is None and parallel.axis_size(exp.mesh, parallel.FSDP_AXIS) > 1:
+        raise ValueError('make_train_step on an fsdp mesh needs the state (its shardings fix the outputs)')
+    shardings = None if state is None else state_shardings(exp, state)
+    out_state = replicated if shardings is None else shardings
+    constrain_grads = shardings is not None and param_shardings_active(shardings)
+    accum, accum_kind = accumulation(exp.config, objective)
     views_cfg, masks_cfg = exp.views, exp.masks or (None,) * len(exp.views)
 
     def step_fn(state: TrainState, batch: dict, device_data: dict):
@@ -188,7 +231,14 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
             variables = {'params': params, 'batch_stats': state.batch_stats}
             return objective.loss(variables, state.objective_state, views, batch, loss_key)
 
-        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if accum == 1:
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        elif accum_kind == 'split':
+            loss, out, grads = _split_step(objective, state, views, batch, loss_key, accum, exp.mesh)
+        else:
+            loss, out, grads = _micro_batch_step(objective, state, views, batch, loss_key, accum, exp.mesh)
+        if constrain_grads:  # fsdp: each gradient reduce-scattered onto its parameter's shards
+            grads = jax.lax.with_sharding_constraint(grads, shardings.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params, objective_state = objective.update(params, out.objective_state, state.step + 1)
@@ -220,9 +270,107 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
         }
         return new_state, metrics
 
-    replicated = parallel.replicated(exp.mesh)
-    out_state = replicated if state is None else state_shardings(exp, state)
     return jax.jit(_traced_once(step_fn), donate_argnums=(0,), out_shardings=(out_state, replicated))
+
+
+# ----- gradient accumulation: the global batch in k micro-batches inside one step ------------------------------------
+
+
+def accumulation(config, objective: Objective) -> tuple[int, str]:
+    """-> (k, how): k = config.grad_accum_steps; how is 'split' (GradCache), 'per_sample' or 'per_microbatch'."""
+    k = int(config.get('grad_accum_steps', 1))
+    if k == 1:
+        return 1, ''
+    if config.get('grad_accum_mode', 'exact') == 'per_microbatch':
+        return k, 'per_microbatch'
+    return k, objective.accumulation
+
+
+def _to_micro(tree, k: int, mesh):
+    """[B, ...] leaves -> [k, B / k, ...]: micro-batch j holds rows j, j + k, j + 2k, ... so that each keeps the
+    batch's split over the devices (every device gives each micro-batch B / (n k) of its rows)."""
+    spec = jax.sharding.PartitionSpec(None, parallel.batch_axes(mesh))
+
+    def split(x):
+        b = x.shape[0]
+        y = jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+        return jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, spec))
+
+    return jax.tree.map(split, tree)
+
+
+def _from_micro(tree):
+    """Inverse of :func:`_to_micro`: [k, B / k, ...] -> [B, ...] in the batch's row order."""
+    return jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:]), tree)
+
+
+def _tree_add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _micro_batch_step(objective, state, views, batch, rng, k: int, mesh):
+    """``objective.loss`` on each micro-batch in turn (``lax.scan``), gradients and metrics averaged; batch
+    statistics and objective state carried from one micro-batch to the next.
+
+    Equal to the one-batch step for per-sample losses without batch-coupled state ('per_sample': MAE, SimMIM); for
+    anything else (``grad_accum_mode='per_microbatch'``) it is a different method: BatchNorm statistics, negatives,
+    cross-correlations and queue updates come from B / k rows at a time.
+    """
+    xs = _to_micro((list(views), batch), k, mesh)
+
+    def body(carry, x):
+        grads, batch_stats, objective_state = carry
+        mviews, mbatch = x
+
+        def loss_fn(params):
+            return objective.loss({'params': params, 'batch_stats': batch_stats}, objective_state, mviews, mbatch, rng)
+
+        (loss, out), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return (_tree_add(grads, g), out.batch_stats, out.objective_state), (loss, out.metrics, out.probe_features)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats, objective_state), (losses, metrics, probe) = jax.lax.scan(
+        body, (zeros, state.batch_stats, state.objective_state), xs
+    )
+    grads = jax.tree.map(lambda g: g / k, grads)
+    out = LossOutput(
+        jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics), batch_stats, objective_state, _from_micro(probe)
+    )
+    return jnp.mean(losses), out, grads
+
+
+def _split_step(objective, state, views, batch, rng, k: int, mesh):
+    """GradCache: the one-batch loss and gradients, the encoders run one micro-batch at a time.
+
+    Pass 1 (``lax.map``, nothing differentiated, so no activations kept): ``objective.features`` of each micro-batch,
+    re-assembled into the whole batch's features. Then ``objective.head_loss`` on them, differentiated with respect
+    to the parameters (heads) and to the online features. Pass 2 (``lax.scan``): each micro-batch's encoder forward
+    again, and its vector-Jacobian product with that micro-batch's slice of the feature gradients, summed into the
+    encoder's gradient. Equal to the one-batch step when row i of the features depends on row i of the input only.
+    """
+    params, batch_stats, objective_state = state.params, state.batch_stats, state.objective_state
+    xs = _to_micro((list(views), batch), k, mesh)
+
+    def encode(encoder_params, mviews, mbatch):
+        variables = {'params': dict(params, encoder=encoder_params), 'batch_stats': batch_stats}
+        return objective.features(variables, objective_state, mviews, mbatch, rng)
+
+    online, fixed = _from_micro(jax.lax.map(lambda x: encode(params['encoder'], *x), xs))
+
+    def head(p, feats):
+        return objective.head_loss(
+            {'params': p, 'batch_stats': batch_stats}, objective_state, feats, fixed, views, batch, rng
+        )
+
+    (loss, out), (grads, feature_grads) = jax.value_and_grad(head, argnums=(0, 1), has_aux=True)(params, online)
+
+    def body(acc, x):
+        mviews, mbatch, g = x
+        _, vjp = jax.vjp(lambda e: encode(e, mviews, mbatch)[0], params['encoder'])
+        return _tree_add(acc, vjp(g)[0]), None
+
+    encoder_grads, _ = jax.lax.scan(body, grads['encoder'], (*xs, _to_micro(feature_grads, k, mesh)))
+    return loss, out, dict(grads, encoder=encoder_grads)
 
 
 def _traced_once(fn):
@@ -335,8 +483,8 @@ def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -
     ``before_data`` runs after the config is validated and before any data is read (the loop's workdir checks).
     """
     parallel.initialize_distributed(config)
-    mesh = parallel.make_mesh()
-    configure.validate(config, mesh.devices.size)
+    configure.validate(config, jax.device_count())
+    mesh = parallel.mesh_from_config(config)
     if before_data is not None:
         before_data()
     train_data = pipeline.load_train_data(config, mesh, workdir)

@@ -2,7 +2,7 @@
 
 Layout on the device mesh. With n devices and B = the eval batch (a multiple of n, b = B / n per device), a split
 of N images is cut into nb = ceil(N / B) blocks of B rows (the last one zero-padded): block j holds rows
-jB .. jB + B - 1 and is sharded along 'data', so device d holds rows jB + db .. jB + (d + 1)b - 1 of every block.
+jB .. jB + B - 1 and is sharded over the batch axes, so device d holds rows jB + db .. jB + (d + 1)b - 1 of every block.
 The images of a split that fits (``config.device_data_max_mb``) are put on the mesh once and kept there; larger
 splits are put block by block at each encoding. Sharded, not replicated: encoding is independent per image, so each
 device encodes exactly the rows it holds (no communication) and holds 1 / n of the split; the training set is
@@ -56,7 +56,7 @@ def eval_batch_size(config, mesh) -> int:
 class Features:
     """Features of one split under one network.
 
-    values: float32 [nb, B, D] on the mesh, sharded P(None, 'data'); flat row r = jB + i is image r, rows from
+    values: float32 [nb, B, D] on the mesh, sharded P(None, ('data', 'fsdp')); flat row r = jB + i is image r, rows from
       ``count`` on are padding (features of zero images). labels: int32 [count] on the host.
     """
 
@@ -125,7 +125,7 @@ class EvalContext:
         if self.batch_size % n:
             raise ValueError(f'eval batch size {self.batch_size} is not a multiple of the {n} devices')
         self.block_sharding = parallel.batch_sharded(self.mesh)
-        self.stacked_sharding = NamedSharding(self.mesh, P(None, parallel.DATA_AXIS))
+        self.stacked_sharding = NamedSharding(self.mesh, P(None, parallel.batch_axes(self.mesh)))
         self._cache: dict = {}
         self._cache_state = None
         self._resident: dict = {}
@@ -160,7 +160,7 @@ class EvalContext:
         return -(-count // self.batch_size)
 
     def blocks(self, data, key=None) -> list[jax.Array]:
-        """Images as blocks of ``batch_size`` on the mesh, sharded along 'data' (the last one zero-padded).
+        """Images as blocks of ``batch_size`` on the mesh, sharded over the batch axes (the last one zero-padded).
 
         ``data``: uint8 [N, H, W, 3] numpy, a Split, or any random-access source (``len`` and ``get(indices)``, read
         block by block, each process reading only the rows of its own devices). With ``key`` the blocks stay on the

@@ -178,13 +178,13 @@ class Finetune(Evaluator):
         key = jax.random.key(ctx.seed)
         head = nn.Dense(ctx.num_classes, kernel_init=nn.initializers.normal(2e-5), name='head')
         head_params = head.init(jax.random.fold_in(key, 1), jnp.zeros((1, encoder.feature_dim)))['params']
-        params = {'encoder': jax.tree.map(jnp.asarray, to_host_tree(enc_vars['params'])), 'head': head_params}
-        batch_stats = jax.tree.map(jnp.asarray, to_host_tree(enc_vars.get('batch_stats', {})))
+        # host copies (numpy), placed on the mesh below in the run's shardings: never whole on one device
+        params = {'encoder': to_host_tree(enc_vars['params']), 'head': jax.tree.map(np.asarray, head_params)}
+        batch_stats = to_host_tree(enc_vars.get('batch_stats', {}))
         tx = optax.chain(
             optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=float(s.weight_decay), mask=decay_mask(params)),
             scale_by_tree(layer_scales(params, float(s.layer_decay))),
         )
-        opt_state = tx.init(params)
         view = augment.ViewConfig(
             size=ctx.eval_size,
             crop_scale=(float(s.crop_min_scale), 1.0),
@@ -231,9 +231,20 @@ class Finetune(Evaluator):
 
         sharded = parallel.batch_sharded(mesh)
         replicated = parallel.replicated(mesh)
-        put = lambda tree: jax.device_put(tree, replicated)  # noqa: E731
-        params, batch_stats, opt_state = put(params), put(batch_stats), put(opt_state)
-        step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=replicated)
+        # the run's sharding strategy (config.sharding_strategy): on an fsdp mesh the encoder, its AdamW moments and
+        # the head are split as in pretraining; replicated on the default mesh
+        config = ctx.config
+        shardings = parallel.tree_shardings(
+            {'params': params, 'batch_stats': batch_stats, 'opt_state': jax.eval_shape(tx.init, params)},
+            mesh,
+            tuple(config.get('sharding_strategy', parallel.DEFAULT_STRATEGY)),
+            float(config.get('sharding_min_size_mb', 4.0)),
+        )
+        params = jax.device_put(params, shardings['params'])
+        batch_stats = jax.device_put(batch_stats, shardings['batch_stats'])
+        opt_state = jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)
+        out = (shardings['params'], shardings['batch_stats'], shardings['opt_state'], replicated)
+        step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=out)
 
         losses = []
         for epoch in range(int(s.epochs)):

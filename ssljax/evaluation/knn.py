@@ -136,13 +136,13 @@ def knn_top1(
 
 @functools.lru_cache(maxsize=None)
 def _sharded_knn_fn(mesh, num_classes: int, k: int, chunk: int):
-    """Jitted kNN over a bank laid out [nb, B, D] and sharded P(None, 'data') on ``mesh`` (see knn_predict_sharded)."""
+    """Jitted kNN over a bank laid out [nb, B, D] and sharded P(None, batch axes) on ``mesh`` (knn_predict_sharded)."""
     from jax.sharding import PartitionSpec as P
 
     from ssljax import parallel
 
-    axis = parallel.DATA_AXIS
-    n = mesh.shape[axis]
+    axis = parallel.batch_axes(mesh)  # every device holds its own rows of the bank
+    n = parallel.batch_shards(mesh)
 
     def local(bank, labels, num_valid, queries, temperature):
         # bank [nb, b, D] and labels [nb, b]: this device's rows of every block. Global row of (j, i): j B + d b + i.
@@ -186,7 +186,7 @@ def knn_predict_sharded(
     chunk: int = 1024,
     num_valid: int | None = None,
 ) -> jax.Array:
-    """`knn_predict` with the bank sharded over the devices of ``mesh`` (axis 'data'); the same predictions.
+    """`knn_predict` with the bank sharded over the devices of ``mesh`` (every device its rows); the same predictions.
 
     Each device d scores every query against its rows X_d of the bank and keeps its own top k,
     T_d = topk_{i in X_d}(s_qi); the k nearest neighbours of the whole bank are topk(T_1 u ... u T_n) (an entry of
@@ -212,7 +212,7 @@ def knn_predict_sharded(
 
     from ssljax import parallel
 
-    n = mesh.shape[parallel.DATA_AXIS]
+    n = parallel.batch_shards(mesh)
     bank_labels = jnp.asarray(bank_labels) if not isinstance(bank_labels, jax.Array) else bank_labels
     if bank.ndim == 2:
         rows = bank.shape[0]
@@ -242,7 +242,7 @@ def knn_predict_sharded(
         return jnp.zeros((0,), jnp.int32)
     chunk = min(int(chunk), num_queries)
     queries = jnp.pad(queries, ((0, -num_queries % chunk), (0, 0)))
-    sharding = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+    sharding = NamedSharding(mesh, P(None, parallel.batch_axes(mesh)))
     bank = jax.device_put(bank, sharding) if not _placed(bank, sharding) else bank
     bank_labels = bank_labels.astype(jnp.int32)
     bank_labels = jax.device_put(bank_labels, sharding) if not _placed(bank_labels, sharding) else bank_labels

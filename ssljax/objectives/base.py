@@ -39,8 +39,9 @@ from ssljax.models.heads import MLP
 
 PyTree = Any
 
-# Partition specs for Context.per_device and Objective.state_partition (re-exported from ssljax.parallel).
-AXIS = 'data'
+# Partition specs for Context.per_device and Objective.state_partition. AXIS names every batch axis of the mesh
+# (ssljax.parallel.BATCH_AXES: 'data' and 'fsdp'): collectives over it reach every device.
+AXIS = ('data', 'fsdp')
 BATCH = jax.sharding.PartitionSpec(AXIS)
 REPLICATED = jax.sharding.PartitionSpec()
 
@@ -59,7 +60,8 @@ class LossOutput:
 class Context:
     """Facts about the run an objective may need when it is built.
 
-    ``mesh`` is the run's device mesh (one axis, ``'data'``; None outside a run, e.g. in a notebook): losses see the
+    ``mesh`` is the run's device mesh (axes ``'data'`` and ``'fsdp'``, the batch split over both; None outside a run,
+    e.g. in a notebook): losses see the
     global batch and XLA inserts the collectives, and :meth:`per_device` runs part of a loss on each device's shard
     of the batch instead (MoCo's shuffled BatchNorm, per-device negatives).
     """
@@ -84,7 +86,7 @@ class Context:
         return -(-self.num_examples // n) * n
 
     def per_device(self, fn, in_specs, out_specs):
-        """``fn`` run once per device on its shard, through ``jax.shard_map`` over the mesh's ``'data'`` axis.
+        """``fn`` run once per device on its shard, through ``jax.shard_map`` over every batch axis (:data:`AXIS`).
 
         ``in_specs`` / ``out_specs`` are pytrees (prefixes) of :data:`BATCH` (split along the leading axis, each
         device sees its B / n rows) and :data:`REPLICATED` (every device sees the whole value). Inside ``fn``,
@@ -387,6 +389,41 @@ class Objective(abc.ABC):
         """After the optimizer step: EMA targets, closed-form predictors, queues. Identity by default."""
         return params, objective_state
 
+    # ----- gradient accumulation (config.grad_accum_steps > 1; ssljax/train.py, docs/scaling-mesh.md) ---------------
+    # How the method's step splits into micro-batches so that it still equals the one-batch step:
+    # 'per_sample': the loss is a mean of per-sample terms and the state is not batch-coupled (MAE, SimMIM): the loop
+    #     runs ``loss`` on each micro-batch and averages the gradients.
+    # 'split': GradCache (Gao et al. 2021): :meth:`features` runs the encoders on one micro-batch, :meth:`head_loss`
+    #     the heads and the loss on the whole batch's features; the loop differentiates head_loss on the global
+    #     batch, then recomputes each micro-batch's encoder forward and accumulates its vector-Jacobian product with
+    #     the cached feature gradients (batch-coupled losses: negatives, cross-correlations, queues, centres).
+    # '': no exact accumulation (a ConfigError names the method unless grad_accum_mode='per_microbatch').
+    accumulation: ClassVar[str] = ''
+
+    def features(
+        self, variables: dict, objective_state: PyTree, views: Sequence[jax.Array], batch: dict, rng: jax.Array
+    ) -> tuple[PyTree, PyTree]:
+        """('split') -> (online, fixed) for the rows given (a micro-batch): pytrees of arrays with those rows first.
+
+        ``online`` depends on ``variables['params']['encoder']`` and is differentiated (the online encoder's
+        features); ``fixed`` is not (a target / teacher encoder's features, stop-gradient). Per-sample: row i of the
+        outputs depends on row i of the inputs only (a BatchNorm-free encoder).
+        """
+        raise NotImplementedError(f'{self.name} has no split for gradient accumulation')
+
+    def head_loss(
+        self,
+        variables: dict,
+        objective_state: PyTree,
+        online: PyTree,
+        fixed: PyTree,
+        views: Sequence[jax.Array],
+        batch: dict,
+        rng: jax.Array,
+    ) -> tuple[jax.Array, LossOutput]:
+        """('split') the rest of :meth:`loss` from the whole batch's features: same value, same LossOutput."""
+        raise NotImplementedError(f'{self.name} has no split for gradient accumulation')
+
     # ----- optional declarations the loop reads (defaults suit most methods) -----------------------------------------
     # The network evaluators score by default: 'online' (params['encoder']) or the name of an entry of the objective
     # state holding {'params': {'encoder': ...}, 'batch_stats': {'encoder': ...}} ('target', 'teacher').
@@ -477,6 +514,18 @@ class TwoViewObjective(Objective):
     def loss(self, variables, objective_state, views, batch, rng):
         fw = Forward(variables, bn_per_view=self.bn_per_view)
         feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])]
+        return self._loss_from(fw, feats, objective_state)
+
+    def _loss_from(self, fw: Forward, feats: list, objective_state):
         z_a, z_b = fw.apply_views('projector', self.projector, feats)
         loss, metrics = self.pair_loss(z_a, z_b)
         return loss, LossOutput(metrics, fw.batch_stats, objective_state, feats[0])
+
+    accumulation: ClassVar[str] = 'split'
+
+    def features(self, variables, objective_state, views, batch, rng):
+        fw = Forward(variables, bn_per_view=self.bn_per_view)
+        return [o['pooled'] for o in fw.encode(self.ctx.encoder, views[:2])], ()
+
+    def head_loss(self, variables, objective_state, online, fixed, views, batch, rng):
+        return self._loss_from(Forward(variables, bn_per_view=self.bn_per_view), list(online), objective_state)

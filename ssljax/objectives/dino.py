@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -141,9 +142,26 @@ class DINO(Objective):
             )
         fw = Forward(variables, bn_per_view=self.bn_per_view)
         feats = [o['pooled'] for o in fw.encode(self.ctx.encoder, views)]
-        student = fw.apply_views('head', self.head, feats)
         teacher_fw = Forward(objective_state['teacher'], bn_per_view=self.bn_per_view)
         t_feats = [o['pooled'] for o in teacher_fw.encode(self.ctx.encoder, views[:2])]
+        return self._loss_from(fw, teacher_fw, feats, t_feats, objective_state)
+
+    # Gradient accumulation: student and teacher encoders per micro-batch; heads, centre and loss on the whole batch.
+    accumulation: ClassVar[str] = 'split'
+
+    def features(self, variables, objective_state, views, batch, rng):
+        online = [o['pooled'] for o in Forward(variables, bn_per_view=self.bn_per_view).encode(self.ctx.encoder, views)]
+        teacher_fw = Forward(objective_state['teacher'], bn_per_view=self.bn_per_view)
+        fixed = [jax.lax.stop_gradient(o['pooled']) for o in teacher_fw.encode(self.ctx.encoder, views[:2])]
+        return online, fixed
+
+    def head_loss(self, variables, objective_state, online, fixed, views, batch, rng):
+        fw = Forward(variables, bn_per_view=self.bn_per_view)
+        teacher_fw = Forward(objective_state['teacher'], bn_per_view=self.bn_per_view)
+        return self._loss_from(fw, teacher_fw, list(online), list(fixed), objective_state)
+
+    def _loss_from(self, fw, teacher_fw, feats, t_feats, objective_state):
+        student = fw.apply_views('head', self.head, feats)
         teacher = [jax.lax.stop_gradient(t) for t in teacher_fw.apply_views('head', self.head, t_feats)]
         center = objective_state['center']
         temp = self.teacher_temperature(objective_state['step'])

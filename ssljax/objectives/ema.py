@@ -140,6 +140,30 @@ class EMATwoViewObjective(Objective):
         fw = Forward(variables, bn_per_view=self.bn_per_view)
         feats, (z_a, z_b), (p_a, p_b) = self.online_forward(fw, views[:2])
         (t_a, t_b), target_stats = self.target_forward(objective_state, views[:2])
+        return self._loss_from(fw, feats, z_a, z_b, p_a, p_b, t_a, t_b, target_stats, objective_state)
+
+    # Gradient accumulation: the online and target encoders per micro-batch, projector / predictor / loss globally.
+    accumulation: ClassVar[str] = 'split'
+
+    def features(self, variables, objective_state, views, batch, rng):
+        online = [
+            o['pooled'] for o in Forward(variables, bn_per_view=self.bn_per_view).encode(self.ctx.encoder, views[:2])
+        ]
+        target = Forward(objective_state['target'], bn_per_view=self.bn_per_view)
+        fixed = [jax.lax.stop_gradient(o['pooled']) for o in target.encode(self.ctx.encoder, views[:2])]
+        return online, fixed
+
+    def head_loss(self, variables, objective_state, online, fixed, views, batch, rng):
+        fw = Forward(variables, bn_per_view=self.bn_per_view)
+        feats = list(online)
+        z_a, z_b = fw.apply_views('projector', self.projector, feats)
+        p_a, p_b = (z_a, z_b) if self.predictor is None else fw.apply_views('predictor', self.predictor, [z_a, z_b])
+        target = Forward(objective_state['target'], bn_per_view=self.bn_per_view)
+        t_a, t_b = [jax.lax.stop_gradient(z) for z in target.apply_views('projector', self.projector, list(fixed))]
+        target_stats = jax.lax.stop_gradient(target.batch_stats)
+        return self._loss_from(fw, feats, z_a, z_b, p_a, p_b, t_a, t_b, target_stats, objective_state)
+
+    def _loss_from(self, fw, feats, z_a, z_b, p_a, p_b, t_a, t_b, target_stats, objective_state):
         loss, metrics = self.pair_loss(p_a, p_b, t_a, t_b)
         state = with_batch_stats(objective_state, 'target', target_stats)
         state, extra = self.track(state, z_a, z_b)

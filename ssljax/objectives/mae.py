@@ -29,6 +29,7 @@ The mask comes from the first view's ``mask_ratio`` (and ``mask_patch_size``, wh
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +159,8 @@ class MAE(Objective):
     """MAE (see the module docstring for the math, the reference and the keys)."""
 
     name = 'mae'
+    # per-sample loss, no batch-coupled state: micro-batch gradients average to the one-batch gradient
+    accumulation: ClassVar[str] = 'per_sample'
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16

@@ -31,6 +31,7 @@ when True).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +73,7 @@ class MaskedContrastive(MAE):
     """Contrastive + masked (see the module docstring for the math and the keys)."""
 
     name = 'masked_contrastive'
+    accumulation: ClassVar[str] = ''  # its contrastive term couples the batch: no split written yet
     weight: float = 1.0
     term: str = 'simclr'
     temperature: float = 0.2

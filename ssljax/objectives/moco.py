@@ -9,6 +9,7 @@ parameters only). MoCo v3 (no queue, a predictor) is in mocov3.py.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +132,11 @@ class MoCoV2(Objective):
             feats.append(f)
         return zs, feats, variables['batch_stats']
 
+    @property
+    def global_groups(self) -> bool:
+        """Whether the BatchNorm groups run as one global vmapped forward instead of per device (fsdp meshes)."""
+        return self.ctx.mesh is not None and dict(self.ctx.mesh.shape).get('fsdp', 1) > 1
+
     def encode(self, variables, target, xq, xk, rng):
         """-> (queries [V][B, D], probe features [B, F], keys [V][B, D], online stats, target stats)."""
         groups = self.bn_groups or self.ctx.num_devices
@@ -140,6 +146,15 @@ class MoCoV2(Objective):
             return q, f[0], [jax.lax.stop_gradient(x) for x in k], stats, target_stats
         perms = [jax.random.permutation(key, xk[0].shape[0]) for key in jax.random.split(rng, len(xk))]
         shuffled = [x[p] for x, p in zip(xk, perms)]
+        if self.global_groups:
+            # fsdp-sharded parameters: the same groups as one global vmapped forward, which XLA partitions over the
+            # devices (each weight gathered as its layer runs). A shard_map here would take the parameters with
+            # REPLICATED in_specs and so gather the whole online and key networks onto every device at its boundary
+            # (measured: docs/scaling-mesh.md). Equal to the per-device path up to the order of the statistics' mean.
+            q, f, stats = self._forward_views(variables, xq, groups)
+            k, _, target_stats = self._forward_views(target, shuffled, groups)
+            k = [jax.lax.stop_gradient(x[jnp.argsort(p)]) for x, p in zip(k, perms)]
+            return q, f[0], k, stats, target_stats
         local_groups = groups // self.ctx.num_devices
 
         def local(online, key_net, xq_local, xk_local):
@@ -166,6 +181,30 @@ class MoCoV2(Objective):
         xk = [views[1], views[0]][: self.num_queries]  # query v's positive key is the other view
         target = objective_state['target']
         q, feats, k, stats, target_stats = self.encode(variables, target, xq, xk, shuffle_key)
+        return self._loss_from(q, feats, k, stats, target_stats, objective_state, mix_key)
+
+    # Gradient accumulation (a BatchNorm-free encoder: no groups, nothing to shuffle): the query and key encoders per
+    # micro-batch; projectors, InfoNCE against the queue and the queue's update on the whole batch.
+    accumulation: ClassVar[str] = 'split'
+
+    def features(self, variables, objective_state, views, batch, rng):
+        xq = list(views[: self.num_queries])
+        xk = [views[1], views[0]][: self.num_queries]
+        online = [Forward(variables).apply('encoder', self.ctx.encoder, x)['pooled'] for x in xq]
+        target = Forward(objective_state['target'])
+        fixed = [jax.lax.stop_gradient(target.apply('encoder', self.ctx.encoder, x)['pooled']) for x in xk]
+        return online, fixed
+
+    def head_loss(self, variables, objective_state, online, fixed, views, batch, rng):
+        _, mix_key = jax.random.split(rng)
+        fw, target = Forward(variables), Forward(objective_state['target'])
+        q = [fw.apply('projector', self.projector, f) for f in online]
+        k = [jax.lax.stop_gradient(target.apply('projector', self.projector, f)) for f in fixed]
+        stats, target_stats = fw.batch_stats, jax.lax.stop_gradient(target.batch_stats)
+        return self._loss_from(q, online[0], k, stats, target_stats, objective_state, mix_key)
+
+    def _loss_from(self, q, feats, k, stats, target_stats, objective_state, mix_key):
+        target = objective_state['target']
         queue, step = objective_state['queue'], objective_state['step']
         total, metrics = 0.0, {}
         for v in range(self.num_queries):

@@ -29,6 +29,7 @@ divide the view side).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,8 @@ class SimMIM(Objective):
     """SimMIM (see the module docstring for the math, the reference and the keys)."""
 
     name = 'simmim'
+    # per-sample loss, no batch-coupled state: micro-batch gradients average to the one-batch gradient
+    accumulation: ClassVar[str] = 'per_sample'
     probe_unmasked: bool = False  # the online probe on the whole view (mae.probe_features)
     stride: int = derived(1)  # the pixel-shuffle head's upsampling factor
     input_mask: bool = derived(False)  # True: ResNet, masking at the input with a learnable pixel value

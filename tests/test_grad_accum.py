@@ -1,0 +1,102 @@
+"""Gradient accumulation: grad_accum_steps=4 equals grad_accum_steps=1 at the same global batch (per-sample losses
+and the GradCache split), the BatchNorm-encoder case is a ConfigError, per_microbatch is a different method."""
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from ssljax import configure, parallel, train
+from ssljax.config_lib import ConfigError
+from ssljax.data import pipeline
+
+VIT = {'model.backbone': 'vit_test', 'model.depth': 1, 'model.patch_size': 4}
+EXTRA = {
+    'mae': {'objective.decoder_dim': 8, 'objective.decoder_depth': 1, 'objective.decoder_heads': 2},
+    'mocov2': {'objective.queue_size': 64},
+}
+
+
+def config_for(method, k, **overrides):
+    name, _, arg = method.partition(':')
+    c = tiny_config(name, **VIT, **EXTRA.get(name, {}), **overrides)
+    c.grad_accum_steps = k
+    return c
+
+
+def run(config, steps=1):
+    configure.check_scale(config, jax.device_count())
+    mesh = parallel.mesh_from_config(config)
+    data = pipeline.load_train_data(config, mesh)
+    exp = train.build_experiment(config, mesh, data.num_examples, 10)
+    state = train.init_state(exp)
+    step = train.make_train_step(exp, state)
+    batches = data.batches(0)
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, next(batches), data.device_arrays)
+        losses.append(float(metrics['loss']))
+    return losses, state, metrics
+
+
+def assert_trees_close(a, b, what, tol=1e-6, empty_ok=False):
+    la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+    assert len(la) == len(lb) and (la or empty_ok), what
+    for (path, x), y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=tol, atol=tol,
+                                   err_msg=f'{what}{jax.tree_util.keystr(path)}')
+
+
+FAST = ['mae', 'simclr']
+SLOW = ['dino', 'barlow_twins', 'vicreg', 'directpred', 'mocov3', 'mocov2']
+
+
+def check_equal(method):
+    one_losses, one, one_m = run(config_for(method, 1))
+    four_losses, four, four_m = run(config_for(method, 4))
+    np.testing.assert_allclose(one_losses, four_losses, rtol=1e-6, atol=1e-6)
+    assert_trees_close(one.params, four.params, 'params')
+    assert_trees_close(one.opt_state, four.opt_state, 'opt_state')
+    assert_trees_close(one.objective_state, four.objective_state, 'objective_state', empty_ok=True)
+    assert_trees_close(one.probe_params, four.probe_params, 'probe_params')
+    assert_trees_close(one.batch_stats, four.batch_stats, 'batch_stats', empty_ok=True)
+    assert set(one_m) == set(four_m)
+    return one, four
+
+
+@pytest.mark.parametrize('method', FAST)
+def test_four_micro_batches_equal_one_batch(method):
+    check_equal(method)
+
+
+@pytest.mark.slow  # one compile of each way per method
+@pytest.mark.parametrize('method', SLOW)
+def test_four_micro_batches_equal_one_batch_slow(method):
+    one, four = check_equal(method)
+    if method == 'mocov2':  # the queue holds the global batch's keys, in the batch's order
+        queue = np.asarray(four.objective_state['queue'])
+        np.testing.assert_allclose(np.asarray(one.objective_state['queue']), queue, rtol=1e-6, atol=1e-6)
+        assert int(four.objective_state['queue_ptr']) == 16
+        assert np.abs(np.linalg.norm(queue[0, :16], axis=-1) - 1).max() < 1e-5
+
+
+def test_batchnorm_encoder_with_exact_accumulation_is_a_config_error():
+    c = tiny_config('simclr')  # resnet_tiny: BatchNorm in the encoder
+    c.grad_accum_steps = 4
+    with pytest.raises(ConfigError, match='config key "grad_accum_mode".*BatchNorm in the encoder.*per_microbatch'):
+        configure.validate(c, 1)
+
+
+def test_a_method_without_a_split_is_a_config_error_naming_it():
+    c = config_for('isogclr', 4)
+    with pytest.raises(ConfigError, match='"grad_accum_steps" \\(4\\): isogclr has no exact gradient accumulation'):
+        configure.validate(c, 1)
+
+
+def test_per_microbatch_is_a_different_method_for_batchnorm_encoders():
+    base = tiny_config('simclr')
+    one, _, _ = run(base)
+    c = tiny_config('simclr')
+    c.grad_accum_steps, c.grad_accum_mode = 4, 'per_microbatch'
+    configure.validate(c, 1)
+    four, _, _ = run(c)
+    assert np.isfinite(four[0]) and abs(four[0] - one[0]) > 1e-3  # BatchNorm over 4 rows, negatives among 4
