@@ -197,3 +197,10 @@ def test_the_dry_run_runs_every_part(tmp_path):
     table = open(out / 'table.md').read()
     for heading in ('## 1.', 'Top five ops', '## 2.', 'Per-method step', '## 3.'):
         assert heading in table
+    # after the session: the speedrun's summary.json and curve from the returned files
+    res = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'gpu', 'report.py'), str(out),
+                          '--speedrun-out', str(tmp_path / 'speedrun')], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    summary = json.load(open(tmp_path / 'speedrun' / 'summary.json'))
+    assert summary['finished'] and summary['dry_run'] and len(summary['curve']) == len(curve)
+    assert os.path.getsize(tmp_path / 'speedrun' / 'curve.png') > 1000
