@@ -20,11 +20,16 @@ SHARED = os.path.join(os.path.dirname(REPO), 'shared')
 PACKER = os.path.join(SHARED, 'bench', 'pack_cifar10_jpeg.py')
 
 
-def _driver():
-    spec = importlib.util.spec_from_file_location('ssljax_run_gpu', os.path.join(REPO, 'experiments', 'gpu', 'run_gpu.py'))
+def _load(name):
+    path = os.path.join(REPO, 'experiments', 'gpu', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'ssljax_gpu_{name}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _driver():
+    return _load('run_gpu')
 
 
 def _run(out, *args, timeout=60):
@@ -136,9 +141,7 @@ def test_trace_parser_ranks_the_step_ops_by_device_time(tmp_path):
 
 
 def test_carried_wheels_install_only_what_is_missing_or_out_of_range(tmp_path):
-    spec = importlib.util.spec_from_file_location('ssljax_wheels', os.path.join(REPO, 'experiments', 'gpu', 'wheels.py'))
-    wheels = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wheels)
+    wheels = _load('wheels')
     from importlib import metadata
     numpy_version = metadata.version('numpy')
     for name in ('numpy-1.0-py3-none-any.whl', 'pytest-1.0-py3-none-any.whl', 'not_installed_pkg-1.0-py3-none-any.whl'):
