@@ -51,6 +51,7 @@ SPECS = (
     'simmim:backbone=resnet_mini',
     'masked_contrastive',
     'masked_contrastive:term=byol',
+    'speedrun_cifar10:dataset=mnist',  # the speedrun recipe (BYOL) on the embedded data
 )
 
 
