@@ -330,7 +330,7 @@ def method_config(method: str, arg: str | None, objective_args: tuple[str, ...] 
     else:
         c.epochs = 40.0
         c.dtype = 'bfloat16'
-        c.model.cifar_stem_padding = 2  # solo-learn's CIFAR stem (34 x 34 maps)
+        c.model.cifar_stem_padding = 2  # solo-learn's CIFAR stem (34 x 34); isogclr, gsimclr, CC set 1 back
     return c, a
 
 

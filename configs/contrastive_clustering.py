@@ -44,4 +44,5 @@ def get_config(arg=None):
     c.evals.feature_kmeans = dict(type='feature_kmeans', every=0, network='', num_clusters=0)
     if not embedded:
         c.model.backbone = a.backbone or 'resnet34'
+        c.model.cifar_stem_padding = 1  # not solo-learn's recipe: the library's stem (pad 1, 32 x 32 maps)
     return common.finish(c, a)

@@ -53,4 +53,5 @@ def get_config(arg=None):
         c.optimizer.momentum = 0.0
         c.optimizer.weight_decay = 0.0
         c.optimizer.warmup_epochs = 0.0
+        c.model.cifar_stem_padding = 1  # not solo-learn's recipe: the library's stem (pad 1, 32 x 32 maps), as before
     return common.finish(c, a)

@@ -49,4 +49,5 @@ def get_config(arg=None):
         c.optimizer.warmup_epochs = 10.0
         c.optimizer.warmup_init_lr = 0.01
         c.optimizer.final_lr = 0.8 * 0.1**3  # SupContrast's cosine floor: lr * lr_decay_rate ** 3
+        c.model.cifar_stem_padding = 1  # not solo-learn's recipe: the library's stem (pad 1, 32 x 32 maps), as before
     return common.finish(c, a)

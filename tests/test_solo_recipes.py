@@ -230,8 +230,10 @@ def test_vicreg_cifar_recipe_loss_equals_solo_learns():
 
 def test_stem_padding_is_solo_learns_in_the_cifar_recipes():
     from ssljax.models import registry
-    for name in sorted(SOLO_LARS_CONFIGS) + ['simsiam']:
+    for name in sorted(SOLO_LARS_CONFIGS) + ['simsiam', 'mocov2', 'mochi', 'densecl']:
         assert cifar_config(name).model.cifar_stem_padding == 2, name
+    for name in ('isogclr', 'gsimclr', 'contrastive_clustering'):  # other references: the default stem
+        assert cifar_config(name).model.cifar_stem_padding == 1, name
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     for padding, side in ((1, 16), (2, 17)):  # 32 or 34 px after the stem, then one stride-2 stage
         encoder, _ = registry.create_encoder('resnet_tiny', cifar_stem=True, cifar_stem_padding=padding)
