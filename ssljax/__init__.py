@@ -36,7 +36,6 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve lazily below
     import ml_collections
 
-    from ssljax.export import load_encoder
     from ssljax.objectives import EMATwoViewObjective, Forward, LossOutput, Objective, TwoViewObjective
     from ssljax.objectives import register as register_objective
 
