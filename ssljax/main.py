@@ -28,10 +28,13 @@ the README's main job (SimCLR on the embedded MNIST subset, then read W/summary.
 
 
 def parse_args(argv: list[str]):
+    from ssljax import config_lib
+
+    names = config_lib.config_names()
     parser = argparse.ArgumentParser(
         prog=cli.prog('python -m ssljax.main'),
         description=__doc__.splitlines()[0],
-        epilog=EPILOG,
+        epilog=f'methods (--config NAME): {", ".join(names)}\n\n{EPILOG}' if names else EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
