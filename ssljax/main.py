@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from ssljax import cli
 
@@ -34,7 +35,7 @@ def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(
         prog=cli.prog('python -m ssljax.main'),
         description=__doc__.splitlines()[0],
-        epilog=f'methods (--config NAME): {", ".join(names)}\n\n{EPILOG}' if names else EPILOG,
+        epilog=f'{textwrap.fill("methods (--config NAME): " + ", ".join(names), 110)}\n\n{EPILOG}' if names else EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
