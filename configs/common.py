@@ -289,7 +289,7 @@ def solo_cifar_optimizer(c: ml_collections.ConfigDict, lr: float, weight_decay: 
     c.optimizer.warmup_schedule = 'solo_learn'
 
 
-EMBEDDED_EPOCHS = 30.0  # the embedded default's budget: about 5 minutes of training on 2 CPU cores
+EMBEDDED_EPOCHS = 30.0  # the embedded default's budget: about 3 minutes on 2 quiet CPU cores (BENCHMARKS.md)
 
 
 def method_config(method: str, arg: str | None, objective_args: tuple[str, ...] = (), **extra_args):

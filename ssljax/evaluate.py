@@ -21,6 +21,8 @@ import argparse
 import json
 import os
 import sys
+import types
+from typing import Sequence
 
 
 def load_run_config(workdir: str, overrides: list[str]):
@@ -66,6 +68,21 @@ def evaluate(config, workdir: str, step: int | None = None, names=None) -> tuple
     return step, results
 
 
+def evaluate_workdir(
+    workdir: str, step: int | None = None, only: Sequence[str] | None = None, overrides: Sequence[str] = ()
+) -> dict:
+    """Scores a finished (or interrupted) run's checkpoint with its evaluators -> ``{'step': N, <name>_<value>: ...}``.
+
+    This is ``ssljax.evaluate(workdir, ...)`` (the module is callable) and ``ssljax evaluate --workdir DIR``.
+    ``step``: the checkpoint (default: the latest); ``only``: evaluator names to run (default: all of the run's);
+    ``overrides``: ``KEY=VALUE`` strings applied to the run's config, e.g. ``['evals.part.type=part_probe']`` adds an
+    evaluator. The values are also merged into ``workdir/eval_<step>.json``.
+    """
+    names = [n for n in only] if only else None
+    at, results = evaluate(load_run_config(workdir, list(overrides)), workdir, step, names)
+    return {'step': at, **results}
+
+
 def _earlier_values(path: str, ran: tuple, defined: tuple) -> dict:
     """The values of an earlier ``path`` that no evaluator in ``ran`` wrote: a key belongs to the evaluator whose
     name is its longest prefix ``<name>_`` among ``defined`` (so 'knn_big_top1' is knn_big's, not knn's)."""
@@ -102,8 +119,7 @@ def run(argv: list[str]) -> int:
         from ssljax import logging_lib
 
         names = [n.strip() for n in args.only.split(',') if n.strip()] or None
-        step, results = evaluate(load_run_config(args.workdir, overrides), args.workdir, args.step, names)
-        print(logging_lib.dumps({'step': step, **results}, sort_keys=True))
+        print(logging_lib.dumps(evaluate_workdir(args.workdir, args.step, names, overrides), sort_keys=True))
 
     from ssljax.cli import run_reporting_errors
 
@@ -113,6 +129,15 @@ def run(argv: list[str]) -> int:
 def main() -> None:
     sys.exit(run(sys.argv[1:]))
 
+
+class _CallableModule(types.ModuleType):
+    """``ssljax.evaluate`` is this module, and calling it is :func:`evaluate_workdir`."""
+
+    def __call__(self, workdir: str, step: int | None = None, only=None, overrides=()) -> dict:
+        return evaluate_workdir(workdir, step, only, overrides)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == '__main__':
     main()

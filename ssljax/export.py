@@ -1,4 +1,4 @@
-"""Export a run's encoder: python -m ssljax.export --workdir DIR [--step N] [--network NAME] [--out PATH]
+"""Export a run's encoder: ssljax export --workdir DIR [--step N] [--network NAME] [--out PATH] [--format torch]
 
 Writes the variables of the encoder that evaluation scores (the objective's ``eval_network``: the online encoder,
 DINO's teacher; or ``--network online|target|teacher``) at the latest checkpoint (or step N) as
@@ -10,8 +10,10 @@ DINO's teacher; or ``--network online|target|teacher``) at the latest checkpoint
                                channels, feature_dim, the evaluation view's normalisation, method, network, step,
                                ssljax version
 
-(PATH defaults to DIR/export) and prints the description as one JSON line. ``load_encoder(PATH)`` rebuilds the Flax
-module and its variables from any of the three files or the folder; with them
+(PATH defaults to DIR/export) and prints one line naming them (``--json``: the description as one JSON line);
+``--format torch`` also writes PATH/encoder.pt, a PyTorch state_dict (`torch_state_dict`, `torch_model`).
+``load_encoder(PATH)`` rebuilds the Flax module and its variables from any of the three files or the folder; with
+them
 
     module, variables = load_encoder('DIR/export')
     z = module.apply(variables, x, train=False)['pooled']      # x: float [B, S, S, 3], normalised as described
@@ -308,6 +310,152 @@ def load_encoder(path: str, dtype: str | None = None):
     return module, variables
 
 
+# ---------------------------------------------------------------------------------------------------- PyTorch
+
+TORCH_FILE = 'encoder.pt'
+TORCH_RESNETS = ('resnet18', 'resnet34', 'resnet50')
+TORCH_VITS = ('vit_tiny', 'vit_small', 'vit_base')
+
+
+def _conv(kernel: np.ndarray) -> np.ndarray:
+    """Flax conv kernel [kh, kw, in, out] -> PyTorch weight [out, in, kh, kw]."""
+    return np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+
+
+def _bn(flat: dict, out: dict, flax_name: str, torch_name: str) -> None:
+    out[f'{torch_name}.weight'] = flat[f'params/{flax_name}/scale']
+    out[f'{torch_name}.bias'] = flat[f'params/{flax_name}/bias']
+    out[f'{torch_name}.running_mean'] = flat[f'batch_stats/{flax_name}/mean']
+    out[f'{torch_name}.running_var'] = flat[f'batch_stats/{flax_name}/var']
+    out[f'{torch_name}.num_batches_tracked'] = np.zeros((), np.int64)
+
+
+def _resnet_state_dict(flat: dict) -> dict[str, np.ndarray]:
+    """ssljax ResNet -> torchvision / timm names: stem_conv -> conv1, stage{s}_block{b} -> layer{s}.{b-1},
+    downsample_conv / _bn -> downsample.0 / .1 (the layout both libraries share; no ``fc``)."""
+    out: dict[str, np.ndarray] = {'conv1.weight': _conv(flat['params/stem_conv/kernel'])}
+    _bn(flat, out, 'stem_bn', 'bn1')
+    blocks = sorted({k.split('/')[1] for k in flat if k.startswith('params/stage')})
+    for block in blocks:
+        stage, index = block[len('stage') :].split('_block')
+        prefix = f'layer{int(stage)}.{int(index) - 1}'
+        for layer in ('conv1', 'conv2', 'conv3'):
+            if f'params/{block}/{layer}/kernel' in flat:
+                out[f'{prefix}.{layer}.weight'] = _conv(flat[f'params/{block}/{layer}/kernel'])
+                _bn(flat, out, f'{block}/bn{layer[-1]}', f'{prefix}.bn{layer[-1]}')
+        if f'params/{block}/downsample_conv/kernel' in flat:
+            out[f'{prefix}.downsample.0.weight'] = _conv(flat[f'params/{block}/downsample_conv/kernel'])
+            _bn(flat, out, f'{block}/downsample_bn', f'{prefix}.downsample.1')
+    return out
+
+
+def _dense(flat: dict, out: dict, flax_name: str, torch_name: str) -> None:
+    out[f'{torch_name}.weight'] = np.ascontiguousarray(flat[f'params/{flax_name}/kernel'].T)
+    out[f'{torch_name}.bias'] = flat[f'params/{flax_name}/bias']
+
+
+def _ln(flat: dict, out: dict, flax_name: str, torch_name: str) -> None:
+    out[f'{torch_name}.weight'] = flat[f'params/{flax_name}/scale']
+    out[f'{torch_name}.bias'] = flat[f'params/{flax_name}/bias']
+
+
+def _vit_state_dict(flat: dict, module) -> dict[str, np.ndarray]:
+    """ssljax ViT -> timm's VisionTransformer names (patch_embed.proj, cls_token, pos_embed, blocks.i.*, norm).
+
+    The patch embedding is a Dense over (row, col, channel)-flattened patches: reshaped to the conv weight
+    [dim, channels, p, p]. Fixed sin-cos positions become timm's ``pos_embed`` parameter with a zero row for [CLS]
+    (ssljax adds no position to [CLS]); the qkv columns are ordered (3, heads, head_dim) in both.
+    """
+    from ssljax.models import vit
+
+    p, dim = module.patch_size, module.dim
+    kernel = flat['params/patch_embed/kernel']  # [p * p * C, dim]
+    out: dict[str, np.ndarray] = {
+        'cls_token': flat['params/cls_token'],
+        'patch_embed.proj.weight': np.ascontiguousarray(kernel.reshape(p, p, -1, dim).transpose(3, 2, 0, 1)),
+        'patch_embed.proj.bias': flat['params/patch_embed/bias'],
+    }
+    if module.pos_embed == 'learned':
+        out['pos_embed'] = flat['params/pos_embed']
+    else:
+        grid = module.image_size // p
+        table = np.asarray(vit.sincos_pos_embed_2d(dim, grid, grid), np.float32)
+        out['pos_embed'] = np.concatenate([np.zeros((1, dim), np.float32), table])[None]
+    for i in range(module.depth):
+        block, prefix = f'block{i + 1}', f'blocks.{i}'
+        _ln(flat, out, f'{block}/norm1', f'{prefix}.norm1')
+        _dense(flat, out, f'{block}/attn/qkv', f'{prefix}.attn.qkv')
+        _dense(flat, out, f'{block}/attn/proj', f'{prefix}.attn.proj')
+        _ln(flat, out, f'{block}/norm2', f'{prefix}.norm2')
+        _dense(flat, out, f'{block}/fc1', f'{prefix}.mlp.fc1')
+        _dense(flat, out, f'{block}/fc2', f'{prefix}.mlp.fc2')
+    _ln(flat, out, 'norm', 'norm')
+    return out
+
+
+def torch_state_dict(flat: dict[str, np.ndarray], description: dict) -> dict[str, np.ndarray]:
+    """The exported encoder's arrays under PyTorch names (numpy; `export_torch` saves them as tensors): the layout of
+    torchvision's / timm's ResNets (without ``fc``) and of timm's VisionTransformer (see docs/export.md)."""
+    backbone = description['backbone']
+    if backbone in TORCH_RESNETS:
+        return _resnet_state_dict(flat)
+    if backbone in TORCH_VITS:
+        return _vit_state_dict(flat, build_module(description))
+    raise ValueError(
+        f'--format torch: backbone {backbone!r} has no PyTorch counterpart; exportable: '
+        f'{", ".join(TORCH_RESNETS + TORCH_VITS)}'
+    )
+
+
+def torch_model(description: dict):
+    """The timm model whose ``load_state_dict(torch.load('encoder.pt'), strict=True)`` takes the export: a ResNet
+    with its stem replaced by the CIFAR stem when ``model.cifar_stem`` (3x3 stride-1 conv, no max-pool), or a
+    VisionTransformer with the run's image size, patch size, width, depth, heads and pooling. Needs torch and timm
+    (``pip install -e .[export]``); ``num_classes=0``: the output is the pooled feature."""
+    import timm
+    import torch
+
+    backbone = description['backbone']
+    if backbone in TORCH_RESNETS:
+        model = timm.create_model(backbone, pretrained=False, num_classes=0)
+        if description['model'].get('cifar_stem', False):
+            model.conv1 = torch.nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+            model.maxpool = torch.nn.Identity()
+        return model.eval()
+    if backbone in TORCH_VITS:
+        from timm.models.vision_transformer import VisionTransformer
+
+        module = build_module(description)
+        return VisionTransformer(
+            img_size=module.image_size,
+            patch_size=module.patch_size,
+            embed_dim=module.dim,
+            depth=module.depth,
+            num_heads=module.num_heads,
+            mlp_ratio=module.mlp_ratio,
+            num_classes=0,
+            global_pool='token' if module.pool == 'cls' else 'avg',
+            fc_norm=False,  # the final LayerNorm before pooling, as ssljax
+        ).eval()
+    raise ValueError(f'backbone {backbone!r} has no PyTorch counterpart')
+
+
+def export_torch(path: str, out: str | None = None) -> str:
+    """Writes the exported encoder at ``path`` (a folder or file of `save_encoder`) as a PyTorch state_dict ->
+    the path of ``encoder.pt`` (default: beside the other files)."""
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError('--format torch needs PyTorch: pip install -e ".[export]" (torch, timm)') from None
+    description, flat = read_encoder_file(path)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in torch_state_dict(flat, description).items()}
+    folder = out or (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, TORCH_FILE)
+    torch.save(state, target)
+    return target
+
+
 # ------------------------------------------------------------------------------------------------ command line
 
 
@@ -324,6 +472,14 @@ def parse_args(argv: list[str]):
         help="the encoder to export (default: the one evaluation scores)",
     )
     parser.add_argument('--out', default=None, help='output folder (default: WORKDIR/export)')
+    parser.add_argument(
+        '--format',
+        default='flax',
+        choices=('flax', 'torch'),
+        help='flax: encoder.safetensors / .npz + encoder.json (load_encoder); torch: also encoder.pt, a PyTorch '
+        "state_dict for timm's / torchvision's ResNets and timm's ViT (docs/export.md)",
+    )
+    parser.add_argument('--json', action='store_true', help='print the whole description as one JSON line')
     return parser.parse_args(argv)
 
 
@@ -333,7 +489,31 @@ def run(argv: list[str]) -> int:
     def export_from_args():
         from ssljax import logging_lib
 
-        print(logging_lib.dumps(export_encoder(args.workdir, args.out, args.step, args.network), sort_keys=True))
+        if args.format == 'torch':
+            import importlib.util
+
+            if importlib.util.find_spec('torch') is None:  # before anything is written
+                raise RuntimeError('--format torch needs PyTorch: pip install -e ".[export]" (torch, timm)')
+            from ssljax import config_lib, evaluate
+
+            backbone = evaluate.load_run_config(args.workdir, []).model.backbone
+            if backbone not in TORCH_RESNETS + TORCH_VITS:
+                raise config_lib.ConfigError(
+                    f'--format torch: backbone {backbone!r} has no PyTorch counterpart; exportable: '
+                    f'{", ".join(TORCH_RESNETS + TORCH_VITS)}'
+                )
+        description = export_encoder(args.workdir, args.out, args.step, args.network)
+        folder = os.path.dirname(description['paths']['json'])
+        if args.format == 'torch':
+            description['paths']['torch'] = export_torch(folder)
+        if args.json:
+            print(logging_lib.dumps(description, sort_keys=True))
+            return
+        files = ', '.join(os.path.basename(p) for p in description['paths'].values())
+        print(
+            f"exported {description['backbone']} ({description['network']} network, step {description['step']}, "
+            f"{description['num_params']:,} parameters, features {description['feature_dim']}) to {folder}: {files}"
+        )
 
     from ssljax.cli import run_reporting_errors
 

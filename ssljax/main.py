@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from ssljax import cli
 
@@ -28,10 +29,13 @@ the README's main job (SimCLR on the embedded MNIST subset, then read W/summary.
 
 
 def parse_args(argv: list[str]):
+    from ssljax import config_lib
+
+    names = config_lib.config_names()
     parser = argparse.ArgumentParser(
         prog=cli.prog('python -m ssljax.main'),
         description=__doc__.splitlines()[0],
-        epilog=EPILOG,
+        epilog=f'{textwrap.fill("methods (--config NAME): " + ", ".join(names), 110)}\n\n{EPILOG}' if names else EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

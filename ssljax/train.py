@@ -560,7 +560,7 @@ def _train_and_evaluate(config, workdir, hooks, allow_config_changes, lock, wall
         f'{config.method} | {config.model.backbone} ({n_params / 1e6:.2f}M encoder params, features {exp.feature_dim}) '
         f'| {num_devices} devices on {jax.process_count()} processes | global batch {config.batch_size} '
         f'| {exp.total_steps} steps ({exp.steps_per_epoch}/epoch) | {len(exp.views)} views | '
-        f'evals {", ".join(runner.names)}'
+        f'evals {", ".join(runner.names) or "none"}'
     )
     ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
     random_path = os.path.join(workdir, 'random_init.json')

@@ -31,6 +31,7 @@ def test_subcommand_help_names_the_smoke_run_and_the_ssljax_prog(capsys):
     assert commands.run(['train', '--help']) == 0
     out = capsys.readouterr().out
     assert out.startswith('usage: ssljax train') and '--config.evals=none' in out and '--smoke' in out
+    assert 'methods (--config NAME): barlow_twins, byol,' in out and 'ssljax keys' in out
     assert commands.run(['cka', '--help']) == 0
     assert '--workdir-a' in capsys.readouterr().out
 

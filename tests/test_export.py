@@ -60,8 +60,12 @@ def test_export_writes_safetensors_npz_and_json_that_load_back(saved, capsys):
 
     from ssljax import export
     assert export.run(['--workdir', saved.workdir]) == 0  # latest step, the evaluated network (BYOL: online)
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     out = os.path.join(saved.workdir, 'export')
+    short = capsys.readouterr().out.strip().splitlines()
+    assert short[-1].startswith('exported resnet_tiny (online network, step 4, ') and short[-1].endswith(
+        f'to {out}: encoder.safetensors, encoder.npz, encoder.json') and len(short[-1]) < 250, short
+    assert export.run(['--workdir', saved.workdir, '--json']) == 0  # the whole description
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     description = json.load(open(os.path.join(out, 'encoder.json')))
     assert printed['paths']['safetensors'] == os.path.join(out, 'encoder.safetensors')
     for key, want in dict(backbone='resnet_tiny', feature_dim=16, image_size=8, channels=3, step=4, method='byol',

@@ -7,9 +7,10 @@
   ablation_sweep.ipynb      SimCLR's temperature swept, final accuracy and curves per value
 
 Each notebook imports only ssljax (and jax for the loss it writes), numpy and matplotlib, and reads its size from one
-cell tagged ``parameters`` (papermill-style): the defaults train on the embedded MNIST subset in a few minutes on a
-CPU; the environment variable ``SSLJAX_NOTEBOOK_TINY=1`` switches to a seconds-long setting (scikit-learn's 8x8
-digits, a tiny ResNet, 6 steps), which tests/test_notebooks.py executes. ``SSLJAX_NOTEBOOK_WORKDIR`` moves the runs'
+cell (tagged ``parameters``; edit it or set its environment variables, no papermill needed): the defaults train on
+the embedded MNIST subset in a few minutes on a CPU; the environment variable ``SSLJAX_NOTEBOOK_TINY=1`` switches
+to a seconds-long setting (scikit-learn's 8x8 digits, a tiny ResNet, 6 steps), which tests/test_notebooks.py
+executes. ``SSLJAX_NOTEBOOK_WORKDIR`` moves the runs'
 workdirs (default ``<repository>/workdirs/notebooks``). ``--check`` exits 1 when a notebook on disk differs from what
 this script writes (edit the cells here, not in the .ipynb, then rerun it).
 
@@ -28,7 +29,7 @@ import nbformat
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PARAMETERS = '''\
-# Parameters (this cell is tagged "parameters": papermill -p NAME VALUE replaces them).
+# Parameters: edit the values here, or set the environment variables below before `jupyter execute` / `jupyter lab`.
 import os
 EPOCHS = {epochs}            # training epochs per run on the embedded MNIST subset (15 steps of 256 images each)
 TINY = os.environ.get('SSLJAX_NOTEBOOK_TINY', '') == '1'   # seconds-long runs on 8x8 digits (the test suite)
