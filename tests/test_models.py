@@ -135,7 +135,7 @@ def test_unknown_backbone_and_bad_options():
     with pytest.raises(ValueError, match="mask"):
         jax.eval_shape(lambda: module.init(jax.random.key(0), x, mask=jnp.zeros((1, 4), bool)))
     assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50", "resnet_tiny", "resnet_mini",
-                              "vit_tiny", "vit_small", "vit_base", "vit_test"}
+                              "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "vit_test"}
 
 
 # ----------------------------------------------------------------------------------------------- param counts
