@@ -100,3 +100,31 @@ def test_per_microbatch_is_a_different_method_for_batchnorm_encoders():
     configure.validate(c, 1)
     four, _, _ = run(c)
     assert np.isfinite(four[0]) and abs(four[0] - one[0]) > 1e-3  # BatchNorm over 4 rows, negatives among 4
+
+
+EIGHT = r'''
+import json, sys, jax, numpy as np
+sys.path.insert(0, 'tests')
+from test_grad_accum import config_for, run
+out = {}
+for k in (1, 2):
+    c = config_for(sys.argv[1], k, batch_size=32)
+    c.mesh, c.sharding_min_size_mb = (('data', 2), ('fsdp', 4)), 0.0
+    losses, state, _ = run(c, steps=2)
+    out[k] = dict(losses=losses, leaves=[np.asarray(x, np.float64).ravel().tolist()
+                                         for x in jax.tree.leaves((state.params, state.objective_state))],
+                  fsdp=any('fsdp' in str(x.sharding.spec) for x in jax.tree.leaves(state.params)))
+print('RESULT' + json.dumps(out))
+'''
+
+
+@pytest.mark.slow  # 8 simulated devices, (2 data x 4 fsdp): micro-batches keep the batch split over every device
+@pytest.mark.parametrize('method', ['simclr', 'dino'])
+def test_accumulation_on_the_fsdp_mesh_equals_one_batch(method):
+    from conftest import run_on_eight_devices
+    out = run_on_eight_devices(EIGHT, [method])
+    one, two = out['1'], out['2']
+    assert one['fsdp'] and two['fsdp']
+    np.testing.assert_allclose(one['losses'], two['losses'], rtol=1e-6, atol=1e-6)
+    for a, b in zip(one['leaves'], two['leaves']):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
