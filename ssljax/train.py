@@ -217,6 +217,8 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
     out_state = replicated if shardings is None else shardings
     constrain_grads = shardings is not None and param_shardings_active(shardings)
     accum, accum_kind = accumulation(exp.config, objective)
+    if accum > 1:  # a step built without configure.validate (a notebook) refuses what cannot be exact, too
+        configure.check_scale(exp.config, exp.mesh.devices.size)
     views_cfg, masks_cfg = exp.views, exp.masks or (None,) * len(exp.views)
 
     def step_fn(state: TrainState, batch: dict, device_data: dict):

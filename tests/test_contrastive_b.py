@@ -335,9 +335,8 @@ def test_objective_trains_under_jit(method):
 
 def test_isogclr_tables_update_only_the_batch_rows():
     objective = make('isogclr', num_examples=20)
-    assert objective.state_partition(None) == {'s': jax.sharding.PartitionSpec('data'),
-                                               'tau': jax.sharding.PartitionSpec('data'),
-                                               'u': jax.sharding.PartitionSpec('data')}
+    rows = jax.sharding.PartitionSpec(('data', 'fsdp'))  # split over every device of the mesh
+    assert objective.state_partition(None) == {'s': rows, 'tau': rows, 'u': rows}
     params, stats, state = setup(objective)
     assert state['tau'].shape == (20,) and np.all(np.asarray(state['tau']) == np.float32(0.1))
     index = np.array([3, 17, 0, 9, 4, 12, 19, 7])

@@ -61,9 +61,9 @@ class Context:
     """Facts about the run an objective may need when it is built.
 
     ``mesh`` is the run's device mesh (axes ``'data'`` and ``'fsdp'``, the batch split over both; None outside a run,
-    e.g. in a notebook): losses see the
-    global batch and XLA inserts the collectives, and :meth:`per_device` runs part of a loss on each device's shard
-    of the batch instead (MoCo's shuffled BatchNorm, per-device negatives).
+    e.g. in a notebook): losses see the global batch and XLA inserts the collectives, and :meth:`per_device` runs part
+    of a loss on each device's shard of the batch instead (MoCo's shuffled BatchNorm, per-device negatives). Its
+    inputs given as :data:`REPLICATED` are gathered whole onto every device: pass no fsdp-sharded parameters there.
     """
 
     encoder: nn.Module
