@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -207,3 +208,27 @@ def test_the_dry_run_runs_every_part(tmp_path):
     summary = json.load(open(tmp_path / 'speedrun' / 'summary.json'))
     assert summary['finished'] and summary['dry_run'] and len(summary['curve']) == len(curve)
     assert os.path.getsize(tmp_path / 'speedrun' / 'curve.png') > 1000
+
+
+def test_a_process_past_its_cap_is_stopped_and_its_output_kept():
+    drv = _driver()
+    start = time.time()
+    res = drv.run_proc([sys.executable, '-c', 'import time; print("{\\"a\\": 1}", flush=True); time.sleep(60)'],
+                       timeout_s=1.0)
+    assert res['timed_out'] and res['lines'] == ['{"a": 1}'] and drv.last_json(res['lines']) == {'a': 1}
+    # one that ignores SIGTERM is killed after the grace period
+    ignore = ('import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print("up", flush=True); '
+              'time.sleep(60)')
+    res = drv.run_proc([sys.executable, '-c', ignore], timeout_s=1.0, grace_s=1.0)
+    assert res['timed_out'] and res['rc'] == -9 and res['lines'] == ['up']
+    assert time.time() - start < 20
+
+
+def test_the_methods_worker_skips_what_its_deadline_leaves_no_time_for():
+    job = dict(methods=['simclr', 'byol'], steps=1, deadline=0, dry_run=True, bench_methods=['simclr', 'byol'])
+    res = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'gpu', 'run_gpu.py'), '--worker', 'methods',
+                          '--job', json.dumps(job)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{')]
+    assert [r['method'] for r in rows] == ['simclr', 'byol'] and all('s left of the cap' in r['skipped'] for r in rows)
