@@ -232,3 +232,28 @@ def test_the_methods_worker_skips_what_its_deadline_leaves_no_time_for():
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{')]
     assert [r['method'] for r in rows] == ['simclr', 'byol'] and all('s left of the cap' in r['skipped'] for r in rows)
+
+
+def test_trace_parser_without_an_ops_thread_counts_module_executions(tmp_path):
+    """Kernel events on a stream thread carrying hlo_op / hlo_module (no 'XLA Ops' thread, no run_id): executions
+    come from the 'XLA Modules' thread, else from the hint (the steps the worker ran)."""
+    ev = [{'ph': 'M', 'pid': 7, 'name': 'process_name', 'args': {'name': '/device:GPU:0'}},
+          {'ph': 'M', 'pid': 7, 'tid': 1, 'name': 'thread_name', 'args': {'name': 'XLA Modules'}},
+          {'ph': 'M', 'pid': 7, 'tid': 3, 'name': 'thread_name', 'args': {'name': 'Stream #13(Compute)'}}]
+    for _ in range(3):
+        ev.append({'ph': 'X', 'pid': 7, 'tid': 1, 'ts': 0, 'dur': 99, 'name': 'jit_step_fn(5)'})
+        for name, dur in (('conv.1', 30), ('conv.1', 30), ('fusion.2', 20)):
+            ev.append({'ph': 'X', 'pid': 7, 'tid': 3, 'ts': 0, 'dur': dur, 'name': f'sm90_kernel_{name}',
+                       'args': {'hlo_op': name, 'hlo_module': 'jit_step_fn'}})
+    path = tmp_path / 'a' / 'plugins' / 'profile' / 'r' / 'h.trace.json.gz'
+    os.makedirs(path.parent)
+    with gzip.open(path, 'wt') as f:
+        json.dump({'traceEvents': ev}, f)
+    got = _driver().parse_trace(str(tmp_path / 'a'))
+    assert got['executions'] == 3 and got['executions_from'] == 'XLA Modules events'
+    assert got['top'][0] == dict(name='conv.1', ms_per_execution=0.06, share=0.75, count_per_execution=2.0,
+                                 detail='sm90_kernel_conv.1')
+    with gzip.open(path, 'wt') as f:
+        json.dump({'traceEvents': [e for e in ev if e.get('tid') != 1 or e['ph'] == 'M']}, f)
+    got = _driver().parse_trace(str(tmp_path / 'a'), executions_hint=3)
+    assert got['executions'] == 3 and got['top'][1]['ms_per_execution'] == 0.02

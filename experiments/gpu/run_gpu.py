@@ -448,7 +448,7 @@ def unpack(packed: str, dest: str, limit_per_class: dict | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------ trace parsing
 
 
-def parse_trace(trace_dir: str, top: int = 5) -> dict:
+def parse_trace(trace_dir: str, top: int = 5, executions_hint: int | None = None) -> dict:
     """Top ops by time from the newest ``*.trace.json.gz`` under ``trace_dir`` (what jax.profiler writes under
     plugins/profile/<run>/, beside the .xplane.pb; no TensorBoard plug-in needed).
 
@@ -503,9 +503,12 @@ def parse_trace(trace_dir: str, top: int = 5) -> dict:
     module = per_module.most_common(1)[0][0]
     mine = [e for e in ops if module_of(e) == module]
     run_ids = {(e.get('args') or {}).get('run_id') for e in mine} - {None}
-    executions = len(run_ids)
+    executions, executions_from = len(run_ids), 'run_id'
     if not executions:
-        executions = sum(1 for e in module_events if module.split('(')[0] in e.get('name', '')) or 1
+        executions = sum(1 for e in module_events if module.split('(')[0] in e.get('name', ''))
+        executions_from = 'XLA Modules events'
+    if not executions:
+        executions, executions_from = executions_hint or 1, 'the steps run (warm-up included)'
     total = collections.Counter()
     count = collections.Counter()
     detail = {}
@@ -534,6 +537,7 @@ def parse_trace(trace_dir: str, top: int = 5) -> dict:
         source=source,
         module=module,
         executions=executions,
+        executions_from=executions_from,
         module_ms_per_execution=round(all_us / executions / 1e3, 3),
         distinct_ops=len(total),
         top=rows,
@@ -583,7 +587,7 @@ def worker_profile(job: dict) -> None:
         result = bench.bench(config, job['steps'])
     finally:
         jax.profiler.stop_trace()
-    parsed = parse_trace(job['trace_dir'])
+    parsed = parse_trace(job['trace_dir'], executions_hint=job['steps'] + 2)  # bench.bench warms up with 2
     print(json.dumps(dict(bench=result, **parsed)), flush=True)
 
 
