@@ -697,6 +697,9 @@ class Session:
             ).stdout.strip()
         except (subprocess.TimeoutExpired, OSError):
             pass
+        stamp = os.path.join(ROOT, '.data', 'commit.txt')  # written when .data was prepared (no .git travels)
+        if not commit and os.path.exists(stamp):
+            commit = open(stamp).read().strip() + ' (from .data/commit.txt)'
         self.rec.record(
             'env',
             'env',
@@ -1113,7 +1116,9 @@ def main(argv=None) -> int:
         if part not in parts:
             continue
         cap = caps(session, part)
-        need = 1.0 if session.dry else (SPEEDRUN_MIN_S if part == 'speedrun' else min(PLAN[part]['estimate_s'], 30))
+        # a part starts only with 60% of its estimate left at least (below that it would surely be cut, and a
+        # cheaper later part may still fit)
+        need = 1.0 if session.dry else (SPEEDRUN_MIN_S if part == 'speedrun' else 0.6 * PLAN[part]['estimate_s'])
         if cap < need:
             rec.record(
                 part,
