@@ -1006,7 +1006,6 @@ class Session:
                 '--config.eval.batch_size=64',
                 '--config.evals.knn.every=2',
                 '--config.evals.online_probe.every=2',
-                '--config.checkpoint_every=2',
             ]  # curve points during the run, as on the GPU
         else:
             plan = self.speedrun_plan(cap)
