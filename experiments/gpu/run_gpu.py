@@ -55,7 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ----- the plan: seconds on one H100 (estimates are guesses from BENCHMARKS.md's step rates; caps are enforced) -----
 #   step_r18: compile of the full step (~30 s) + 42 steps, then the reference's start and compile (~20 s)
-#   step_r50: the same at ResNet-50 / 224 px (~60 s compile, 22 steps of ~50 ms; reference ~35 s)
+#   step_r50: the same at ResNet-50 / 224 px (~60 s compile with cuDNN autotuning, 22 steps of ~50 ms; the
+#             reference's start and compile ~45 s)
 #   profile: the step_r18 executable again (a persistent-cache hit) under the profiler
 #   simclr_c10: image decode (~10 s), compile (~30 s), 7,800 steps at about 8-9 ms (1.2x the plain-Flax 7.1 ms,
 #               ~70 s), final evaluation with a 100-epoch linear probe (~20 s)
@@ -65,7 +66,7 @@ PLAN = collections.OrderedDict(
     env=dict(estimate_s=5, cap_s=30),
     data=dict(estimate_s=10, cap_s=60),
     step_r18=dict(estimate_s=60, cap_s=100),
-    step_r50=dict(estimate_s=95, cap_s=130),
+    step_r50=dict(estimate_s=110, cap_s=150),
     profile=dict(estimate_s=20, cap_s=40),
     simclr_c10=dict(estimate_s=150, cap_s=220),
     methods=dict(estimate_s=90, cap_s=90),
