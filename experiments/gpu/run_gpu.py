@@ -867,6 +867,8 @@ class Session:
             workdir,
             '--config.dataset=image_folder',
             f'--config.data_dir={self.data_dir}',
+            # the decoded arrays, written by the first training run and read by the next (the speedrun)
+            f'--config.cache_dir={os.path.join(self.work, "decoded")}',
         ] + overrides
         metrics = os.path.join(workdir, 'metrics.jsonl')
         start = time.time()
