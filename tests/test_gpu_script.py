@@ -179,9 +179,9 @@ def test_the_dry_run_runs_every_part(tmp_path):
     rows = _rows(out)
     kinds = {(r['part'], r['kind']) for r in rows}
     assert not [r for r in rows if r['kind'] in ('error', 'cut', 'skip')], [r for r in rows if r['kind'] != 'step']
-    for needed in [('env', 'env'), ('data', 'data'), ('step_r18', 'step'), ('step_r50', 'step'),
-                   ('profile', 'top_ops'), ('simclr_c10', 'summary'), ('methods', 'step'), ('methods', 'validated'),
-                   ('speedrun', 'curve'), ('speedrun', 'summary'), ('end', 'end')]:
+    for needed in [('env', 'env'), ('data', 'gpu_configs'), ('data', 'data'), ('step_r18', 'step'),
+                   ('step_r50', 'step'), ('profile', 'top_ops'), ('simclr_c10', 'summary'), ('methods', 'step'),
+                   ('methods', 'validated'), ('speedrun', 'curve'), ('speedrun', 'summary'), ('end', 'end')]:
         assert needed in kinds, needed
     by = {(r['part'], r['kind']): r for r in rows}
     assert by['step_r18', 'step']['bench']['step_ms'] > 0
@@ -190,6 +190,9 @@ def test_the_dry_run_runs_every_part(tmp_path):
     else:
         assert 'reference skipped' in by['step_r18', 'step']['note']
     assert len(by['profile', 'top_ops']['top']) == 5
+    checked = {(c['part'], c['spec']): c for c in by['data', 'gpu_configs']['checked']}  # the GPU settings, loaded
+    assert checked['step_r50', 'configs/simclr.py:dataset=cifar10']['image_size'] == 224
+    assert len([p for p, _ in checked if p == 'methods']) == len(_driver().methods_available())
     assert sorted(by['methods', 'validated']['methods'] + ['simclr', 'byol']) == sorted(_driver().methods_available())
     s = by['simclr_c10', 'summary']['summary']
     assert {'knn_top1', 'linear_top1', 'online_probe_top1', 'wall_s'} <= set(s)

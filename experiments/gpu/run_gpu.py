@@ -134,7 +134,12 @@ DRY_TRAIN = [
     '--config.evals.knn.k=10',
     '--config.eval.batch_size=64',
 ]
+C10_OVERRIDES = ['--config.eval.random_init_baseline=false', '--config.checkpoint_every=0']
 TRACE_MAX_BYTES = 12 * 2**20  # a trace file this small comes back with OUTDIR (the device call returns 8 files)
+
+
+def speedrun_spec(epochs, points) -> str:
+    return f'configs/speedrun_cifar10.py:epochs={epochs},points={points}'
 
 
 def methods_available() -> list[str]:
@@ -258,17 +263,17 @@ def render_table(header: dict, rows: list[dict]) -> str:
             '',
             '## Per-method step at the CIFAR shape (each config\'s :dataset=cifar10 variant, synthetic images)',
             '',
-            '| method | backbone | views | step (ms) | samples/s | view-images/s | step vs simclr |',
-            '|---|---|---|---|---|---|---|',
+            '| method | backbone | batch | views | step (ms) | samples/s | view-images/s | step vs simclr |',
+            '|---|---|---|---|---|---|---|---|',
         ]
         for m in method_rows:
             b = m.get('bench')
             if b is None:
-                lines.append(f'| {m["method"]} | - | - | error: {m.get("error", "")[:100]} | - | - | - |')
+                lines.append(f'| {m["method"]} | - | - | - | error: {m.get("error", "")[:100]} | - | - | - |')
                 continue
             rel = b['step_ms'] / base['step_ms'] if base else None
             lines.append(
-                f'| {m["method"]} | {b["backbone"]} | {b["views"]} | {_fmt(b["step_ms"], 2)} | '
+                f'| {m["method"]} | {b["backbone"]} | {b["batch"]} | {b["views"]} | {_fmt(b["step_ms"], 2)} | '
                 f'{_fmt(b["samples_per_s"])} | {_fmt(b["view_images_per_s"])} | {_fmt(rel, 2)} |'
             )
     curve = by[('speedrun', 'curve')]
@@ -568,6 +573,20 @@ def worker_step(job: dict) -> None:
             print(json.dumps(dict(reference_error=f'exit {e.returncode}: ' + ' / '.join(tail)[:400])), flush=True)
 
 
+def worker_check(jobs: list) -> None:
+    """Loads and validates each job's config (no data read, nothing compiled); one JSON line each."""
+    from ssljax import configure
+
+    for job in jobs:
+        try:
+            c = configure.load_config_with_overrides(job['spec'], job['overrides'], log=lambda m: None)
+            configure.validate(c, 1, check_data=False)
+            got = dict(backbone=c.model.backbone, batch=c.batch_size, image_size=c.image_size, dtype=c.dtype)
+            print(json.dumps(dict(part=job['part'], spec=job['spec'], **got)), flush=True)
+        except Exception as e:  # noqa: BLE001  (reported, the next goes on)
+            print(json.dumps(dict(part=job['part'], spec=job['spec'], error=f'{type(e).__name__}: {e}')), flush=True)
+
+
 def worker_profile(job: dict) -> None:
     """One bench.bench of the job's config under jax.profiler.trace; prints the top ops as one JSON line."""
     import jax
@@ -740,6 +759,8 @@ class Session:
             shutil.rmtree(self.data_dir)
         counts = unpack(packed, self.data_dir, limit)
         self.state['data_ready'] = True
+        if self.dry:
+            self.check_gpu_configs(cap)
         self.rec.record(
             'data',
             'data',
@@ -852,24 +873,56 @@ class Session:
         )
 
     # -- training runs --------------------------------------------------------------------------------------------
+    def train_overrides(self) -> list[str]:
+        return [
+            '--config.dataset=image_folder',
+            f'--config.data_dir={self.data_dir}',
+            # the decoded arrays, written by the first training run and read by the next (the speedrun)
+            f'--config.cache_dir={os.path.join(self.work, "decoded")}',
+        ]
+
+    def gpu_configs(self) -> list[tuple[str, str, list[str]]]:
+        """(part, config spec, overrides) of every command the GPU run starts, at its GPU settings."""
+        return [
+            ('step_r18', CIFAR_SPEC, []),
+            ('step_r50', CIFAR_SPEC, R50_OVERRIDES),
+            ('profile', CIFAR_SPEC, []),
+            ('simclr_c10', CIFAR_SPEC, self.train_overrides() + C10_OVERRIDES),
+            ('speedrun', speedrun_spec(12.3, 4), self.train_overrides()),
+        ] + [('methods', f'configs/{m}.py:dataset=cifar10', []) for m in methods_available()]
+
+    def check_gpu_configs(self, cap) -> None:
+        """The dry run's check of the GPU settings it does not run: every GPU command's config loads and validates."""
+        jobs = [
+            dict(part=p, spec=spec, overrides=[o[len('--config.') :] for o in ov]) for p, spec, ov in self.gpu_configs()
+        ]
+        cmd = [self.py, os.path.join(HERE, 'run_gpu.py'), '--worker', 'check', '--job', json.dumps(jobs)]
+        res = run_proc(cmd, cap, env=child_env())
+        rows = [json.loads(line) for line in res['lines'] if line.startswith('{')]
+        bad = [r for r in rows if 'error' in r]
+        if res['rc'] != 0 or bad or len(rows) != len(jobs):
+            self.rec.record('data', 'error', reason=f'GPU configs: {bad or res["rc"]}', checked=rows)
+        else:
+            self.rec.record('data', 'gpu_configs', checked=rows)
+
     def _train(self, part, cap, spec, overrides, workdir, metrics_name, on_rows=None):
         if not self.state.get('data_ready'):
             self.rec.record(part, 'skip', reason='no image folder (the data part was skipped or failed)')
             return None
         shutil.rmtree(workdir, ignore_errors=True)
-        cmd = [
-            self.py,
-            '-m',
-            'ssljax.main',
-            '--config',
-            spec,
-            '--workdir',
-            workdir,
-            '--config.dataset=image_folder',
-            f'--config.data_dir={self.data_dir}',
-            # the decoded arrays, written by the first training run and read by the next (the speedrun)
-            f'--config.cache_dir={os.path.join(self.work, "decoded")}',
-        ] + overrides
+        cmd = (
+            [
+                self.py,
+                '-m',
+                'ssljax.main',
+                '--config',
+                spec,
+                '--workdir',
+                workdir,
+            ]
+            + self.train_overrides()
+            + overrides
+        )
         metrics = os.path.join(workdir, 'metrics.jsonl')
         start = time.time()
         seen = [0]
@@ -908,7 +961,7 @@ class Session:
         return None
 
     def simclr_c10(self, cap):
-        overrides = ['--config.eval.random_init_baseline=false', '--config.checkpoint_every=0']
+        overrides = list(C10_OVERRIDES)
         if self.dry:
             overrides += DRY_TRAIN + [
                 '--config.model.backbone=resnet_tiny',
@@ -1015,7 +1068,7 @@ class Session:
             if plan['epochs'] < 1:
                 self.rec.record('speedrun', 'skip', reason=f'{cap:.0f} s left: under one epoch by the plan', plan=plan)
                 return
-            spec = f'configs/speedrun_cifar10.py:epochs={plan["epochs"]},points={plan["points"]}'
+            spec = speedrun_spec(plan['epochs'], plan['points'])
             overrides = []
         steps_per_epoch = [None]
 
@@ -1082,11 +1135,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument('--data', default=os.path.join(ROOT, '.data', 'cifar10'), help='the packed CIFAR-10 copy')
     parser.add_argument('--work', default='', help='scratch folder (default: /tmp/ssljax_gpu, or OUT/../work-*)')
-    parser.add_argument('--worker', choices=('step', 'profile', 'methods'), help=argparse.SUPPRESS)
+    parser.add_argument('--worker', choices=('step', 'profile', 'methods', 'check'), help=argparse.SUPPRESS)
     parser.add_argument('--job', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        {'step': worker_step, 'profile': worker_profile, 'methods': worker_methods}[args.worker](json.loads(args.job))
+        {'step': worker_step, 'profile': worker_profile, 'methods': worker_methods, 'check': worker_check}[args.worker](
+            json.loads(args.job)
+        )
         return 0
     if not args.out:
         parser.error('--out is required')
