@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -178,9 +179,9 @@ def test_the_dry_run_runs_every_part(tmp_path):
     rows = _rows(out)
     kinds = {(r['part'], r['kind']) for r in rows}
     assert not [r for r in rows if r['kind'] in ('error', 'cut', 'skip')], [r for r in rows if r['kind'] != 'step']
-    for needed in [('env', 'env'), ('data', 'data'), ('step_r18', 'step'), ('step_r50', 'step'),
-                   ('profile', 'top_ops'), ('simclr_c10', 'summary'), ('methods', 'step'), ('methods', 'validated'),
-                   ('speedrun', 'curve'), ('speedrun', 'summary'), ('end', 'end')]:
+    for needed in [('env', 'env'), ('data', 'gpu_configs'), ('data', 'data'), ('step_r18', 'step'),
+                   ('step_r50', 'step'), ('profile', 'top_ops'), ('simclr_c10', 'summary'), ('methods', 'step'),
+                   ('methods', 'validated'), ('speedrun', 'curve'), ('speedrun', 'summary'), ('end', 'end')]:
         assert needed in kinds, needed
     by = {(r['part'], r['kind']): r for r in rows}
     assert by['step_r18', 'step']['bench']['step_ms'] > 0
@@ -189,6 +190,9 @@ def test_the_dry_run_runs_every_part(tmp_path):
     else:
         assert 'reference skipped' in by['step_r18', 'step']['note']
     assert len(by['profile', 'top_ops']['top']) == 5
+    checked = {(c['part'], c['spec']): c for c in by['data', 'gpu_configs']['checked']}  # the GPU settings, loaded
+    assert checked['step_r50', 'configs/simclr.py:dataset=cifar10']['image_size'] == 224
+    assert len([p for p, _ in checked if p == 'methods']) == len(_driver().methods_available())
     assert sorted(by['methods', 'validated']['methods'] + ['simclr', 'byol']) == sorted(_driver().methods_available())
     s = by['simclr_c10', 'summary']['summary']
     assert {'knn_top1', 'linear_top1', 'online_probe_top1', 'wall_s'} <= set(s)
@@ -207,3 +211,52 @@ def test_the_dry_run_runs_every_part(tmp_path):
     summary = json.load(open(tmp_path / 'speedrun' / 'summary.json'))
     assert summary['finished'] and summary['dry_run'] and len(summary['curve']) == len(curve)
     assert os.path.getsize(tmp_path / 'speedrun' / 'curve.png') > 1000
+
+
+def test_a_process_past_its_cap_is_stopped_and_its_output_kept():
+    drv = _driver()
+    start = time.time()
+    res = drv.run_proc([sys.executable, '-c', 'import time; print("{\\"a\\": 1}", flush=True); time.sleep(60)'],
+                       timeout_s=1.0)
+    assert res['timed_out'] and res['lines'] == ['{"a": 1}'] and drv.last_json(res['lines']) == {'a': 1}
+    # one that ignores SIGTERM is killed after the grace period
+    ignore = ('import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print("up", flush=True); '
+              'time.sleep(60)')
+    res = drv.run_proc([sys.executable, '-c', ignore], timeout_s=1.0, grace_s=1.0)
+    assert res['timed_out'] and res['rc'] == -9 and res['lines'] == ['up']
+    assert time.time() - start < 20
+
+
+def test_the_methods_worker_skips_what_its_deadline_leaves_no_time_for():
+    job = dict(methods=['simclr', 'byol'], steps=1, deadline=0, dry_run=True, bench_methods=['simclr', 'byol'])
+    res = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'gpu', 'run_gpu.py'), '--worker', 'methods',
+                          '--job', json.dumps(job)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{')]
+    assert [r['method'] for r in rows] == ['simclr', 'byol'] and all('s left of the cap' in r['skipped'] for r in rows)
+
+
+def test_trace_parser_without_an_ops_thread_counts_module_executions(tmp_path):
+    """Kernel events on a stream thread carrying hlo_op / hlo_module (no 'XLA Ops' thread, no run_id): executions
+    come from the 'XLA Modules' thread, else from the hint (the steps the worker ran)."""
+    ev = [{'ph': 'M', 'pid': 7, 'name': 'process_name', 'args': {'name': '/device:GPU:0'}},
+          {'ph': 'M', 'pid': 7, 'tid': 1, 'name': 'thread_name', 'args': {'name': 'XLA Modules'}},
+          {'ph': 'M', 'pid': 7, 'tid': 3, 'name': 'thread_name', 'args': {'name': 'Stream #13(Compute)'}}]
+    for _ in range(3):
+        ev.append({'ph': 'X', 'pid': 7, 'tid': 1, 'ts': 0, 'dur': 99, 'name': 'jit_step_fn(5)'})
+        for name, dur in (('conv.1', 30), ('conv.1', 30), ('fusion.2', 20)):
+            ev.append({'ph': 'X', 'pid': 7, 'tid': 3, 'ts': 0, 'dur': dur, 'name': f'sm90_kernel_{name}',
+                       'args': {'hlo_op': name, 'hlo_module': 'jit_step_fn'}})
+    path = tmp_path / 'a' / 'plugins' / 'profile' / 'r' / 'h.trace.json.gz'
+    os.makedirs(path.parent)
+    with gzip.open(path, 'wt') as f:
+        json.dump({'traceEvents': ev}, f)
+    got = _driver().parse_trace(str(tmp_path / 'a'))
+    assert got['executions'] == 3 and got['executions_from'] == 'XLA Modules events'
+    assert got['top'][0] == dict(name='conv.1', ms_per_execution=0.06, share=0.75, count_per_execution=2.0,
+                                 detail='sm90_kernel_conv.1')
+    with gzip.open(path, 'wt') as f:
+        json.dump({'traceEvents': [e for e in ev if e.get('tid') != 1 or e['ph'] == 'M']}, f)
+    got = _driver().parse_trace(str(tmp_path / 'a'), executions_hint=3)
+    assert got['executions'] == 3 and got['top'][1]['ms_per_execution'] == 0.02

@@ -55,7 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ----- the plan: seconds on one H100 (estimates are guesses from BENCHMARKS.md's step rates; caps are enforced) -----
 #   step_r18: compile of the full step (~30 s) + 42 steps, then the reference's start and compile (~20 s)
-#   step_r50: the same at ResNet-50 / 224 px (~60 s compile, 22 steps of ~50 ms; reference ~35 s)
+#   step_r50: the same at ResNet-50 / 224 px (~60 s compile with cuDNN autotuning, 22 steps of ~50 ms; the
+#             reference's start and compile ~45 s)
 #   profile: the step_r18 executable again (a persistent-cache hit) under the profiler
 #   simclr_c10: image decode (~10 s), compile (~30 s), 7,800 steps at about 8-9 ms (1.2x the plain-Flax 7.1 ms,
 #               ~70 s), final evaluation with a 100-epoch linear probe (~20 s)
@@ -65,7 +66,7 @@ PLAN = collections.OrderedDict(
     env=dict(estimate_s=5, cap_s=30),
     data=dict(estimate_s=10, cap_s=60),
     step_r18=dict(estimate_s=60, cap_s=100),
-    step_r50=dict(estimate_s=95, cap_s=130),
+    step_r50=dict(estimate_s=110, cap_s=150),
     profile=dict(estimate_s=20, cap_s=40),
     simclr_c10=dict(estimate_s=150, cap_s=220),
     methods=dict(estimate_s=90, cap_s=90),
@@ -133,7 +134,12 @@ DRY_TRAIN = [
     '--config.evals.knn.k=10',
     '--config.eval.batch_size=64',
 ]
+C10_OVERRIDES = ['--config.eval.random_init_baseline=false', '--config.checkpoint_every=0']
 TRACE_MAX_BYTES = 12 * 2**20  # a trace file this small comes back with OUTDIR (the device call returns 8 files)
+
+
+def speedrun_spec(epochs, points) -> str:
+    return f'configs/speedrun_cifar10.py:epochs={epochs},points={points}'
 
 
 def methods_available() -> list[str]:
@@ -257,17 +263,17 @@ def render_table(header: dict, rows: list[dict]) -> str:
             '',
             '## Per-method step at the CIFAR shape (each config\'s :dataset=cifar10 variant, synthetic images)',
             '',
-            '| method | backbone | views | step (ms) | samples/s | view-images/s | step vs simclr |',
-            '|---|---|---|---|---|---|---|',
+            '| method | backbone | batch | views | step (ms) | samples/s | view-images/s | step vs simclr |',
+            '|---|---|---|---|---|---|---|---|',
         ]
         for m in method_rows:
             b = m.get('bench')
             if b is None:
-                lines.append(f'| {m["method"]} | - | - | error: {m.get("error", "")[:100]} | - | - | - |')
+                lines.append(f'| {m["method"]} | - | - | - | error: {m.get("error", "")[:100]} | - | - | - |')
                 continue
             rel = b['step_ms'] / base['step_ms'] if base else None
             lines.append(
-                f'| {m["method"]} | {b["backbone"]} | {b["views"]} | {_fmt(b["step_ms"], 2)} | '
+                f'| {m["method"]} | {b["backbone"]} | {b["batch"]} | {b["views"]} | {_fmt(b["step_ms"], 2)} | '
                 f'{_fmt(b["samples_per_s"])} | {_fmt(b["view_images_per_s"])} | {_fmt(rel, 2)} |'
             )
     curve = by[('speedrun', 'curve')]
@@ -448,7 +454,7 @@ def unpack(packed: str, dest: str, limit_per_class: dict | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------ trace parsing
 
 
-def parse_trace(trace_dir: str, top: int = 5) -> dict:
+def parse_trace(trace_dir: str, top: int = 5, executions_hint: int | None = None) -> dict:
     """Top ops by time from the newest ``*.trace.json.gz`` under ``trace_dir`` (what jax.profiler writes under
     plugins/profile/<run>/, beside the .xplane.pb; no TensorBoard plug-in needed).
 
@@ -503,9 +509,12 @@ def parse_trace(trace_dir: str, top: int = 5) -> dict:
     module = per_module.most_common(1)[0][0]
     mine = [e for e in ops if module_of(e) == module]
     run_ids = {(e.get('args') or {}).get('run_id') for e in mine} - {None}
-    executions = len(run_ids)
+    executions, executions_from = len(run_ids), 'run_id'
     if not executions:
-        executions = sum(1 for e in module_events if module.split('(')[0] in e.get('name', '')) or 1
+        executions = sum(1 for e in module_events if module.split('(')[0] in e.get('name', ''))
+        executions_from = 'XLA Modules events'
+    if not executions:
+        executions, executions_from = executions_hint or 1, 'the steps run (warm-up included)'
     total = collections.Counter()
     count = collections.Counter()
     detail = {}
@@ -534,6 +543,7 @@ def parse_trace(trace_dir: str, top: int = 5) -> dict:
         source=source,
         module=module,
         executions=executions,
+        executions_from=executions_from,
         module_ms_per_execution=round(all_us / executions / 1e3, 3),
         distinct_ops=len(total),
         top=rows,
@@ -563,6 +573,20 @@ def worker_step(job: dict) -> None:
             print(json.dumps(dict(reference_error=f'exit {e.returncode}: ' + ' / '.join(tail)[:400])), flush=True)
 
 
+def worker_check(jobs: list) -> None:
+    """Loads and validates each job's config (no data read, nothing compiled); one JSON line each."""
+    from ssljax import configure
+
+    for job in jobs:
+        try:
+            c = configure.load_config_with_overrides(job['spec'], job['overrides'], log=lambda m: None)
+            configure.validate(c, 1, check_data=False)
+            got = dict(backbone=c.model.backbone, batch=c.batch_size, image_size=c.image_size, dtype=c.dtype)
+            print(json.dumps(dict(part=job['part'], spec=job['spec'], **got)), flush=True)
+        except Exception as e:  # noqa: BLE001  (reported, the next goes on)
+            print(json.dumps(dict(part=job['part'], spec=job['spec'], error=f'{type(e).__name__}: {e}')), flush=True)
+
+
 def worker_profile(job: dict) -> None:
     """One bench.bench of the job's config under jax.profiler.trace; prints the top ops as one JSON line."""
     import jax
@@ -583,7 +607,7 @@ def worker_profile(job: dict) -> None:
         result = bench.bench(config, job['steps'])
     finally:
         jax.profiler.stop_trace()
-    parsed = parse_trace(job['trace_dir'])
+    parsed = parse_trace(job['trace_dir'], executions_hint=job['steps'] + 2)  # bench.bench warms up with 2
     print(json.dumps(dict(bench=result, **parsed)), flush=True)
 
 
@@ -693,6 +717,9 @@ class Session:
             ).stdout.strip()
         except (subprocess.TimeoutExpired, OSError):
             pass
+        stamp = os.path.join(ROOT, '.data', 'commit.txt')  # written when .data was prepared (no .git travels)
+        if not commit and os.path.exists(stamp):
+            commit = open(stamp).read().strip() + ' (from .data/commit.txt)'
         self.rec.record(
             'env',
             'env',
@@ -732,6 +759,8 @@ class Session:
             shutil.rmtree(self.data_dir)
         counts = unpack(packed, self.data_dir, limit)
         self.state['data_ready'] = True
+        if self.dry:
+            self.check_gpu_configs(cap)
         self.rec.record(
             'data',
             'data',
@@ -844,22 +873,56 @@ class Session:
         )
 
     # -- training runs --------------------------------------------------------------------------------------------
+    def train_overrides(self) -> list[str]:
+        return [
+            '--config.dataset=image_folder',
+            f'--config.data_dir={self.data_dir}',
+            # the decoded arrays, written by the first training run and read by the next (the speedrun)
+            f'--config.cache_dir={os.path.join(self.work, "decoded")}',
+        ]
+
+    def gpu_configs(self) -> list[tuple[str, str, list[str]]]:
+        """(part, config spec, overrides) of every command the GPU run starts, at its GPU settings."""
+        return [
+            ('step_r18', CIFAR_SPEC, []),
+            ('step_r50', CIFAR_SPEC, R50_OVERRIDES),
+            ('profile', CIFAR_SPEC, []),
+            ('simclr_c10', CIFAR_SPEC, self.train_overrides() + C10_OVERRIDES),
+            ('speedrun', speedrun_spec(12.3, 4), self.train_overrides()),
+        ] + [('methods', f'configs/{m}.py:dataset=cifar10', []) for m in methods_available()]
+
+    def check_gpu_configs(self, cap) -> None:
+        """The dry run's check of the GPU settings it does not run: every GPU command's config loads and validates."""
+        jobs = [
+            dict(part=p, spec=spec, overrides=[o[len('--config.') :] for o in ov]) for p, spec, ov in self.gpu_configs()
+        ]
+        cmd = [self.py, os.path.join(HERE, 'run_gpu.py'), '--worker', 'check', '--job', json.dumps(jobs)]
+        res = run_proc(cmd, cap, env=child_env())
+        rows = [json.loads(line) for line in res['lines'] if line.startswith('{')]
+        bad = [r for r in rows if 'error' in r]
+        if res['rc'] != 0 or bad or len(rows) != len(jobs):
+            self.rec.record('data', 'error', reason=f'GPU configs: {bad or res["rc"]}', checked=rows)
+        else:
+            self.rec.record('data', 'gpu_configs', checked=rows)
+
     def _train(self, part, cap, spec, overrides, workdir, metrics_name, on_rows=None):
         if not self.state.get('data_ready'):
             self.rec.record(part, 'skip', reason='no image folder (the data part was skipped or failed)')
             return None
         shutil.rmtree(workdir, ignore_errors=True)
-        cmd = [
-            self.py,
-            '-m',
-            'ssljax.main',
-            '--config',
-            spec,
-            '--workdir',
-            workdir,
-            '--config.dataset=image_folder',
-            f'--config.data_dir={self.data_dir}',
-        ] + overrides
+        cmd = (
+            [
+                self.py,
+                '-m',
+                'ssljax.main',
+                '--config',
+                spec,
+                '--workdir',
+                workdir,
+            ]
+            + self.train_overrides()
+            + overrides
+        )
         metrics = os.path.join(workdir, 'metrics.jsonl')
         start = time.time()
         seen = [0]
@@ -898,7 +961,7 @@ class Session:
         return None
 
     def simclr_c10(self, cap):
-        overrides = ['--config.eval.random_init_baseline=false', '--config.checkpoint_every=0']
+        overrides = list(C10_OVERRIDES)
         if self.dry:
             overrides += DRY_TRAIN + [
                 '--config.model.backbone=resnet_tiny',
@@ -999,14 +1062,13 @@ class Session:
                 '--config.eval.batch_size=64',
                 '--config.evals.knn.every=2',
                 '--config.evals.online_probe.every=2',
-                '--config.checkpoint_every=2',
             ]  # curve points during the run, as on the GPU
         else:
             plan = self.speedrun_plan(cap)
             if plan['epochs'] < 1:
                 self.rec.record('speedrun', 'skip', reason=f'{cap:.0f} s left: under one epoch by the plan', plan=plan)
                 return
-            spec = f'configs/speedrun_cifar10.py:epochs={plan["epochs"]},points={plan["points"]}'
+            spec = speedrun_spec(plan['epochs'], plan['points'])
             overrides = []
         steps_per_epoch = [None]
 
@@ -1073,11 +1135,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument('--data', default=os.path.join(ROOT, '.data', 'cifar10'), help='the packed CIFAR-10 copy')
     parser.add_argument('--work', default='', help='scratch folder (default: /tmp/ssljax_gpu, or OUT/../work-*)')
-    parser.add_argument('--worker', choices=('step', 'profile', 'methods'), help=argparse.SUPPRESS)
+    parser.add_argument('--worker', choices=('step', 'profile', 'methods', 'check'), help=argparse.SUPPRESS)
     parser.add_argument('--job', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        {'step': worker_step, 'profile': worker_profile, 'methods': worker_methods}[args.worker](json.loads(args.job))
+        {'step': worker_step, 'profile': worker_profile, 'methods': worker_methods, 'check': worker_check}[args.worker](
+            json.loads(args.job)
+        )
         return 0
     if not args.out:
         parser.error('--out is required')
@@ -1109,7 +1173,9 @@ def main(argv=None) -> int:
         if part not in parts:
             continue
         cap = caps(session, part)
-        need = 1.0 if session.dry else (SPEEDRUN_MIN_S if part == 'speedrun' else min(PLAN[part]['estimate_s'], 30))
+        # a part starts only with 60% of its estimate left at least (below that it would surely be cut, and a
+        # cheaper later part may still fit)
+        need = 1.0 if session.dry else (SPEEDRUN_MIN_S if part == 'speedrun' else 0.6 * PLAN[part]['estimate_s'])
         if cap < need:
             rec.record(
                 part,
