@@ -78,6 +78,8 @@ CASES = [  # backbone, model settings, image side (the larger two run in the slo
     pytest.param('resnet18', dict(cifar_stem=False), 64, id='resnet18-imagenet-stem'),
     pytest.param('resnet50', dict(cifar_stem=False), 64, id='resnet50', marks=pytest.mark.slow),
     pytest.param('vit_small', dict(patch_size=4), 32, id='vit_small-patch4', marks=pytest.mark.slow),
+    pytest.param('vit_tiny', dict(patch_size=8, pool='mean', pos_embed='learned'), 32, id='vit_tiny-mean-learned',
+                 marks=pytest.mark.slow),
 ]
 
 
