@@ -35,9 +35,12 @@ def test_dino_defaults():
     c = dino.get_config()
     o = c.objective
     assert o.freeze_last_layer_epochs == 1 and o.bn_per_view is False
-    # ResNet (embedded): the reference's ResNet command keeps clip_grad 3.0 and a constant weight decay.
-    assert c.optimizer.clip_grad == 3.0 and c.optimizer.clip_grad_mode == 'per_tensor'
-    assert c.optimizer.weight_decay_end < 0
+    # ResNet (embedded): main_dino.py's argparse optimizer (AdamW, clip 3.0, wd 0.04 -> 0.4), BN in the head and the
+    # argparse teacher tau (0.04 flat): experiments/dino/README.md (the budget's LARS collapsed the head).
+    opt = c.optimizer
+    assert (opt.name, opt.lr, opt.b1, opt.b2, opt.final_lr, opt.warmup_epochs) == ('adamw', 5e-4, 0.9, 0.999, 1e-6, 1.0)
+    assert (opt.weight_decay, opt.weight_decay_end, opt.clip_grad, opt.clip_grad_mode) == (0.04, 0.4, 3.0, 'per_tensor')
+    assert o.head_bn is True and (o.teacher_temp, o.warmup_teacher_temp_epochs) == (0.04, 0)
     encoder, dim = registry.create_encoder(c.model.backbone, cifar_stem=c.model.cifar_stem)
     objective = create_objective(c, Context(encoder=encoder, feature_dim=dim, total_steps=100, global_batch=256,
                                             num_examples=5000, steps_per_epoch=19))

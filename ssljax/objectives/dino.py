@@ -52,11 +52,14 @@ class DINO(Objective):
     Gradient clipping and DINO's weight-decay schedule are optimizer keys (optimizer.clip_grad, weight_decay_end).
     State: {'teacher', 'center' [K], 'step' (losses computed, drives the tau_t table)}.
 
-    Defaults (the config keys): the paper's ViT-S/16 setting (facebookresearch/dino main_dino.py and its README's
-    300-epoch command): head_out 65536, head_hidden 2048, head_bottleneck 256, head_layers 3, head_bn False,
-    norm_last_layer True, student_temp 0.1, teacher_temp 0.07 after warmup_teacher_temp 0.04 over
-    warmup_teacher_temp_epochs 30 (the argparse defaults are 0.04 flat), center_momentum 0.9, ema_base 0.996 ->
-    ema_final 1.0, freeze_last_layer_epochs 1, bn_per_view False.
+    Defaults (the config keys): main_dino.py's argparse defaults for the head, head_out 65536, head_hidden 2048,
+    head_bottleneck 256, head_layers 3, head_bn False (--use_bn_in_head), norm_last_layer True, and for student_temp
+    0.1, center_momentum 0.9, ema_base 0.996 -> ema_final 1.0, freeze_last_layer_epochs 1; the teacher temperature of
+    the reference README's ViT-S/16 300-epoch command, teacher_temp 0.07 after warmup_teacher_temp 0.04 over
+    warmup_teacher_temp_epochs 30 (the argparse default, which its ResNet-50 command keeps, is 0.04 flat: W = 0; the
+    300-epoch command also sets norm_last_layer False); bn_per_view False. The recipes in configs/dino.py override
+    through ``common.recipe``: the embedded MNIST budget uses 0.04 flat (W = 0) and, with a ResNet, head_bn True;
+    solo-learn's CIFAR recipe uses 0.07 flat (W = 0).
     Metrics: ``teacher_temp``, ``teacher_entropy`` (mean entropy of q; log K when uniform, 0 when one-hot),
     ``student_teacher_ce`` (= loss).
     """
