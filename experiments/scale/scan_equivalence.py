@@ -11,8 +11,9 @@ the same.
 
 import jax
 import numpy as np
+
+from ssljax import parallel, train
 from ssljax.configure import load_config_with_overrides
-from ssljax import train, parallel
 from ssljax.data import loader
 from ssljax.models import vit
 
@@ -24,7 +25,7 @@ data = parallel.put_replicated(
     mesh,
 )
 losses = {}
-plain_state = None
+plain_state = plain_final = None
 for extra in ([], ['model.scan=true'], ['model.scan=true', 'model.remat=block']):
     config = load_config_with_overrides('configs/mae.py', ['total_steps=20', *extra])
     exp = train.build_experiment(config, mesh, n, 10)
