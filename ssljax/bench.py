@@ -209,7 +209,29 @@ def bench_memory(config, topology: str = '') -> dict:
     lowered = step.lower(state, batch, {})
     lower_s, lower_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # libtpu refuses a program over the chip's HBM: that is the answer, not a failure
+        if 'RESOURCE_EXHAUSTED' not in str(e):
+            raise
+        message = str(e).splitlines()[0]
+        return dict(
+            method=config.method,
+            backbone=config.model.backbone,
+            remat=config.model.get('remat', 'none'),
+            scan=bool(config.model.get('scan', False)),
+            batch=b,
+            devices=int(mesh.devices.size),
+            batch_per_device=b / mesh.devices.size,
+            device_kind=devices[0].device_kind,
+            topology=topology or None,
+            mesh={name: int(n) for name, n in mesh.shape.items()},
+            fits=False,
+            compile_error=message[:500],
+            state_bytes_per_device=_shard_bytes(state),
+            compile_s=round(time.perf_counter() - t0, 2),
+            compile_cpu_s=round(time.process_time() - c0, 2),
+        )
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
