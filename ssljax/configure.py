@@ -236,6 +236,11 @@ def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
     mode = config.get('grad_accum_mode', 'exact')
     if mode not in GRAD_ACCUM_MODES:
         raise ConfigError(f'config key "grad_accum_mode" must be one of {", ".join(GRAD_ACCUM_MODES)}, got {mode!r}')
+    if k > 1 and config.batch_size % (k * num_devices):
+        raise ConfigError(
+            f'config key "grad_accum_steps" ({k}) times the {num_devices} devices must divide batch_size '
+            f'({config.batch_size}): every micro-batch splits evenly over the devices'
+        )
     if k > 1 and mode == 'exact':
         cls = OBJECTIVES.get(config.method)
         if cls is not None and not cls.accumulation:
@@ -251,11 +256,6 @@ def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
                 'its own statistics, so no split equals the one-batch step; use a BatchNorm-free encoder (a ViT), '
                 'or grad_accum_mode=per_microbatch, an explicit change of method (docs/scaling-mesh.md)'
             )
-    if k > 1 and config.batch_size % (k * num_devices):
-        raise ConfigError(
-            f'config key "grad_accum_steps" ({k}) times the {num_devices} devices must divide batch_size '
-            f'({config.batch_size}): every micro-batch splits evenly over the devices'
-        )
 
 
 def encoder_has_batch_norm(config: ml_collections.ConfigDict) -> bool:
