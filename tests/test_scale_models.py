@@ -345,7 +345,7 @@ def test_memory_bench_json_on_cpu_devices():
     result = _memory()
     for key in ('state_bytes_per_device', 'temp_bytes_per_device', 'total_bytes_per_device', 'flops', 'compile_s'):
         assert result[key] > 0, key
-    assert result['mesh'] == {'data': 2} and result['devices'] == 2 and result['batch_per_device'] == 4
+    assert result['mesh'] == {'data': 2, 'fsdp': 1} and result['devices'] == 2 and result['batch_per_device'] == 4
     parts = ('argument', 'output', 'temp', 'code')
     a, o, t, c = (result[f'{p}_bytes_per_device'] for p in parts)
     assert result['total_bytes_per_device'] == a + o + t + c - result['alias_bytes_per_device']

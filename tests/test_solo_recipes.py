@@ -37,7 +37,10 @@ SOLO_LARS_CONFIGS = {
     'barlow_twins': 'barlow.yaml', 'vicreg': 'vicreg.yaml', 'mocov3': 'mocov3.yaml', 'dino': 'dino.yaml',
 }
 # CIFAR variants on LARS that follow another reference (not solo-learn), with the reason.
-OTHER_LARS_CONFIGS = {'isogclr': "iSogCLR's own CIFAR recipe (LARS lr 0.8, warm-up from 0.01, SupContrast's floor)"}
+OTHER_LARS_CONFIGS = {
+    'isogclr': "iSogCLR's own CIFAR recipe (LARS lr 0.8, warm-up from 0.01, SupContrast's floor)",
+    'speedrun_cifar10': "the speedrun's own recipe (BYOL's solo-learn heads and views, batch 512, 5% warm-up): a guess",
+}
 # solo/args/pretrain.py and solo/methods/base.py defaults the yamls above leave alone.
 SOLO_MOMENTUM, SOLO_ETA, SOLO_WARMUP_START, SOLO_WARMUP_EPOCHS, SOLO_MIN_LR = 0.9, 0.02, 3e-5, 10, 0.0
 CIFAR_TRAIN, BATCH, EPOCHS = 50_000, 256, 40  # the configs' CIFAR budget (solo-learn's yamls say 1000 epochs)

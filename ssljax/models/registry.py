@@ -104,7 +104,7 @@ def check_model_config(config) -> None:
         )
     settings = _settings(BACKBONES[model.backbone]) if model.backbone in BACKBONES else set()
     for key in model_settings(model):
-        if settings and key not in settings and key not in ('cifar_stem', 'patch_size'):
+        if settings and key not in settings and key not in ('cifar_stem', 'cifar_stem_padding', 'patch_size'):
             raise ConfigError(
                 f'config key "model.{key}" is not a setting of backbone {model.backbone!r} '
                 f'(leave it at {UNSET[key]!r} for this backbone)'
