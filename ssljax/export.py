@@ -270,7 +270,7 @@ def build_module(description: dict, dtype: str | None = None):
 
     from ssljax.models import registry
 
-    settings = {k: _hashable(v) for k, v in description['model'].items() if k != 'backbone'}
+    settings = {k: _hashable(v) for k, v in registry.model_settings(description['model']).items()}
     dtype = dtype or description.get('dtype', 'float32')
     module, _ = registry.create_encoder(
         description['backbone'],

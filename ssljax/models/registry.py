@@ -83,9 +83,11 @@ UNSET = {'dim': 0, 'depth': 0, 'num_heads': 0, 'mlp_ratio': 0.0, 'mlp_dim': 0, '
 
 
 def model_settings(model) -> dict:
-    """The ``config.model`` keys that go to the module (every key but ``backbone``, less the unset ones)."""
+    """The ``config.model`` keys (a ConfigDict or an exported description's dict) that go to the module: every key
+    but ``backbone``, less the unset ones."""
     settings = {k: v for k, v in model.items() if k != 'backbone' and not (k in UNSET and v == UNSET[k])}
-    if 'mlp_ratio' in settings and 'mlp_dim' not in settings and 'mlp_dim' in _settings(BACKBONES[model.backbone]):
+    backbone = BACKBONES.get(model['backbone'])
+    if 'mlp_ratio' in settings and 'mlp_dim' not in settings and backbone and 'mlp_dim' in _settings(backbone):
         settings['mlp_dim'] = 0  # an explicit ratio wins over a preset's MLP width (vit_giant's 6144)
     return settings
 
