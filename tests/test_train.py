@@ -231,9 +231,9 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_with_one_line(tmp_path, s
                              *args, '--config.total_steps=100000', '--config.checkpoint_every=0'],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
+    metrics = workdir / 'metrics.jsonl'  # created before the handlers are installed; its first row comes after
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
         time.sleep(0.5)
-    time.sleep(1.0)
     proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-2000:]
