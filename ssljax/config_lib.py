@@ -134,7 +134,8 @@ def suggest_keys(key: str, known: list[str], n: int = 3) -> list[str]:
 
     The last part matches a known key's last part when it is equal (a key in another group), when one is the
     other's initials (``learning_rate`` -> ``lr``, ``wd`` -> ``weight_decay``), when one starts the other (``temp``
-    -> ``temperature``) or when difflib finds them close. Keys of the same group as ``key`` (a dotted one) rank first among equals.
+    -> ``temperature``) or when difflib finds them close. Keys of the same group as a dotted ``key`` rank first among
+    equals.
     """
     parent, _, last = key.lower().rpartition('.')
     scores = {}
@@ -153,7 +154,8 @@ def suggest_keys(key: str, known: list[str], n: int = 3) -> list[str]:
             score = 1 + ratio if ratio >= 0.75 else 0
         if score:
             scores[k] = max(scores.get(k, 0), score)
-    ranked = sorted(scores, key=lambda k: (-(scores[k] + 0.5 * bool(parent and k.rpartition('.')[0] == parent)), k.count('.'), k))
+    same_group = {k: bool(parent) and k.rpartition('.')[0] == parent for k in scores}
+    ranked = sorted(scores, key=lambda k: (-(scores[k] + 0.5 * same_group[k]), k.count('.'), k))
     return ranked[:n]
 
 
