@@ -28,7 +28,7 @@ def simclr_recipe(c, embedded: bool) -> None:
     if embedded:
         common.set_views(c, 'simclr')
         common.recipe(c, 'the embedded MNIST budget: a 512-wide projector', projector_hidden=(512,))
-    else:  # solo-learn's CIFAR recipe (METHODS.md, "The peer recipe")
+    else:  # solo-learn's CIFAR recipe (../shared/METHODS.md, "The peer recipe", outside the repository)
         common.set_views(c, 'solo_simclr_cifar')
         common.recipe(
             c,

@@ -80,8 +80,8 @@ DRY_CAP_S = 400.0
 
 # Published / earlier-measured references printed beside the rows (not measured by this script).
 TURN1_H100 = {
-    'step_r18': 'plain Flax 7.1 ms, PyTorch eager 13.8 ms (turn-1 H100, DESIGN.md)',
-    'step_r50': 'plain Flax 45.2 ms, PyTorch eager 68.4 ms (turn-1 H100, DESIGN.md)',
+    'step_r18': 'plain Flax 7.1 ms, PyTorch eager 13.8 ms (turn-1 H100, ../shared/DESIGN.md, outside the repository)',
+    'step_r50': 'plain Flax 45.2 ms, PyTorch eager 68.4 ms (turn-1 H100, ../shared/DESIGN.md, outside the repository)',
 }
 SOLO_LEARN = dict(online_probe_top1=0.676, wall_s=465.0, s_per_epoch=11.3, device='one H100')
 
