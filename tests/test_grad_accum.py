@@ -16,6 +16,10 @@ EXTRA = {
     # DirectPred's W_p = f(eigen(F)) is written after step 2, not 1: F is what accumulation computes (checked to 1e-6);
     # the closed form amplifies float32 rounding of F near its zero eigenvalues (sqrt), accumulation or not
     'directpred': {'objective.freq': 2},
+    # DINO's embedded recipe is AdamW with BN in the head (configs/dino.py): AdamW's normalisation turns float32
+    # rounding of near-zero gradients into lr-sized steps (as for MAE, docs/scaling-mesh.md), so the comparison runs
+    # DINO's loss and accumulation under LARS without head BN, the setting these tests were measured with
+    'dino': {'optimizer.name': 'lars', 'optimizer.lr': 0.3, 'objective.head_bn': False},
 }
 
 

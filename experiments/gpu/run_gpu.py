@@ -1060,9 +1060,9 @@ class Session:
                 '--config.dtype=float32',
                 '--config.evals.knn.k=10',
                 '--config.eval.batch_size=64',
-                '--config.evals.knn.every=2',
-                '--config.evals.online_probe.every=2',
-            ]  # curve points during the run, as on the GPU
+                '--config.evals.knn.every=1',
+                '--config.evals.online_probe.every=1',
+            ]  # curve points during the run, as on the GPU (the run's 2 steps: one at step 1, the final one at 2)
         else:
             plan = self.speedrun_plan(cap)
             if plan['epochs'] < 1:
