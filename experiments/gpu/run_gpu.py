@@ -973,14 +973,13 @@ class Session:
         )
         if out:
             self.state['c10'] = out
-            self.rec.record(
-                'simclr_c10',
-                'summary',
-                summary=out['summary'],
-                command=out['command'],
-                command_wall_s=out['wall_s'],
-                solo_learn=SOLO_LEARN,
-            )
+            self._record_summary('simclr_c10', out, solo_learn=SOLO_LEARN)
+
+    def _record_summary(self, part, out, **extra):
+        """One 'summary' line for a finished training run: its summary.json, command and wall time."""
+        self.rec.record(
+            part, 'summary', summary=out['summary'], command=out['command'], command_wall_s=out['wall_s'], **extra
+        )
 
     # -- per-method table -----------------------------------------------------------------------------------------
     def methods(self, cap):
@@ -1100,14 +1099,7 @@ class Session:
             on_rows=on_rows,
         )
         if out:
-            self.rec.record(
-                'speedrun',
-                'summary',
-                summary=out['summary'],
-                command=out['command'],
-                command_wall_s=out['wall_s'],
-                plan=plan,
-            )
+            self._record_summary('speedrun', out, plan=plan)
 
 
 # ---------------------------------------------------------------------------------------------------------- main
