@@ -3,7 +3,9 @@ second queue; L = (1 - lambda) L_global + lambda L_dense, lambda 0.5.
 
 Embedded default (MNIST subset, resnet_mini whose 28 px feature map is 2 x 2 cells, 2 CPU cores, minutes): MoCo v2's
 loss and 8 shuffled BatchNorm groups (32 images each, as 256 over 8 GPUs), heads 512-128, a queue of 2048 (8
-batches of the 5,000-image set), key momentum 0.99 (0.999 lags about 1,000 steps, longer than this run), SGD lr 0.3:
+batches of the 5,000-image set), key momentum 0.99 (0.999 lags about 1,000 steps, longer than this run), both necks
+ending in BatchNorm without affine (objective.projector_last_bn, dense_projector_last_bn; off in the reference) and
+the embedded budget's LARS lr 1.0, as MoCo v2's embedded recipe (configs/mocov2.py):
     python -m ssljax.main --config configs/densecl.py --workdir workdirs/densecl_mnist
 CIFAR-10 image folders with the reference's settings (WXinlong/DenseCL configs/selfsup/densecl/
 densecl_imagenet_200ep.py: SGD lr 0.03 x B/256, momentum 0.9, wd 1e-4 on every parameter, cosine to 0, batch 256
@@ -37,16 +39,23 @@ def get_config(arg=None):
             queue_size=2048,
             momentum=0.99,
         )
+        common.recipe(
+            c,
+            "the embedded MNIST budget: both necks' outputs centred per batch (BatchNorm without affine), against "
+            "MoCo v2's common-mode collapse (configs/mocov2.py, experiments/contrastive/README.md)",
+            projector_last_bn=True,
+            dense_projector_last_bn=True,
+        )
+        # the optimizer: the embedded budget's LARS lr 1.0 (configs/common.py), as MoCo v2's embedded recipe
     else:
         common.recipe(
             c, "CIFAR-10 is smaller than the reference's queue: solo-learn's MoCo v2+ CIFAR queue", queue_size=32768
         )
-    c.optimizer.name = 'sgd'
-    c.optimizer.lr = 0.3 if embedded else 0.03
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.momentum = 0.9
-    c.optimizer.exclude_bias_and_norm = False  # torch SGD decays every parameter
-    if not embedded:
+        c.optimizer.name = 'sgd'
+        c.optimizer.lr = 0.03
+        c.optimizer.weight_decay = 1e-4
+        c.optimizer.momentum = 0.9
+        c.optimizer.exclude_bias_and_norm = False  # torch SGD decays every parameter
         view.crop_scale = (0.2, 1.0)
         c.optimizer.warmup_epochs = 0.0
     return common.finish(c, a)

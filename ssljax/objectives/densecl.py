@@ -46,6 +46,9 @@ class DenseCL(Objective):
     Defaults (the config keys): the reference's ImageNet config (WXinlong/DenseCL densecl_imagenet_200ep.py):
     temperature 0.2, queue_size 65536, momentum 0.999, loss_lambda 0.5, bn_groups 8 (its 8 GPUs), necks
     2048-128 without BN (projector_hidden (2048,), projector_dim 128, projector_bn False, and the same dense_*).
+    ``projector_last_bn`` / ``dense_projector_last_bn`` (False: the reference) end a neck with BatchNorm without
+    affine, centring its outputs per batch (over images, and cells for the dense neck): MoCo v2's guard against the
+    queue's common-mode collapse (moco.py).
     """
 
     name = 'densecl'
@@ -57,9 +60,11 @@ class DenseCL(Objective):
     projector_hidden: tuple = (2048,)
     projector_dim: int = 128
     projector_bn: bool = False
+    projector_last_bn: bool = False
     dense_projector_hidden: tuple = (2048,)
     dense_projector_dim: int = 128
     dense_projector_bn: bool = False
+    dense_projector_last_bn: bool = False
 
     @classmethod
     def check_config(cls, config, num_devices: int) -> None:
@@ -93,11 +98,11 @@ class DenseCL(Objective):
 
     @property
     def projector(self):
-        return self.mlp('projector')
+        return self.mlp('projector', last_bn=self.projector_last_bn, last_bn_affine=False)
 
     @property
     def dense_projector(self):
-        return self.mlp('dense_projector')
+        return self.mlp('dense_projector', last_bn=self.dense_projector_last_bn, last_bn_affine=False)
 
     def init(self, rng, encoder_variables):
         feats = jnp.zeros((2, self.ctx.feature_dim))
@@ -108,7 +113,7 @@ class DenseCL(Objective):
             jnp.copy,
             {
                 'params': {'encoder': encoder_variables['params'], **heads['params']},
-                'batch_stats': {'encoder': encoder_variables.get('batch_stats', {})},
+                'batch_stats': {'encoder': encoder_variables.get('batch_stats', {}), **heads['batch_stats']},
             },
         )
         key_global, key_dense = jax.random.split(jax.random.fold_in(rng, 7))

@@ -33,6 +33,23 @@ from ssljax.objectives.base import (
 from ssljax.objectives.ema import ema_copy, ema_momentum_at
 
 
+def key_drift_metrics(queries: jax.Array, keys: jax.Array, queue: jax.Array) -> dict:
+    """How much the unit-norm queries [B, D], keys [B, D] and the queue [K, D] (before this batch's enqueue) share one
+    direction: the common-mode collapse that stopped MoCo v2 on the embedded budget (experiments/contrastive/README.md).
+
+    ``query_mean_norm`` = ||mean_i q_i|| (0 for vectors spread evenly, 1 when every image maps to the same direction;
+    its square is the mean pairwise cosine, i = j included), ``key_mean_norm`` and ``queue_mean_norm`` the same for
+    the keys and the queue, and ``key_queue_drift`` = ||mean_i k_i - mean_m Q_m||: the part of every query's gradient
+    -(k_i - sum_m p_im Q_m) / tau that is the same for all queries when the queue's keys come from older key encoders.
+    """
+    return {
+        'query_mean_norm': jnp.linalg.norm(jnp.mean(queries, axis=0)),
+        'key_mean_norm': jnp.linalg.norm(jnp.mean(keys, axis=0)),
+        'queue_mean_norm': jnp.linalg.norm(jnp.mean(queue, axis=0)),
+        'key_queue_drift': jnp.linalg.norm(jnp.mean(keys, axis=0) - jnp.mean(queue, axis=0)),
+    }
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class MoCoV2(Objective):
@@ -57,10 +74,18 @@ class MoCoV2(Objective):
     ``symmetric`` False (the paper): queries from view 1, keys from view 2. True (solo-learn's MoCo v2+): also the
     reverse pair, with a second queue, loss averaged over the two. Projector: Linear - ReLU - Linear (no BN, the
     reference's ``--mlp``). The queue starts as random unit vectors, as the reference's.
+
+    ``projector_last_bn`` False (the paper): True ends the projector with BatchNorm without scale and bias (MoCo v3's
+    and SimCLR v2's heads end so), which centres each batch's projections. Without it a fast optimizer can collapse
+    every query onto one direction: the queue's keys come from older key encoders, so their mean differs from the
+    current keys' and every query's gradient -(k_i - sum_m p_im Q_m) / tau carries the same component, which the
+    head's shared (bias-like) directions absorb and the EMA hands to the keys (the embedded budget at lr 0.3:
+    ``query_mean_norm`` 0.999 by step 20, the loss at ln(K + 1); experiments/contrastive/README.md). Logged:
+    ``query_mean_norm``, ``key_mean_norm``, ``queue_mean_norm``, ``key_queue_drift`` (:func:`key_drift_metrics`).
     Defaults (the config keys): the paper's ImageNet setting (facebookresearch/moco main_moco.py with --mlp
     --moco-t 0.2): temperature 0.2, queue_size 65536, projector Linear(d, 2048) - ReLU - Linear(128) (projector_bn
-    False), constant momentum 0.999 (ema_base = ema_final), bn_groups 0 (per-GPU BatchNorm: one group per device),
-    symmetric False. State: target, queue [V, K, D], queue_ptr, step.
+    and projector_last_bn False), constant momentum 0.999 (ema_base = ema_final), bn_groups 0 (per-GPU BatchNorm: one
+    group per device), symmetric False. State: target, queue [V, K, D], queue_ptr, step.
     """
 
     name = 'mocov2'
@@ -69,6 +94,7 @@ class MoCoV2(Objective):
     projector_hidden: tuple = (2048,)
     projector_dim: int = 128
     projector_bn: bool = False
+    projector_last_bn: bool = False
     ema_base: float = 0.999
     ema_final: float = 0.999
     bn_groups: int = 0
@@ -99,7 +125,7 @@ class MoCoV2(Objective):
 
     @property
     def projector(self):
-        return self.mlp('projector')
+        return self.mlp('projector', last_bn=self.projector_last_bn, last_bn_affine=False)
 
     @property
     def num_queries(self) -> int:
@@ -216,6 +242,7 @@ class MoCoV2(Objective):
         ptr = objective_state['queue_ptr']
         new_queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (0, ptr, 0))
         metrics['pos_cosine'] = losses.cosine_similarity(q[0], k[0]).mean()
+        metrics.update(key_drift_metrics(losses.l2_normalize(q[0]), keys[0], queue[0]))
         state = dict(
             objective_state,
             target=dict(target, batch_stats=jax.lax.stop_gradient(target_stats)),
