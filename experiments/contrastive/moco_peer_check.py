@@ -34,7 +34,7 @@ kNN: InstDisc's monitor (k 200, vote weight exp(cos / 0.1)) on the query encoder
 (running BN statistics), bank = 4,000 unaugmented train images, queries = 1,000 test images.
 
 Usage (from the repository root):
-    python experiments/contrastive/moco_peer_check.py --steps 225 --lr 0.3 [--head-bn] [--tag A]
+    python experiments/contrastive/moco_peer_check.py --steps 225 --lr 0.3 [--head-bn] [--warm-queue] [--tag A]
 """
 
 from __future__ import annotations
@@ -271,6 +271,11 @@ def main():
     p.add_argument('--m0', type=float, default=0.99)
     p.add_argument('--m1', type=float, default=0.999)
     p.add_argument('--head-bn', action='store_true', help='BatchNorm1d(128, affine=False) on the projector output')
+    p.add_argument(
+        '--warm-queue',
+        action='store_true',
+        help='fill the queue before step 1 with keys of the initial key encoder instead of Gaussian noise',
+    )
     p.add_argument('--knn-at', type=str, default='', help='comma-separated extra steps with a kNN evaluation')
     p.add_argument('--log-every', type=int, default=10)
     p.add_argument('--seed', type=int, default=0)
@@ -294,6 +299,13 @@ def main():
     results['knn_random_init'] = knn_top1(model.backbone, xtr, ytr, xte, yte)
     print(f'kNN at random init: {results["knn_random_init"]:.1f}')
 
+    if a.warm_queue:  # keys of K random train images (one view each) from the initial key encoder, batch statistics
+        with torch.no_grad():
+            warm = torch.randperm(len(xtr), generator=gen)[: a.queue]
+            keys = torch.cat(
+                [key_model(random_view(xtr[warm[i : i + a.batch]], gen)) for i in range(0, a.queue, a.batch)]
+            )
+            criterion.memory_bank.bank.copy_(F.normalize(keys, dim=1))
     per_epoch = len(xtr) // a.batch
     perm, t0 = None, time.time()
     for t in range(a.steps):
