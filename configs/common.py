@@ -179,6 +179,7 @@ def base_config(
     c.optimizer.weight_decay_end = -1.0  # >= 0: weight decay follows a per-step cosine to this value (DINO)
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8  # AdamW's epsilon in m_hat / (sqrt(v_hat) + eps): optax's and torch's default
     c.optimizer.warmup_epochs = 10.0
     c.optimizer.warmup_steps = -1  # >= 0 wins over warmup_epochs
     c.optimizer.warmup_init_lr = 0.0

@@ -233,6 +233,7 @@ RANGES = (
     ('*momentum*', '[0, 1)', False),
     ('optimizer.b1', '[0, 1)', False),
     ('optimizer.b2', '[0, 1)', False),
+    ('optimizer.eps', '[0, inf)', False),
     ('optimizer.lars_eta', '(0, inf)', False),
     ('optimizer.clip_grad', '[0, inf)', False),  # 0: off
     ('*temp*', '(0, inf)', False),  # softmax temperatures

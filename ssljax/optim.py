@@ -10,7 +10,8 @@ One optimizer step, for gradients g of the whole params tree:
    wd_t: constant ``weight_decay``, or, when
    ``optimizer.weight_decay_end`` >= 0, DINO's per-step cosine wd_t = wd_end + (wd - wd_end)(1 + cos(pi t / T)) / 2
    (no warm-up; t clamped to T = total_steps). See ``lars`` for LARS; SGD is PyTorch's (buf <- mu buf + g + wd_t w;
-   w <- w - lr_t buf); AdamW is decoupled (w <- w - lr_t (m_hat / (sqrt(v_hat) + eps) + wd_t w)).
+   w <- w - lr_t buf); AdamW is decoupled (w <- w - lr_t (m_hat / (sqrt(v_hat) + eps) + wd_t w), eps =
+   ``optimizer.eps``).
 
 Parameter groups are chosen by the top-level name in ``params`` (``encoder``, ``projector``, ``predictor``, ...):
 heads an objective sets itself (``Objective.frozen_heads``) get no update at all; heads listed in
@@ -255,7 +256,7 @@ def base_transform(
     if o.name == 'sgd':
         return optax.chain(optax.add_decayed_weights(wd, wd_mask), optax.sgd(schedule, momentum=o.momentum))
     if o.name == 'adamw':
-        return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=wd, mask=wd_mask)
+        return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=wd_mask)
     raise ValueError(f'unknown optimizer.name {o.name!r}; known: lars, sgd, adamw')
 
 
