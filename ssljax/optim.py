@@ -17,10 +17,10 @@ Parameter groups are chosen by the top-level name in ``params`` (``encoder``, ``
 heads an objective sets itself (``Objective.frozen_heads``) get no update at all; heads listed in
 ``optimizer.constant_lr_heads`` keep the base learning rate for the whole run (SimSiam's predictor). Biases and
 normalisation scales (every parameter with ndim <= 1) are excluded from weight decay and from LARS adaptation when
-``optimizer.exclude_bias_and_norm``. A scanned ViT's stacked blocks (``encoder/blocks``, one leading layer axis) are
-treated layer by layer in every per-tensor rule (mask, trust ratio, per-tensor clipping), as the unrolled blocks
-are. ``create_optimizer(..., freeze_steps={'head/last_layer': N})`` freezes a subtree
-for the first N optimizer steps (DINO's last layer): see ``create_optimizer``.
+``optimizer.exclude_bias_and_norm``. A scanned ViT's stacked blocks (``encoder/blocks``, and MAE's
+``decoder/blocks``; one leading layer axis) are treated layer by layer in every per-tensor rule (mask, trust ratio,
+per-tensor clipping), as the unrolled blocks are. ``create_optimizer(..., freeze_steps={'head/last_layer': N})``
+freezes a subtree for the first N optimizer steps (DINO's last layer): see ``create_optimizer``.
 """
 
 from __future__ import annotations
@@ -107,20 +107,24 @@ def weight_decay_schedule(config, total_steps: int) -> ScalarOrSchedule:
     return schedule
 
 
-# A scanned ViT (model.scan) keeps its blocks' parameters stacked on a leading axis under encoder/blocks: every
-# per-tensor rule here (the weight-decay mask, LARS's trust ratio, per-tensor clipping) treats each layer's slice as
-# its own tensor there, so a scanned model is optimised exactly as the unrolled one.
-STACKED_PATH = ('encoder', 'blocks')
+# A scanned ViT (model.scan) keeps its blocks' parameters stacked on a leading axis under encoder/blocks (and MAE's
+# decoder, which follows the encoder's layout, under decoder/blocks): every per-tensor rule here (the weight-decay
+# mask, LARS's trust ratio, per-tensor clipping) treats each layer's slice as its own tensor there, so a scanned
+# model is optimised exactly as the unrolled one.
+STACKED_PATHS = (('encoder', 'blocks'), ('decoder', 'blocks'))
 
 
 def _is_stacked(path) -> bool:
     keys = [getattr(k, 'key', None) for k in path]
-    n = len(STACKED_PATH)
-    return any(tuple(keys[i : i + n]) == STACKED_PATH for i in range(len(keys) - n + 1))
+    return any(
+        tuple(keys[i : i + len(stacked)]) == stacked
+        for stacked in STACKED_PATHS
+        for i in range(len(keys) - len(stacked) + 1)
+    )
 
 
 def stacked_axes(tree) -> Any:
-    """Per leaf: how many leading axes stack layers (1 under encoder/blocks, else 0)."""
+    """Per leaf: how many leading axes stack layers (1 under encoder/blocks or decoder/blocks, else 0)."""
     return jax.tree_util.tree_map_with_path(lambda path, _: int(_is_stacked(path)), tree)
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssljax import parallel
+from ssljax import config_lib, parallel
 from ssljax.config_lib import ConfigError
 from ssljax.data import augment
 from ssljax.evaluation.context import read_rows, to_host
@@ -237,8 +237,8 @@ class Finetune(Evaluator):
         shardings = parallel.tree_shardings(
             {'params': params, 'batch_stats': batch_stats, 'opt_state': jax.eval_shape(tx.init, params)},
             mesh,
-            tuple(config.get('sharding_strategy', parallel.DEFAULT_STRATEGY)),
-            float(config.get('sharding_min_size_mb', 4.0)),
+            tuple(config_lib.scale_setting(config, 'sharding_strategy')),
+            float(config_lib.scale_setting(config, 'sharding_min_size_mb')),
         )
         params = jax.device_put(params, shardings['params'])
         batch_stats = jax.device_put(batch_stats, shardings['batch_stats'])
