@@ -345,6 +345,26 @@ def test_relayout_round_trip_on_a_train_state():
     assert jax.tree.map(lambda a: a.shape, fresh) == jax.tree.map(lambda a: a.shape, stacked)
 
 
+@pytest.mark.parametrize('saved', ['unrolled', 'scanned', 'legacy'])
+def test_mae_checkpoint_restores_into_either_layout(tmp_path, saved):
+    """An MAE state saved unrolled, scanned, or as versions whose decoder stayed unrolled under model.scan wrote it
+    (encoder stacked, decoder unrolled) restores into both layouts, equal leaf by leaf."""
+    unrolled = jax.tree.map(lambda a: a + jnp.asarray(1, a.dtype), _mae_state_tree(scan=False))  # not the init
+    tree = {'unrolled': unrolled, 'scanned': vit.relayout(unrolled, scanned=True),
+            'legacy': vit.relayout(unrolled, scanned=True, keys=('encoder',))}[saved]
+    if saved == 'legacy':
+        assert 'blocks' in tree['params']['encoder'] and 'block1' in tree['params']['decoder']
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), 2, async_save=False)
+    ckpt.save(1, tree)
+    ckpt.wait()
+    for target_scan in (False, True):
+        restored = ckpt.restore(_mae_state_tree(scan=target_scan), 1)
+        want = vit.relayout(unrolled, scanned=target_scan)
+        assert jax.tree.structure(restored) == jax.tree.structure(want)
+        jax.tree.map(np.testing.assert_array_equal, restored, want)
+    ckpt.close()
+
+
 @pytest.mark.parametrize('saved_scan', [False, True])
 def test_checkpoint_restores_across_layouts(tmp_path, saved_scan):
     saved = jax.tree.map(lambda a: a + jnp.asarray(1, a.dtype), _state_tree(scan=saved_scan))  # not the init

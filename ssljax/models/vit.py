@@ -507,17 +507,17 @@ def _children(node):
 LAYOUT_KEYS = ("encoder", "decoder")  # subtrees whose blocks take model.scan's layout (MAE's decoder follows it)
 
 
-def relayout(tree, scanned: bool):
+def relayout(tree, scanned: bool, keys: tuple[str, ...] = LAYOUT_KEYS):
     """Every ``'encoder'`` subtree of ``tree`` (a whole train state: params, optimizer moments, EMA targets), and
     every ``'decoder'`` subtree with ViT blocks (MAE's decoder, which takes the encoder's layout), in the scanned
-    (``scanned=True``) or the unrolled layout; other subtrees (heads) are left alone. Leaves may be arrays or
-    ``jax.ShapeDtypeStruct`` (restoring a checkpoint into the other layout)."""
+    (``scanned=True``) or the unrolled layout; other subtrees (heads) are left alone. ``keys`` limits it to some of
+    those subtrees. Leaves may be arrays or ``jax.ShapeDtypeStruct`` (restoring a checkpoint into another layout)."""
     depths = {}
-    for key in LAYOUT_KEYS:
+    for key in keys:
         found = _first_layout(tree, key)
         if found is not None:
             depths[key] = found[1]
-    if "encoder" not in depths:
+    if not depths:
         return tree
 
     def visit(node, under=None):
@@ -533,7 +533,17 @@ def relayout(tree, scanned: bool):
     return visit(tree)
 
 
-checkpoint.register_layout(is_scanned, relayout)  # a checkpoint of either layout restores into the other
+def decoder_scanned(tree) -> bool | None:
+    """Layout of MAE's decoder blocks in ``tree``: True scanned, False unrolled, None when it has none."""
+    found = _first_layout(tree, "decoder")
+    return None if found is None else found[0]
+
+
+# A checkpoint of either layout restores into the other; the two one-part converters read the checkpoints of
+# versions whose MAE decoder stayed unrolled under model.scan (encoder stacked, decoder unrolled) into either layout.
+checkpoint.register_layout(is_scanned, relayout)
+checkpoint.register_layout(decoder_scanned, partial(relayout, keys=("decoder",)))
+checkpoint.register_layout(is_scanned, partial(relayout, keys=("encoder",)))
 
 ViTTiny = partial(ViT, dim=192, depth=12, num_heads=3)
 ViTSmall = partial(ViT, dim=384, depth=12, num_heads=6)
