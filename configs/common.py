@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from ssljax import config_lib
 from ssljax.config_lib import ConfigError
 from ssljax.data.sources import DATASET_SHAPES as DATASET_DEFAULTS  # 0: from the data (image folders)
 
@@ -179,6 +180,7 @@ def base_config(
     c.optimizer.weight_decay_end = -1.0  # >= 0: weight decay follows a per-step cosine to this value (DINO)
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8  # AdamW's epsilon in m_hat / (sqrt(v_hat) + eps): optax's and torch's default
     c.optimizer.warmup_epochs = 10.0
     c.optimizer.warmup_steps = -1  # >= 0 wins over warmup_epochs
     c.optimizer.warmup_init_lr = 0.0
@@ -212,16 +214,10 @@ def base_config(
     c.sampler = ml_collections.ConfigDict()
     c.sampler.name = 'epoch_shuffle'  # a fresh seeded permutation per epoch, as every reference does
 
-    # Scale (docs/scaling-mesh.md). The mesh: (axis, size) pairs over 'data' and 'fsdp', -1 = the devices left over;
-    # the batch is split over both axes, parameters over 'fsdp' as sharding_strategy says.
-    c.mesh = (('data', -1), ('fsdp', 1))
-    c.mesh_dcn = ()  # multi-slice: sizes across slices, e.g. (('data', 4),); mesh then gives the sizes in one slice
-    # Ordered (regex over the '/'-joined TrainState path, rule) pairs, first match wins; rules: fsdp | replicate.
-    # Optimizer moments and EMA copies of a parameter always follow that parameter.
-    c.sharding_strategy = (('params/.*', 'fsdp'), ('.*', 'replicate'))
-    c.sharding_min_size_mb = 4.0  # leaves smaller than this stay replicated under the fsdp rule
-    c.grad_accum_steps = 1  # the global batch in this many micro-batches per optimizer step
-    c.grad_accum_mode = 'exact'  # exact (equal to the one-batch step, or a ConfigError) | per_microbatch
+    # Scale (docs/scaling-mesh.md): mesh, mesh_dcn, sharding_strategy, sharding_min_size_mb, grad_accum_steps,
+    # grad_accum_mode; their defaults and what they mean are ssljax/config_lib.py's SCALE_DEFAULTS.
+    for key, value in config_lib.SCALE_DEFAULTS.items():
+        c[key] = value
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = (

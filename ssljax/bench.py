@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssljax import cli
+from ssljax import cli, config_lib
 
 
 def bench(config, steps: int, warmup: int = 2) -> dict:
@@ -259,7 +259,8 @@ def bench_memory(config, topology: str = '') -> dict:
         device_kind=devices[0].device_kind,
         topology=topology or None,
         mesh={name: int(n) for name, n in mesh.shape.items()},
-        sharding_strategy=[list(r) for r in config.get('sharding_strategy', ())] or None,
+        sharding_strategy=[list(r) for r in config_lib.scale_setting(config, 'sharding_strategy')] or None,
+        sharding_min_size_mb=float(config_lib.scale_setting(config, 'sharding_min_size_mb')),
         state_bytes_per_device=state_bytes,
         argument_bytes_per_device=arg,
         output_bytes_per_device=out,

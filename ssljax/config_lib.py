@@ -77,6 +77,32 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f'{spec}: {e}') from e
 
 
+# ----- the scale keys' defaults: the one place they are written (configs/common.py sets them from here; code that
+# reads a config without them, e.g. a workdir's saved config from before they existed, falls back to these) -------
+SCALE_DEFAULTS = {
+    # (axis, size) pairs over 'data' and 'fsdp', -1 = the devices left over: plain data parallelism
+    'mesh': (('data', -1), ('fsdp', 1)),
+    # multi-slice: sizes across slices, e.g. (('data', 4),); mesh then gives the sizes within one slice
+    'mesh_dcn': (),
+    # ordered (regex over the '/'-joined TrainState path, rule) pairs, first match wins; rules: fsdp | replicate.
+    # Optimizer moments and EMA copies of a parameter always follow that parameter.
+    'sharding_strategy': (('params/.*', 'fsdp'), ('.*', 'replicate')),
+    # leaves smaller than this (MiB) stay replicated under the fsdp rule: biases, norms, tokens, matrices under
+    # 512 x 512 float32. 1, not big_vision's 4: at 4 a ViT-B's 768 x 768 attention projections (2.25 MiB) and every
+    # MAE-decoder matrix but the MLP's stay whole on every device (BENCHMARKS.md "Memory at scale")
+    'sharding_min_size_mb': 1.0,
+    # the global batch in this many micro-batches per optimizer step
+    'grad_accum_steps': 1,
+    # exact (equal to the one-batch step, or a ConfigError) | per_microbatch (a documented change of method)
+    'grad_accum_mode': 'exact',
+}
+
+
+def scale_setting(config, key: str):
+    """``config[key]`` for a key of :data:`SCALE_DEFAULTS`, its default when the config does not have it."""
+    return config.get(key, SCALE_DEFAULTS[key])
+
+
 def all_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
     keys = []
     for k, v in config.items():
@@ -233,6 +259,7 @@ RANGES = (
     ('*momentum*', '[0, 1)', False),
     ('optimizer.b1', '[0, 1)', False),
     ('optimizer.b2', '[0, 1)', False),
+    ('optimizer.eps', '[0, inf)', False),
     ('optimizer.lars_eta', '(0, inf)', False),
     ('optimizer.clip_grad', '[0, inf)', False),  # 0: off
     ('*temp*', '(0, inf)', False),  # softmax temperatures

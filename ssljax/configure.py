@@ -206,7 +206,8 @@ GRAD_ACCUM_MODES = ('exact', 'per_microbatch')
 
 def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """``mesh``, ``mesh_dcn``, ``sharding_strategy``, ``grad_accum_*``: a ConfigError naming the first bad key."""
-    mesh, dcn = tuple(config.get('mesh', parallel.DEFAULT_MESH)), tuple(config.get('mesh_dcn', ()))
+    setting = config_lib.scale_setting
+    mesh, dcn = tuple(setting(config, 'mesh')), tuple(setting(config, 'mesh_dcn'))
     slices = 1
     if dcn:
         try:
@@ -218,7 +219,7 @@ def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
         parallel.mesh_sizes(mesh, num_devices // slices, 'slice' if dcn else 'run')
     except ValueError as e:
         raise ConfigError(f'config key "mesh" {e}, got {mesh!r}') from None
-    for i, entry in enumerate(tuple(config.get('sharding_strategy', ()))):
+    for i, entry in enumerate(tuple(setting(config, 'sharding_strategy'))):
         if not isinstance(entry, (tuple, list)) or len(entry) != 2:
             raise ConfigError(f'config key "sharding_strategy" entry {i} must be a (regex, rule) pair, got {entry!r}')
         pattern, rule = entry
@@ -230,10 +231,10 @@ def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise ConfigError(
                 f'config key "sharding_strategy" entry {i}: unknown rule {rule!r}; known: {", ".join(SHARDING_RULES)}'
             )
-    k = int(config.get('grad_accum_steps', 1))
+    k = int(setting(config, 'grad_accum_steps'))
     if k < 1:
         raise ConfigError(f'config key "grad_accum_steps" must be >= 1, got {k}')
-    mode = config.get('grad_accum_mode', 'exact')
+    mode = setting(config, 'grad_accum_mode')
     if mode not in GRAD_ACCUM_MODES:
         raise ConfigError(f'config key "grad_accum_mode" must be one of {", ".join(GRAD_ACCUM_MODES)}, got {mode!r}')
     if k > 1 and config.batch_size % (k * num_devices):

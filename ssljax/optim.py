@@ -10,16 +10,17 @@ One optimizer step, for gradients g of the whole params tree:
    wd_t: constant ``weight_decay``, or, when
    ``optimizer.weight_decay_end`` >= 0, DINO's per-step cosine wd_t = wd_end + (wd - wd_end)(1 + cos(pi t / T)) / 2
    (no warm-up; t clamped to T = total_steps). See ``lars`` for LARS; SGD is PyTorch's (buf <- mu buf + g + wd_t w;
-   w <- w - lr_t buf); AdamW is decoupled (w <- w - lr_t (m_hat / (sqrt(v_hat) + eps) + wd_t w)).
+   w <- w - lr_t buf); AdamW is decoupled (w <- w - lr_t (m_hat / (sqrt(v_hat) + eps) + wd_t w), eps =
+   ``optimizer.eps``).
 
 Parameter groups are chosen by the top-level name in ``params`` (``encoder``, ``projector``, ``predictor``, ...):
 heads an objective sets itself (``Objective.frozen_heads``) get no update at all; heads listed in
 ``optimizer.constant_lr_heads`` keep the base learning rate for the whole run (SimSiam's predictor). Biases and
 normalisation scales (every parameter with ndim <= 1) are excluded from weight decay and from LARS adaptation when
-``optimizer.exclude_bias_and_norm``. A scanned ViT's stacked blocks (``encoder/blocks``, one leading layer axis) are
-treated layer by layer in every per-tensor rule (mask, trust ratio, per-tensor clipping), as the unrolled blocks
-are. ``create_optimizer(..., freeze_steps={'head/last_layer': N})`` freezes a subtree
-for the first N optimizer steps (DINO's last layer): see ``create_optimizer``.
+``optimizer.exclude_bias_and_norm``. A scanned ViT's stacked blocks (``encoder/blocks``, and MAE's
+``decoder/blocks``; one leading layer axis) are treated layer by layer in every per-tensor rule (mask, trust ratio,
+per-tensor clipping), as the unrolled blocks are. ``create_optimizer(..., freeze_steps={'head/last_layer': N})``
+freezes a subtree for the first N optimizer steps (DINO's last layer): see ``create_optimizer``.
 """
 
 from __future__ import annotations
@@ -106,20 +107,24 @@ def weight_decay_schedule(config, total_steps: int) -> ScalarOrSchedule:
     return schedule
 
 
-# A scanned ViT (model.scan) keeps its blocks' parameters stacked on a leading axis under encoder/blocks: every
-# per-tensor rule here (the weight-decay mask, LARS's trust ratio, per-tensor clipping) treats each layer's slice as
-# its own tensor there, so a scanned model is optimised exactly as the unrolled one.
-STACKED_PATH = ('encoder', 'blocks')
+# A scanned ViT (model.scan) keeps its blocks' parameters stacked on a leading axis under encoder/blocks (and MAE's
+# decoder, which follows the encoder's layout, under decoder/blocks): every per-tensor rule here (the weight-decay
+# mask, LARS's trust ratio, per-tensor clipping) treats each layer's slice as its own tensor there, so a scanned
+# model is optimised exactly as the unrolled one.
+STACKED_PATHS = (('encoder', 'blocks'), ('decoder', 'blocks'))
 
 
 def _is_stacked(path) -> bool:
     keys = [getattr(k, 'key', None) for k in path]
-    n = len(STACKED_PATH)
-    return any(tuple(keys[i : i + n]) == STACKED_PATH for i in range(len(keys) - n + 1))
+    return any(
+        tuple(keys[i : i + len(stacked)]) == stacked
+        for stacked in STACKED_PATHS
+        for i in range(len(keys) - len(stacked) + 1)
+    )
 
 
 def stacked_axes(tree) -> Any:
-    """Per leaf: how many leading axes stack layers (1 under encoder/blocks, else 0)."""
+    """Per leaf: how many leading axes stack layers (1 under encoder/blocks or decoder/blocks, else 0)."""
     return jax.tree_util.tree_map_with_path(lambda path, _: int(_is_stacked(path)), tree)
 
 
@@ -255,7 +260,7 @@ def base_transform(
     if o.name == 'sgd':
         return optax.chain(optax.add_decayed_weights(wd, wd_mask), optax.sgd(schedule, momentum=o.momentum))
     if o.name == 'adamw':
-        return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=wd, mask=wd_mask)
+        return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=wd_mask)
     raise ValueError(f'unknown optimizer.name {o.name!r}; known: lars, sgd, adamw')
 
 

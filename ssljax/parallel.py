@@ -22,12 +22,13 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ssljax import config_lib
+
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
 AXES = (DATA_AXIS, FSDP_AXIS)  # every mesh has both, in this order (an axis of size 1 changes nothing)
 BATCH_AXES = AXES  # the batch is split over every axis: each device holds 1 / n of it
-DEFAULT_MESH = ((DATA_AXIS, -1), (FSDP_AXIS, 1))
-DEFAULT_STRATEGY = (('params/.*', 'fsdp'), ('.*', 'replicate'))
+DEFAULT_MESH = config_lib.SCALE_DEFAULTS['mesh']  # plain data parallelism
 _INITIALIZED = False  # initialize_distributed ran (it must run once, before anything touches a device)
 
 
@@ -128,7 +129,8 @@ def dcn_slices(axes, num_devices: int) -> int:
 
 def mesh_from_config(config, devices=None) -> Mesh:
     """The run's mesh: ``config.mesh`` and ``config.mesh_dcn`` (configs without them: the default mesh)."""
-    return make_mesh(devices, tuple(config.get('mesh', DEFAULT_MESH)), tuple(config.get('mesh_dcn', ())))
+    setting = config_lib.scale_setting
+    return make_mesh(devices, tuple(setting(config, 'mesh')), tuple(setting(config, 'mesh_dcn')))
 
 
 def axis_size(mesh: Mesh, axis: str) -> int:
@@ -250,7 +252,7 @@ def strategy_specs(tree, mesh: Mesh, strategy, min_size_mb: float, follow: dict 
     return specs
 
 
-def tree_shardings(trees: dict, mesh: Mesh, strategy=DEFAULT_STRATEGY, min_size_mb: float = 4.0) -> dict:
+def tree_shardings(trees: dict, mesh: Mesh, strategy, min_size_mb: float) -> dict:
     """NamedShardings for ``{'params': ..., 'opt_state': ..., ...}`` by ``strategy`` (paths start with the names);
     a leaf whose path ends with a parameter's path, at its shape, follows that parameter (:func:`strategy_specs`).
     """

@@ -129,8 +129,8 @@ def state_shardings(exp: Experiment, state: TrainState) -> TrainState:
     default mesh (fsdp size 1) everything but those tables is replicated.
     """
     mesh, config = exp.mesh, exp.config
-    strategy = tuple(config.get('sharding_strategy', parallel.DEFAULT_STRATEGY))
-    min_mb = float(config.get('sharding_min_size_mb', 4.0))
+    strategy = tuple(config_lib.scale_setting(config, 'sharding_strategy'))
+    min_mb = float(config_lib.scale_setting(config, 'sharding_min_size_mb'))
     params = parallel.strategy_specs({'params': state.params}, mesh, strategy, min_mb)
     follow = {path.split('/', 1)[1]: value for path, value in params.items()}
     specs = {path: spec for path, (_, spec) in parallel.strategy_specs(state, mesh, strategy, min_mb, follow).items()}
@@ -280,10 +280,10 @@ def make_train_step(exp: Experiment, state: TrainState | None = None):
 
 def accumulation(config, objective: Objective) -> tuple[int, str]:
     """-> (k, how): k = config.grad_accum_steps; how is 'split' (GradCache), 'per_sample' or 'per_microbatch'."""
-    k = int(config.get('grad_accum_steps', 1))
+    k = int(config_lib.scale_setting(config, 'grad_accum_steps'))
     if k == 1:
         return 1, ''
-    if config.get('grad_accum_mode', 'exact') == 'per_microbatch':
+    if config_lib.scale_setting(config, 'grad_accum_mode') == 'per_microbatch':
         return k, 'per_microbatch'
     return k, objective.accumulation
 

@@ -239,6 +239,19 @@ def test_weight_decay_schedule_in_every_optimizer(name):
                 np.testing.assert_allclose(updates['encoder'][k], expected, rtol=2e-5, atol=1e-9, err_msg=f'{t} {k}')
 
 
+@pytest.mark.parametrize('eps', [1e-8, 1e-6, 1e-3])
+def test_adamw_eps_is_the_config_key(eps):
+    """First AdamW step (bias-corrected m_hat = g, v_hat = g^2): update = -lr g / (|g| + eps), no weight decay."""
+    lr = 0.1
+    c = plain_config(name='adamw', lr=lr, eps=eps)
+    tx, _ = optim.create_optimizer(c, total_steps=4, steps_per_epoch=1)
+    g = np.array([1e-9, -1e-7, 1e-5, -1e-3], np.float32)
+    params = {'encoder': {'kernel': jnp.ones((4,))}}
+    updates, _ = tx.update({'encoder': {'kernel': jnp.asarray(g)}}, tx.init(params), params)
+    expected = -lr * g.astype(np.float64) / (np.abs(g) + eps)
+    np.testing.assert_allclose(updates['encoder']['kernel'], expected, rtol=1e-5)
+
+
 # ----- freezing a subtree for its first steps -------------------------------------------------------------------------
 
 def freeze_problem():

@@ -157,6 +157,47 @@ def test_vit_scan_equals_unrolled(remat, masked):
     jax.tree.map(lambda a, b: close(a, b), g1, vit.stack_blocks(g0))
 
 
+@pytest.mark.parametrize('remat', ['none', 'block'])
+def test_mae_decoder_scan_equals_unrolled(remat):
+    """MAE's decoder takes the encoder's layout: scanned (``decoder/blocks``, stacked) equals the unrolled blocks'
+    outputs and gradients, with and without remat."""
+    from ssljax.models.mae_decoder import MAEDecoder
+
+    kw = dict(dim=16, depth=3, num_heads=2, patch_size=4, grid_h=4, grid_w=4)
+    rng = np.random.default_rng(0)
+    cls, visible = jnp.asarray(rng.normal(size=(2, 8))), jnp.asarray(rng.normal(size=(2, 4, 8)))
+    idx = jnp.asarray(np.stack([rng.permutation(16)[:4] for _ in range(2)]), jnp.int32)
+    plain, scanned = MAEDecoder(**kw), MAEDecoder(**kw, scan=True, remat=remat)
+    params = plain.init(jax.random.key(1), cls, visible, idx)['params']
+    assert {'block1', 'block2', 'block3'} <= set(params) and 'blocks' not in params
+    stacked = vit.stack_blocks(params)
+    init_scanned = scanned.init(jax.random.key(1), cls, visible, idx)['params']
+    assert jax.tree.map(lambda a: a.shape, init_scanned) == jax.tree.map(lambda a: a.shape, stacked)
+
+    def loss_grad(module, p):
+        loss = lambda q: jnp.sum(jnp.sin(module.apply({'params': q}, cls, visible, idx)))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(p)
+
+    (l0, g0), (l1, g1) = loss_grad(plain, params), loss_grad(scanned, stacked)
+    close(l1, l0)
+    jax.tree.map(lambda a, b: close(a, b), g1, vit.stack_blocks(g0))
+    # the optimizer's per-tensor rules see each stacked decoder layer as its own tensor
+    mask = optim.decay_mask({'decoder': stacked})['decoder']
+    blocks = mask['blocks']
+    assert blocks['fc1']['kernel'] and not blocks['fc1']['bias'] and not blocks['norm1']['scale']
+
+
+def test_mae_objective_decoder_follows_model_scan():
+    from ssljax import parallel, train
+
+    for scan in (False, True):
+        config = _config(backbone='vit_test', depth=2, scan=scan)
+        exp = train.build_experiment(config, parallel.make_mesh(jax.devices()[:1]), 1000, 10)
+        params = jax.eval_shape(lambda exp=exp: train.init_state(exp)).params
+        assert ('blocks' in params['decoder']) == ('blocks' in params['encoder']) == scan
+        assert ('block1' in params['decoder']) == (not scan)
+
+
 def test_scan_drop_path_rates_per_layer():
     """Scanned stochastic depth: layer i drops with the loop's rate r_i (the traced-rate path equals the static one),
     the draws follow the dropout key, and train=False is the plain model."""
@@ -266,6 +307,28 @@ def _state_tree(scan: bool):
     return {'params': params, 'opt_state': tx.init(params), 'objective_state': teacher}
 
 
+def _mae_state_tree(scan: bool):
+    """An MAE-like train state: a 3-block encoder and a 2-block decoder (another depth), AdamW moments."""
+    from ssljax.models.mae_decoder import MAEDecoder
+
+    x = _images()
+    decoder = MAEDecoder(dim=16, depth=2, num_heads=2, patch_size=4, grid_h=4, grid_w=4, scan=scan)
+    dec = decoder.init(jax.random.key(2), jnp.zeros((1, 32)), jnp.zeros((1, 4, 32)), jnp.zeros((1, 4), jnp.int32))
+    params = {'encoder': _vit(scan=scan).init(jax.random.key(1), x, train=False)['params'], 'decoder': dec['params']}
+    return {'params': params, 'opt_state': optax.adamw(1e-3).init(params)}
+
+
+def test_relayout_converts_mae_decoder_blocks_with_their_own_depth():
+    unrolled = _mae_state_tree(scan=False)
+    stacked = vit.relayout(unrolled, scanned=True)
+    fresh = _mae_state_tree(scan=True)
+    assert jax.tree.map(lambda a: a.shape, fresh) == jax.tree.map(lambda a: a.shape, stacked)
+    assert stacked['params']['decoder']['blocks']['fc1']['kernel'].shape[0] == 2
+    back = vit.relayout(stacked, scanned=False)
+    assert jax.tree.structure(back) == jax.tree.structure(unrolled)
+    jax.tree.map(np.testing.assert_array_equal, back, unrolled)
+
+
 def test_relayout_round_trip_on_a_train_state():
     unrolled = _state_tree(scan=False)
     stacked = vit.relayout(unrolled, scanned=True)
@@ -280,6 +343,26 @@ def test_relayout_round_trip_on_a_train_state():
     # Same shapes as a scanned model's own init.
     fresh = _state_tree(scan=True)
     assert jax.tree.map(lambda a: a.shape, fresh) == jax.tree.map(lambda a: a.shape, stacked)
+
+
+@pytest.mark.parametrize('saved', ['unrolled', 'scanned', 'legacy'])
+def test_mae_checkpoint_restores_into_either_layout(tmp_path, saved):
+    """An MAE state saved unrolled, scanned, or as versions whose decoder stayed unrolled under model.scan wrote it
+    (encoder stacked, decoder unrolled) restores into both layouts, equal leaf by leaf."""
+    unrolled = jax.tree.map(lambda a: a + jnp.asarray(1, a.dtype), _mae_state_tree(scan=False))  # not the init
+    tree = {'unrolled': unrolled, 'scanned': vit.relayout(unrolled, scanned=True),
+            'legacy': vit.relayout(unrolled, scanned=True, keys=('encoder',))}[saved]
+    if saved == 'legacy':
+        assert 'blocks' in tree['params']['encoder'] and 'block1' in tree['params']['decoder']
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), 2, async_save=False)
+    ckpt.save(1, tree)
+    ckpt.wait()
+    for target_scan in (False, True):
+        restored = ckpt.restore(_mae_state_tree(scan=target_scan), 1)
+        want = vit.relayout(unrolled, scanned=target_scan)
+        assert jax.tree.structure(restored) == jax.tree.structure(want)
+        jax.tree.map(np.testing.assert_array_equal, restored, want)
+    ckpt.close()
 
 
 @pytest.mark.parametrize('saved_scan', [False, True])

@@ -27,7 +27,7 @@ for row in "${rows[@]}"; do
     dino_g_v4_scan_remat) run $row v4-1024 $DINO --config.batch_size=2048 --config.model.scan=true --config.model.remat=block ;;
     dino_g_v4_scan) run $row v4-1024 $DINO --config.batch_size=2048 --config.model.scan=true ;;
     dino_g_v5e_fsdp16_remat) run $row v5e-256 $DINO --config.batch_size=2048 --config.model.scan=true --config.model.remat=block \
-        --config.mesh="(('data', -1), ('fsdp', 16))" ;;
+        --config.mesh="(('data', -1), ('fsdp', 16))" --config.sharding_min_size_mb=4 ;;  # measured at the then default 4
     *) echo "unknown row $row" >&2 ;;
   esac
 done

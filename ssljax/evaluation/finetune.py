@@ -4,9 +4,10 @@ The recipe of MAE's ``main_finetune.py`` (BEiT's), reduced to what a small run n
   * model: the pretrained encoder (``network``) and a linear head on its pooled features (``'pooled'``: [CLS] or the
     mean of the patch tokens for a ViT, the global average for a ResNet), head kernel N(0, (2e-5)^2), bias 0;
     everything is trained; ResNet BatchNorm runs in train mode with its running statistics updated.
-  * optimizer: AdamW (betas 0.9, 0.999) with peak learning rate lr x batch_size / 256, a linear warm-up over
-    ``warmup_epochs`` then a per-step cosine to 0, weight decay ``weight_decay`` on every weight with ndim > 1 except
-    cls_token / pos_embed / mask_token (MAE's ``param_groups_lrd``: biases and norms are not decayed).
+  * optimizer: AdamW (betas 0.9, 0.999, epsilon ``eps``: 1e-8, torch's default, as the reference) with peak
+    learning rate lr x batch_size / 256, a linear warm-up over ``warmup_epochs`` then a per-step cosine to 0, weight
+    decay ``weight_decay`` on every weight with ndim > 1 except cls_token / pos_embed / mask_token (MAE's
+    ``param_groups_lrd``: biases and norms are not decayed).
   * layer-wise learning-rate decay (:func:`layer_scales`): with L = number of layers + 1 and layer id l(w) in
     0 .. L (the embedding 0, block / stage i is i, the final norm and head L), w's update (the decoupled decay
     included, as in the reference's per-group lr) is multiplied by layer_decay^(L - l(w)).
@@ -16,7 +17,9 @@ The recipe of MAE's ``main_finetune.py`` (BEiT's), reduced to what a small run n
     Not reproduced (they matter at ImageNet scale): RandAugment, mixup / cutmix, random erasing, EMA.
 Test top-1 of the final model on the evaluation view is reported as ``top1`` (and the last epoch's mean training
 loss as ``train_loss``). Shuffles, crops, drop-path and head init come from ``config.seed``. The batch is sharded over
-the run's devices (``batch_size`` rounded down to a multiple of them); single-host only.
+the run's devices (``batch_size`` rounded down to a multiple of them); single-host only. Parameters, batch statistics
+and AdamW moments take the run's ``sharding_strategy`` on its mesh (copied device to device into it; under fsdp
+the encoder is never whole on one device), and the gradients their parameters' sharding.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssljax import parallel
+from ssljax import config_lib, parallel
 from ssljax.config_lib import ConfigError
 from ssljax.data import augment
-from ssljax.evaluation.context import read_rows, to_host
+from ssljax.evaluation.context import read_rows
 from ssljax.evaluation.framework import Evaluator, register_evaluator
 
 NO_DECAY = ('cls_token', 'pos_embed', 'mask_token')
@@ -122,6 +125,7 @@ class Finetune(Evaluator):
         crop_min_scale=0.08,
         flip_prob=0.5,
         max_train_examples=0,
+        eps=1e-8,
     )
 
     @classmethod
@@ -137,7 +141,7 @@ class Finetune(Evaluator):
                 return key, f'must be in [0, 1), got {settings[key]!r}'
         if not 0.0 <= settings.flip_prob <= 1.0:
             return 'flip_prob', f'must be in [0, 1], got {settings.flip_prob!r}'
-        for key in ('weight_decay', 'warmup_epochs', 'max_train_examples'):
+        for key in ('weight_decay', 'warmup_epochs', 'max_train_examples', 'eps'):
             if settings[key] < 0:
                 return key, f'must be >= 0, got {settings[key]!r}'
         return None
@@ -154,6 +158,14 @@ class Finetune(Evaluator):
         return encoder
 
     def run(self, state, step):
+        session = self.session(state)
+        losses = []
+        for epoch in range(int(self.settings.epochs)):
+            losses = session.train_epoch(epoch)
+        return {'top1': session.test_top1(), 'train_loss': float(np.mean(losses)) if losses else float('nan')}
+
+    def session(self, state) -> 'FinetuneSession':
+        """The fine-tuning model, optimizer and compiled step for ``state``'s encoder, placed on the run's mesh."""
         ctx, s = self.ctx, self.settings
         mesh, n_dev = ctx.mesh, ctx.mesh.devices.size
         encoder = self._encoder()
@@ -178,11 +190,17 @@ class Finetune(Evaluator):
         key = jax.random.key(ctx.seed)
         head = nn.Dense(ctx.num_classes, kernel_init=nn.initializers.normal(2e-5), name='head')
         head_params = head.init(jax.random.fold_in(key, 1), jnp.zeros((1, encoder.feature_dim)))['params']
-        # host copies (numpy), placed on the mesh below in the run's shardings: never whole on one device
-        params = {'encoder': to_host_tree(enc_vars['params']), 'head': jax.tree.map(np.asarray, head_params)}
-        batch_stats = to_host_tree(enc_vars.get('batch_stats', {}))
+        params = {'encoder': enc_vars['params'], 'head': head_params}
+        batch_stats = enc_vars.get('batch_stats', {})
         tx = optax.chain(
-            optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=float(s.weight_decay), mask=decay_mask(params)),
+            optax.adamw(
+                schedule,
+                b1=0.9,
+                b2=0.999,
+                eps=float(s.eps),
+                weight_decay=float(s.weight_decay),
+                mask=decay_mask(params),
+            ),
             scale_by_tree(layer_scales(params, float(s.layer_decay))),
         )
         view = augment.ViewConfig(
@@ -211,6 +229,15 @@ class Finetune(Evaluator):
                 out = encoder.apply(variables, x, train=train, **kwargs)
             return head.apply({'params': params['head']}, out['pooled']), batch_stats
 
+        # the run's sharding strategy (config.sharding_strategy): on an fsdp mesh the encoder, its AdamW moments and
+        # the head are split as in pretraining; replicated on the default mesh
+        shardings = parallel.tree_shardings(
+            {'params': params, 'batch_stats': batch_stats, 'opt_state': jax.eval_shape(tx.init, params)},
+            mesh,
+            tuple(config_lib.scale_setting(ctx.config, 'sharding_strategy')),
+            float(config_lib.scale_setting(ctx.config, 'sharding_min_size_mb')),
+        )
+
         def train_step(params, batch_stats, opt_state, images, y, step_key):
             aug_key, drop_key = jax.random.split(step_key)
             x = augment.augment_views(images, aug_key, (view,))[0]
@@ -220,6 +247,7 @@ class Finetune(Evaluator):
                 return smoothed_cross_entropy(logits, y, smoothing), new_stats
 
             (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            grads = jax.lax.with_sharding_constraint(grads, shardings['params'])  # reduce-scattered under fsdp
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
@@ -229,45 +257,48 @@ class Finetune(Evaluator):
             x = augment.eval_view(images, size, mean, std)
             return jnp.argmax(forward(*trained, x, False)[0], axis=-1)
 
-        sharded = parallel.batch_sharded(mesh)
-        replicated = parallel.replicated(mesh)
-        # the run's sharding strategy (config.sharding_strategy): on an fsdp mesh the encoder, its AdamW moments and
-        # the head are split as in pretraining; replicated on the default mesh
-        config = ctx.config
-        shardings = parallel.tree_shardings(
-            {'params': params, 'batch_stats': batch_stats, 'opt_state': jax.eval_shape(tx.init, params)},
-            mesh,
-            tuple(config.get('sharding_strategy', parallel.DEFAULT_STRATEGY)),
-            float(config.get('sharding_min_size_mb', 4.0)),
+        # Copies on the devices, straight into those shardings (the run's buffers are not donated; nothing is
+        # gathered whole onto one device or the host); the optimizer state is created sharded.
+        copy = jax.jit(
+            lambda t: jax.tree.map(jnp.copy, t), out_shardings=(shardings['params'], shardings['batch_stats'])
         )
-        params = jax.device_put(params, shardings['params'])
-        batch_stats = jax.device_put(batch_stats, shardings['batch_stats'])
+        params, batch_stats = copy((params, batch_stats))
         opt_state = jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)
-        out = (shardings['params'], shardings['batch_stats'], shardings['opt_state'], replicated)
+        out = (shardings['params'], shardings['batch_stats'], shardings['opt_state'], parallel.replicated(mesh))
         step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=out)
+        return FinetuneSession(self, (params, batch_stats, opt_state), step_fn, predict, rows, labels, bs, key, rng)
 
+
+class FinetuneSession:
+    """One fine-tuning run in progress: ``trained`` = (params, batch_stats, opt_state) on the mesh, the compiled
+    step, the training rows and the numpy rng of the shuffles (seeded by ``config.seed``)."""
+
+    def __init__(self, evaluator, trained, step_fn, predict, rows, labels, batch_size, key, rng):
+        self.ctx, self.trained, self.step_fn, self.predict = evaluator.ctx, trained, step_fn, predict
+        self.rows, self.labels, self.batch_size, self.key, self.rng = rows, labels, batch_size, key, rng
+        self.steps_per_epoch = max(1, rows.size // batch_size)
+
+    def train_epoch(self, epoch: int, max_steps: int = 0) -> list[float]:
+        """One epoch (its first ``max_steps`` steps when > 0): a fresh shuffle, then steps; -> the step losses."""
+        sharded = parallel.batch_sharded(self.ctx.mesh)
+        order, bs = self.rng.permutation(self.rows), self.batch_size
         losses = []
-        for epoch in range(int(s.epochs)):
-            order = rng.permutation(rows)
-            losses = []
-            for i in range(steps_per_epoch):
-                idx = np.sort(order[i * bs : (i + 1) * bs])
-                images = jax.device_put(read_rows(ctx.train.images, idx), sharded)
-                y = jax.device_put(labels[idx], sharded)
-                step_key = jax.random.fold_in(key, 1000 + epoch * steps_per_epoch + i)
-                params, batch_stats, opt_state, loss = step_fn(params, batch_stats, opt_state, images, y, step_key)
-                losses.append(loss)
+        for i in range(min(self.steps_per_epoch, max_steps or self.steps_per_epoch)):
+            idx = np.sort(order[i * bs : (i + 1) * bs])
+            images = jax.device_put(read_rows(self.ctx.train.images, idx), sharded)
+            y = jax.device_put(self.labels[idx], sharded)
+            step_key = jax.random.fold_in(self.key, 1000 + epoch * self.steps_per_epoch + i)
+            *self.trained, loss = self.step_fn(*self.trained, images, y, step_key)
+            losses.append(loss)
+        return [float(v) for v in losses]
+
+    def test_top1(self) -> float:
+        """Top-1 of the current model on the test split, in the evaluators' blocks (padded, sharded, resident when
+        it fits: shared with kNN / linear)."""
+        ctx = self.ctx
         test_labels = np.asarray(ctx.test.labels, np.int32)
-        # the test split in the evaluators' blocks (padded, sharded, resident when it fits: shared with kNN / linear)
+        params, batch_stats, _ = self.trained
         preds = ctx.gather_rows(
-            ctx.map_blocks(predict, (params, batch_stats), ctx.test.images, key='test'), len(test_labels)
+            ctx.map_blocks(self.predict, (params, batch_stats), ctx.test.images, key='test'), len(test_labels)
         )
-        return {
-            'top1': float(np.mean(preds == test_labels)),
-            'train_loss': float(np.mean([float(v) for v in losses])) if losses else float('nan'),
-        }
-
-
-def to_host_tree(tree):
-    """A copy of a (replicated) parameter tree as numpy arrays, so fine-tuning never donates the run's buffers."""
-    return jax.tree.map(lambda a: np.array(to_host(a)), tree)
+        return float(np.mean(preds == test_labels))

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssljax.models.vit import LN_EPSILON, Block, dense_init, sincos_pos_embed_2d, token_init
+from ssljax.models.vit import LN_EPSILON, check_remat, dense_init, sincos_pos_embed_2d, token_init, transformer_blocks
 
 Dtype = Any
 
@@ -51,7 +51,9 @@ class MAEDecoder(nn.Module):
     """MAE's decoder (see the module docstring).
 
     Attributes: dim, depth, num_heads, mlp_ratio (the reference's ViT-B recipe: 512, 8, 16, 4); patch_size and
-    channels set the output width p * p * C; grid_h, grid_w the patch grid of the images (N = grid_h * grid_w).
+    channels set the output width p * p * C; grid_h, grid_w the patch grid of the images (N = grid_h * grid_w);
+    scan, remat, remat_policy as the ViT encoder's (MAE passes the encoder's ``model.*`` values): scan False keeps
+    the blocks as ``block1 .. block{depth}``, True stacks them under ``blocks`` (one ``nn.scan``, equal outputs).
 
     ``__call__(cls, visible, visible_idx, train=False)``: cls float [B, D_enc] (the encoder's normed [CLS]),
     visible float [B, N_vis, D_enc] (its normed visible patch tokens, in the order of visible_idx), visible_idx int
@@ -67,9 +69,13 @@ class MAEDecoder(nn.Module):
     grid_h: int = 14
     grid_w: int = 14
     dtype: Dtype = jnp.float32
+    scan: bool = False
+    remat: str = 'none'
+    remat_policy: str = 'nothing_saveable'
 
     @nn.compact
     def __call__(self, cls, visible, visible_idx, train: bool = False):
+        check_remat(self.remat, self.remat_policy)
         n = self.grid_h * self.grid_w
         embed = nn.Dense(self.dim, dtype=self.dtype, kernel_init=dense_init, name='embed')
         x = embed(jnp.concatenate([cls[:, None, :], visible], axis=1).astype(self.dtype))
@@ -77,8 +83,17 @@ class MAEDecoder(nn.Module):
         patches = scatter_visible(x[:, 1:], visible_idx, mask_token.astype(self.dtype), n)
         pos = jnp.asarray(sincos_pos_embed_2d(self.dim, self.grid_h, self.grid_w))[None].astype(self.dtype)
         x = jnp.concatenate([x[:, :1], patches + pos], axis=1)  # [CLS] position is zero
-        for i in range(self.depth):
-            x = Block(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f'block{i + 1}')(x)
+        x = transformer_blocks(
+            x,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=int(self.dim * self.mlp_ratio),
+            dtype=self.dtype,
+            train=train,
+            scan=self.scan,
+            remat=self.remat,
+            remat_policy_name=self.remat_policy,
+        )
         x = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='norm')(x)
         out = nn.Dense(self.patch_size**2 * self.channels, dtype=self.dtype, kernel_init=dense_init, name='pred')(x)
         return out[:, 1:].astype(jnp.float32)

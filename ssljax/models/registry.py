@@ -94,7 +94,7 @@ def model_settings(model) -> dict:
 
 def check_model_config(config) -> None:
     """ConfigError naming the ``config.model`` key that cannot build the backbone (before anything is created)."""
-    from ssljax.config_lib import ConfigError  # pylint: disable=import-outside-toplevel  (same layer)
+    from ssljax.config_lib import ConfigError  # pylint: disable=import-outside-toplevel
 
     model = config.model
     if 'remat' in model and model.remat not in vit.REMAT_MODES:

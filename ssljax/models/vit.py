@@ -342,31 +342,63 @@ class ViT(nn.Module):
         return out
 
     def _blocks(self, tokens, train: bool):
-        rates = drop_path_rates(self.drop_path_rate, self.depth)
-        mlp_dim = _mlp_width(self.dim, self.mlp_ratio, self.mlp_dim)
-        policy = remat_policy(self.remat_policy)
-        if self.scan:
-            layer = ScannedBlock
-            if self.remat == "block":
-                layer = nn.remat(layer, policy=policy, prevent_cse=False)  # scan already keeps the layers apart
-            stack = nn.scan(
-                layer,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=0,
-                length=self.depth,
-            )
-            active = self.drop_path_rate > 0.0
-            tokens, _ = stack(self.num_heads, mlp_dim, self.dtype, active, train, name="blocks")(
-                tokens, jnp.asarray(rates, jnp.float32)
-            )
-            return tokens
-        block = Block if self.remat == "none" else nn.remat(Block, policy=policy, static_argnums=(2,))
-        for i, rate in enumerate(rates):
-            tokens = block(
-                self.num_heads, self.mlp_ratio, dtype=self.dtype, drop_path=rate, mlp_dim=mlp_dim, name=f"block{i + 1}"
-            )(tokens, train)
+        return transformer_blocks(
+            tokens,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=_mlp_width(self.dim, self.mlp_ratio, self.mlp_dim),
+            dtype=self.dtype,
+            train=train,
+            rates=drop_path_rates(self.drop_path_rate, self.depth),
+            scan=self.scan,
+            remat=self.remat,
+            remat_policy_name=self.remat_policy,
+        )
+
+
+def transformer_blocks(
+    tokens,
+    *,
+    depth: int,
+    num_heads: int,
+    mlp_dim: int,
+    dtype,
+    train: bool,
+    rates=None,
+    scan: bool = False,
+    remat: str = "none",
+    remat_policy_name: str = "nothing_saveable",
+):
+    """``depth`` pre-norm blocks on ``tokens`` [B, N, D], created in the calling module's scope (call it from a
+    compact method): the ViT encoder's and MAE's decoder's stack.
+
+    ``rates``: per-block stochastic-depth rates (None: all 0). ``scan`` False: a Python loop of :class:`Block`
+    named ``block1 .. block{depth}``; True: one ``nn.scan`` of :class:`ScannedBlock` named ``blocks`` (parameters
+    stacked on a leading axis, :func:`stack_blocks`), equal outputs and gradients. ``remat`` 'block': each block is
+    rematerialised in the backward pass, keeping what ``jax.checkpoint_policies.<remat_policy_name>`` saves.
+    """
+    rates = [0.0] * depth if rates is None else list(rates)
+    policy = remat_policy(remat_policy_name)
+    if scan:
+        layer = ScannedBlock
+        if remat == "block":
+            layer = nn.remat(layer, policy=policy, prevent_cse=False)  # scan already keeps the layers apart
+        stack = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=0,
+            length=depth,
+        )
+        active = any(r > 0.0 for r in rates)
+        tokens, _ = stack(num_heads, mlp_dim, dtype, active, train, name="blocks")(
+            tokens, jnp.asarray(rates, jnp.float32)
+        )
         return tokens
+    block = Block if remat == "none" else nn.remat(Block, policy=policy, static_argnums=(2,))
+    for i, rate in enumerate(rates):
+        tokens = block(num_heads, dtype=dtype, drop_path=rate, mlp_dim=mlp_dim, name=f"block{i + 1}")(tokens, train)
+    return tokens
 
 
 # ----- the two parameter layouts: unrolled blocks (block1 .. blockN) and the scan's stacked 'blocks' -----------------
@@ -435,20 +467,21 @@ def _take_leaf(x, i: int):
     return x[i]
 
 
-def _first_encoder_layout(tree) -> tuple[bool, int] | None:
-    """(scanned?, blocks) of the first ViT encoder found in ``tree`` (either layout), None when there is none."""
+def _first_layout(tree, key: str = "encoder") -> tuple[bool, int] | None:
+    """(scanned?, blocks) of the first ViT block stack found under a ``key`` subtree of ``tree`` (either layout;
+    'encoder': the ViT encoder, 'decoder': MAE's decoder), None when there is none."""
     found = []
 
-    def visit(node, under_encoder=False):
+    def visit(node, under_key=False):
         if found:
             return
         if isinstance(node, dict):
-            if under_encoder and _block_numbers(node):
+            if under_key and _block_numbers(node):
                 found.append((False, max(_block_numbers(node))))
-            elif under_encoder and STACKED_KEY in node and jax.tree.leaves(node[STACKED_KEY]):
+            elif under_key and STACKED_KEY in node and jax.tree.leaves(node[STACKED_KEY]):
                 found.append((True, jax.tree.leaves(node[STACKED_KEY])[0].shape[0]))
             for k, v in node.items():
-                visit(v, k == "encoder")
+                visit(v, k == key)
             return
         for child in _children(node)[0]:
             visit(child)
@@ -459,7 +492,7 @@ def _first_encoder_layout(tree) -> tuple[bool, int] | None:
 
 def is_scanned(tree) -> bool | None:
     """Layout of the ViT encoder parameters in ``tree``: True scanned, False unrolled, None when it has none."""
-    found = _first_encoder_layout(tree)
+    found = _first_layout(tree)
     return None if found is None else found[0]
 
 
@@ -471,20 +504,27 @@ def _children(node):
     return children, treedef
 
 
-def relayout(tree, scanned: bool):
-    """Every ``'encoder'`` subtree of ``tree`` (a whole train state: params, optimizer moments, EMA targets) in the
-    scanned (``scanned=True``) or the unrolled layout; other subtrees (heads, MAE's decoder blocks) are left alone.
-    Leaves may be arrays or ``jax.ShapeDtypeStruct`` (restoring a checkpoint into the other layout)."""
-    found = _first_encoder_layout(tree)
-    if found is None:
-        return tree
-    depth = found[1]
+LAYOUT_KEYS = ("encoder", "decoder")  # subtrees whose blocks take model.scan's layout (MAE's decoder follows it)
 
-    def visit(node, under_encoder=False):
+
+def relayout(tree, scanned: bool, keys: tuple[str, ...] = LAYOUT_KEYS):
+    """Every ``'encoder'`` subtree of ``tree`` (a whole train state: params, optimizer moments, EMA targets), and
+    every ``'decoder'`` subtree with ViT blocks (MAE's decoder, which takes the encoder's layout), in the scanned
+    (``scanned=True``) or the unrolled layout; other subtrees (heads) are left alone. ``keys`` limits it to some of
+    those subtrees. Leaves may be arrays or ``jax.ShapeDtypeStruct`` (restoring a checkpoint into another layout)."""
+    depths = {}
+    for key in keys:
+        found = _first_layout(tree, key)
+        if found is not None:
+            depths[key] = found[1]
+    if not depths:
+        return tree
+
+    def visit(node, under=None):
         if isinstance(node, dict):
-            if under_encoder:
-                node = stack_blocks(node) if scanned else unstack_blocks(node, depth)
-            return {k: visit(v, k == "encoder") for k, v in node.items()}
+            if under in depths:
+                node = stack_blocks(node) if scanned else unstack_blocks(node, depths[under])
+            return {k: visit(v, k) for k, v in node.items()}
         children, treedef = _children(node)
         if not children:
             return node
@@ -493,7 +533,17 @@ def relayout(tree, scanned: bool):
     return visit(tree)
 
 
-checkpoint.register_layout(is_scanned, relayout)  # a checkpoint of either layout restores into the other
+def decoder_scanned(tree) -> bool | None:
+    """Layout of MAE's decoder blocks in ``tree``: True scanned, False unrolled, None when it has none."""
+    found = _first_layout(tree, "decoder")
+    return None if found is None else found[0]
+
+
+# A checkpoint of either layout restores into the other; the two one-part converters read the checkpoints of
+# versions whose MAE decoder stayed unrolled under model.scan (encoder stacked, decoder unrolled) into either layout.
+checkpoint.register_layout(is_scanned, relayout)
+checkpoint.register_layout(decoder_scanned, partial(relayout, keys=("decoder",)))
+checkpoint.register_layout(is_scanned, partial(relayout, keys=("encoder",)))
 
 ViTTiny = partial(ViT, dim=192, depth=12, num_heads=3)
 ViTSmall = partial(ViT, dim=384, depth=12, num_heads=6)

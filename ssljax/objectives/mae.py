@@ -170,6 +170,10 @@ class MAE(Objective):
     num_masked: int = derived(0)
     patch_size: int = derived(16)
     grid: int = derived(0)  # patches per side of the view
+    # the decoder's block layout follows the encoder's (model.scan, model.remat, model.remat_policy)
+    scan: bool = derived(False)
+    remat: str = derived('none')
+    remat_policy: str = derived('nothing_saveable')
 
     @classmethod
     def check_config(cls, config, num_devices: int) -> None:
@@ -182,7 +186,18 @@ class MAE(Objective):
     def from_config(cls, config, ctx: Context) -> 'MAE':
         num_patches, num_masked = drop_mask_spec(config, 0, cls.name)
         view_size, p = view_mask_spec(config, 0, cls.name)[1].size, int(config.model.patch_size)
-        return cls.build(config, ctx, num_patches=num_patches, num_masked=num_masked, patch_size=p, grid=view_size // p)
+        encoder = ctx.encoder  # the decoder's blocks take the encoder's layout (a ViT: check_vit)
+        return cls.build(
+            config,
+            ctx,
+            num_patches=num_patches,
+            num_masked=num_masked,
+            patch_size=p,
+            grid=view_size // p,
+            scan=bool(getattr(encoder, 'scan', False)),
+            remat=str(getattr(encoder, 'remat', 'none')),
+            remat_policy=str(getattr(encoder, 'remat_policy', 'nothing_saveable')),
+        )
 
     @property
     def decoder(self) -> MAEDecoder:
@@ -194,6 +209,9 @@ class MAE(Objective):
             grid_h=self.grid,
             grid_w=self.grid,
             dtype=self.ctx.dtype,
+            scan=self.scan,
+            remat=self.remat,
+            remat_policy=self.remat_policy,
         )
 
     @property
