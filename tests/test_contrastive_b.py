@@ -282,8 +282,9 @@ OBJECTIVE_KEYS = {
                                    bn_per_view=True),
     'gsimclr': dict(temperature=0.1, projector_hidden=(16,), projector_dim=8, projector_bn=True, bn_per_view=True),
     'densecl': dict(temperature=0.2, queue_size=16, momentum=0.9, loss_lambda=0.5, bn_groups=2,
-                    projector_hidden=(16,), projector_dim=8, projector_bn=False, dense_projector_hidden=(16,),
-                    dense_projector_dim=8, dense_projector_bn=False),
+                    projector_hidden=(16,), projector_dim=8, projector_bn=False, projector_last_bn=False,
+                    dense_projector_hidden=(16,), dense_projector_dim=8, dense_projector_bn=False,
+                    dense_projector_last_bn=False),
 }
 
 
