@@ -55,7 +55,7 @@ def test_dino_defaults():
     assert (opt.name, opt.lr, opt.b1, opt.b2, opt.final_lr, opt.warmup_epochs) == ('adamw', 5e-4, 0.9, 0.999, 1e-6, 1.0)
     assert (opt.weight_decay, opt.weight_decay_end, opt.clip_grad, opt.clip_grad_mode) == (0.04, 0.4, 3.0, 'per_tensor')
     assert o.head_bn is True and (o.teacher_temp, o.warmup_teacher_temp_epochs) == (0.04, 0)
-    # lightly's examples/pytorch/dino.py widths and the budget's EMA: the teacher's entropy stays below 0.95 ln K.
+    # lightly's examples/pytorch/dino.py widths, the budget's EMA: teacher entropy ~0.95 ln K (experiments/dino).
     assert (o.head_hidden, o.head_bottleneck, o.head_out, o.ema_base, o.ema_final) == (512, 64, 2048, 0.99, 1.0)
     encoder, dim = registry.create_encoder(c.model.backbone, cifar_stem=c.model.cifar_stem)
     objective = create_objective(
