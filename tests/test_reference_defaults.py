@@ -1,5 +1,6 @@
 """The method configs carry their references' settings: BatchNorm per view, DINO's optimizer recipes, and the
 solo-learn CIFAR variants of SimSiam and DINO (values from solo-learn's scripts/pretrain/cifar/*.yaml)."""
+
 import pytest
 
 from configs import barlow_twins, byol, dino, directpred, simclr, simsiam, vicreg
@@ -8,15 +9,20 @@ from ssljax.objectives import Context, create_objective
 
 # (config module, variant) -> objective.bn_per_view: each reference's choice (see the config docstrings).
 BN_PER_VIEW = [
-    (simclr, '', False),                 # google-research/simclr: views concatenated
-    (simclr, 'dataset=cifar10', True),   # solo-learn: one forward per crop
-    (byol, '', True), (byol, 'dataset=cifar10', True),
-    (simsiam, '', True), (simsiam, 'dataset=cifar10', True),
-    (directpred, '', True), (directpred, 'dataset=cifar10', True),
-    (barlow_twins, '', True), (barlow_twins, 'dataset=cifar10', True),
-    (vicreg, '', True), (vicreg, 'dataset=cifar10', True),
-    (dino, '', False),                   # MultiCropWrapper: crops of one resolution concatenated
-    (dino, 'dataset=cifar10', True),     # solo-learn
+    (simclr, '', False),  # google-research/simclr: views concatenated
+    (simclr, 'dataset=cifar10', True),  # solo-learn: one forward per crop
+    (byol, '', True),
+    (byol, 'dataset=cifar10', True),
+    (simsiam, '', True),
+    (simsiam, 'dataset=cifar10', True),
+    (directpred, '', True),
+    (directpred, 'dataset=cifar10', True),
+    (barlow_twins, '', True),
+    (barlow_twins, 'dataset=cifar10', True),
+    (vicreg, '', True),
+    (vicreg, 'dataset=cifar10', True),
+    (dino, '', False),  # MultiCropWrapper: crops of one resolution concatenated
+    (dino, 'dataset=cifar10', True),  # solo-learn
 ]
 
 
@@ -25,9 +31,17 @@ def test_bn_per_view_defaults_reach_the_objective(module, variant, expected):
     config = module.get_config(variant or None)
     assert config.objective.bn_per_view is expected
     encoder, dim = registry.create_encoder(config.model.backbone, cifar_stem=config.model.cifar_stem)
-    objective = create_objective(config, Context(encoder=encoder, feature_dim=dim, total_steps=100,
-                                                 global_batch=config.batch_size, num_examples=50000,
-                                                 steps_per_epoch=195))
+    objective = create_objective(
+        config,
+        Context(
+            encoder=encoder,
+            feature_dim=dim,
+            total_steps=100,
+            global_batch=config.batch_size,
+            num_examples=50000,
+            steps_per_epoch=195,
+        ),
+    )
     assert objective.bn_per_view is expected
 
 
@@ -41,9 +55,15 @@ def test_dino_defaults():
     assert (opt.name, opt.lr, opt.b1, opt.b2, opt.final_lr, opt.warmup_epochs) == ('adamw', 5e-4, 0.9, 0.999, 1e-6, 1.0)
     assert (opt.weight_decay, opt.weight_decay_end, opt.clip_grad, opt.clip_grad_mode) == (0.04, 0.4, 3.0, 'per_tensor')
     assert o.head_bn is True and (o.teacher_temp, o.warmup_teacher_temp_epochs) == (0.04, 0)
+    # lightly's examples/pytorch/dino.py widths, the budget's EMA: teacher entropy ~0.95 ln K (experiments/dino).
+    assert (o.head_hidden, o.head_bottleneck, o.head_out, o.ema_base, o.ema_final) == (512, 64, 2048, 0.99, 1.0)
     encoder, dim = registry.create_encoder(c.model.backbone, cifar_stem=c.model.cifar_stem)
-    objective = create_objective(c, Context(encoder=encoder, feature_dim=dim, total_steps=100, global_batch=256,
-                                            num_examples=5000, steps_per_epoch=19))
+    objective = create_objective(
+        c,
+        Context(
+            encoder=encoder, feature_dim=dim, total_steps=100, global_batch=256, num_examples=5000, steps_per_epoch=19
+        ),
+    )
     assert objective.eval_network == 'teacher'
     assert objective.freeze_steps == {'head/last_layer': 19}
 
@@ -59,8 +79,14 @@ def test_dino_vit_uses_main_dino_adamw_recipe():
 def test_dino_cifar_is_solo_learn_recipe():
     c = dino.get_config('dataset=cifar10')
     o, opt = c.objective, c.optimizer
-    assert (o.head_hidden, o.head_bottleneck, o.head_out, o.head_layers, o.head_bn, o.norm_last_layer) == \
-        (2048, 256, 4096, 3, False, True)
+    assert (o.head_hidden, o.head_bottleneck, o.head_out, o.head_layers, o.head_bn, o.norm_last_layer) == (
+        2048,
+        256,
+        4096,
+        3,
+        False,
+        True,
+    )
     assert (o.student_temp, o.teacher_temp, o.warmup_teacher_temp_epochs) == (0.1, 0.07, 0)
     assert (o.ema_base, o.ema_final, o.center_momentum, o.freeze_last_layer_epochs) == (0.9995, 1.0, 0.9, 1)
     assert (opt.name, opt.lr, opt.weight_decay, opt.lars_eta, opt.lars_clip) == ('lars', 0.3, 1e-6, 0.02, True)
@@ -78,8 +104,12 @@ def test_dino_cifar_is_solo_learn_recipe():
 def test_simsiam_cifar_is_solo_learn_recipe():
     c = simsiam.get_config('dataset=cifar10')
     o, opt = c.objective, c.optimizer
-    assert (tuple(o.projector_hidden), o.projector_dim, tuple(o.predictor_hidden), o.predictor_dim) == \
-        ((2048, 2048), 2048, (512,), 2048)
+    assert (tuple(o.projector_hidden), o.projector_dim, tuple(o.predictor_hidden), o.predictor_dim) == (
+        (2048, 2048),
+        2048,
+        (512,),
+        2048,
+    )
     assert (opt.name, opt.lr, opt.momentum, opt.weight_decay, opt.lr_scaling) == ('sgd', 0.5, 0.9, 1e-5, 'linear')
     assert (opt.warmup_epochs, opt.warmup_init_lr, opt.final_lr) == (10.0, 3e-5, 0.0)
     assert opt.exclude_bias_and_norm is False and tuple(opt.constant_lr_heads) == ('predictor',)
