@@ -37,6 +37,7 @@ BAD = {
 MORE = [
     ('mocov2', 'objective.bn_groups', 3, 2, 'objective.bn_groups'),   # not a multiple of the 2 devices
     ('mocov2', 'objective.bn_groups', 48, 1, 'objective.bn_groups'),  # does not split the batch of 256
+    ('mocov2', 'grad_accum_steps', 2, 1, 'objective.projector_last_bn'),  # centred head per group + exact accum
     ('mochi', 'objective.mix_start_epochs', -1.0, 1, 'objective.mix_start_epochs'),
     ('triplet', 'objective.neg_group', 3, 1, 'objective.neg_group'),
     ('mocov3', 'objective.predictor_dim', 64, 1, 'objective.predictor_dim'),

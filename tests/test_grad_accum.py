@@ -12,7 +12,9 @@ from ssljax.data import pipeline
 VIT = {'model.backbone': 'vit_test', 'model.depth': 1, 'model.patch_size': 4}
 EXTRA = {
     'mae': {'objective.decoder_dim': 8, 'objective.decoder_depth': 1, 'objective.decoder_heads': 2},
-    'mocov2': {'objective.queue_size': 64},
+    # the paper's head: with projector_last_bn (the embedded recipe) the one-batch step normalises the head per
+    # shuffled group, so exact accumulation is a ConfigError unless bn_groups is 1 (tests/test_check_config.py)
+    'mocov2': {'objective.queue_size': 64, 'objective.projector_last_bn': False},
     # DirectPred's W_p = f(eigen(F)) is written after step 2, not 1: F is what accumulation computes (checked to 1e-6);
     # the closed form amplifies float32 rounding of F near its zero eigenvalues (sqrt), accumulation or not
     'directpred': {'objective.freq': 2},

@@ -14,7 +14,9 @@ from conftest import tiny_config
 
 def _setup(groups):
     from ssljax import train
-    config = tiny_config('mocov2', **{'objective.bn_groups': groups, 'objective.queue_size': 32})
+    # the paper's head (no BatchNorm): the check is of the encoder's grouped BatchNorm path
+    config = tiny_config('mocov2', **{'objective.bn_groups': groups, 'objective.queue_size': 32,
+                                      'objective.projector_last_bn': False})
     exp = train.build_experiment(config, None, 1797, 10)
     obj = exp.objective
     enc_key, head_key = jax.random.split(jax.random.key(0))

@@ -14,6 +14,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from ssljax.config_lib import scale_setting
 from ssljax.objectives import losses
 from ssljax.objectives.base import (
     AXIS,
@@ -121,6 +122,18 @@ class MoCoV2(Objective):
             batch % max(groups or num_devices, 1) == 0,
             'bn_groups',
             f'({groups or num_devices} groups) does not split batch_size {batch} into equal BatchNorm groups',
+        )
+        accumulating = int(scale_setting(config, 'grad_accum_steps')) > 1
+        require(
+            not (
+                accumulating
+                and scale_setting(config, 'grad_accum_mode') == 'exact'
+                and v['projector_last_bn']
+                and (groups or num_devices) > 1
+            ),
+            'projector_last_bn',
+            'with exact gradient accumulation needs bn_groups 1: the one-batch step normalises the head per '
+            "shuffled BatchNorm group, accumulation's head sees the whole batch",
         )
 
     @property
