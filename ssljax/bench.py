@@ -187,8 +187,7 @@ def bench_memory(config, topology: str = '') -> dict:
     from ssljax import configure, parallel, train
 
     devices = topology_devices(topology) if topology else jax.devices()
-    mesh = parallel.mesh_from_config(config, devices) if hasattr(parallel, 'mesh_from_config') else None
-    mesh = mesh if mesh is not None else parallel.make_mesh(devices)
+    mesh = configure.mesh_from_config(config, devices)
     configure.validate(config, mesh.devices.size, check_data=False)  # synthetic shapes
     num_examples, num_classes = max(config.batch_size, 1_281_167), max(config.num_classes, 2)
     t0 = time.perf_counter()

@@ -259,6 +259,12 @@ def check_scale(config: ml_collections.ConfigDict, num_devices: int) -> None:
             )
 
 
+def mesh_from_config(config, devices=None):
+    """The run's mesh: ``config.mesh`` and ``config.mesh_dcn`` (their defaults: config_lib.SCALE_DEFAULTS)."""
+    mesh, dcn = config_lib.scale_setting(config, 'mesh'), config_lib.scale_setting(config, 'mesh_dcn')
+    return parallel.make_mesh(devices, tuple(mesh), tuple(dcn))
+
+
 def encoder_has_batch_norm(config: ml_collections.ConfigDict) -> bool:
     """Whether ``config.model.backbone`` normalises with batch statistics (the ResNets) -- without building it."""
     ctor = registry.BACKBONES.get(config.model.backbone)

@@ -22,13 +22,11 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssljax import config_lib
-
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
 AXES = (DATA_AXIS, FSDP_AXIS)  # every mesh has both, in this order (an axis of size 1 changes nothing)
 BATCH_AXES = AXES  # the batch is split over every axis: each device holds 1 / n of it
-DEFAULT_MESH = config_lib.SCALE_DEFAULTS['mesh']  # plain data parallelism
+DEFAULT_MESH = ((DATA_AXIS, -1), (FSDP_AXIS, 1))  # plain data parallelism (a config's default: config_lib)
 _INITIALIZED = False  # initialize_distributed ran (it must run once, before anything touches a device)
 
 
@@ -125,12 +123,6 @@ def dcn_slices(axes, num_devices: int) -> int:
     if n <= 0 or num_devices % n:
         raise ValueError(f'sizes (product {n}) do not divide the {num_devices} devices')
     return n
-
-
-def mesh_from_config(config, devices=None) -> Mesh:
-    """The run's mesh: ``config.mesh`` and ``config.mesh_dcn`` (configs without them: the default mesh)."""
-    setting = config_lib.scale_setting
-    return make_mesh(devices, tuple(setting(config, 'mesh')), tuple(setting(config, 'mesh_dcn')))
 
 
 def axis_size(mesh: Mesh, axis: str) -> int:

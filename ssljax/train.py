@@ -486,7 +486,7 @@ def setup(config, workdir: str, before_data: Callable[[], None] | None = None) -
     """
     parallel.initialize_distributed(config)
     configure.validate(config, jax.device_count())
-    mesh = parallel.mesh_from_config(config)
+    mesh = configure.mesh_from_config(config)
     if before_data is not None:
         before_data()
     train_data = pipeline.load_train_data(config, mesh, workdir)

@@ -8,30 +8,11 @@ schedules, the freeze) on resnet_mini and real MNIST digits for 24 steps (the 1-
 watch the same two signals as the run's metrics: the teacher's entropy and the student's bottleneck cosine.
 """
 
-import functools
-
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from recipe_steps import EPOCHS, STEPS_PER_EPOCH, B, mnist_14, run_recipe_steps, with_overrides
 
 from configs import dino as dino_config
-from ssljax import optim
-from ssljax.data.sources.embedded import _load_mnist
-from ssljax.models.registry import create_encoder
-from ssljax.objectives import Context, create_objective
-
-B = 32  # images per batch
-STEPS_PER_EPOCH = 4
-EPOCHS = 6  # 24 steps: the warm-up's peak at step 4, 20 steps at (cosine-decaying) full lr after it
-
-
-@functools.lru_cache(maxsize=1)
-def mnist_14():
-    """The embedded MNIST training images, 2 x 2 mean-pooled to 14 x 14, standardised: float32 [N, 14, 14, 3]."""
-    images = _load_mnist('train').images.astype(np.float32) / 255.0
-    images = images.reshape(-1, 14, 2, 14, 2, 3).mean(axis=(2, 4))
-    return (images - images.mean()) / images.std()
 
 
 def views(step):
@@ -60,48 +41,13 @@ def bottleneck_cosine(objective, head_params, head_stats, feats):
 def run_recipe(steps=STEPS_PER_EPOCH * EPOCHS, objective=None, **optimizer):
     """The embedded config's objective and optimizer (``objective`` / ``optimizer`` keys on top) for ``steps`` steps
     -> (objective, one dict of metrics per step)."""
-    config = dino_config.get_config()
-    for key, value in optimizer.items():
-        config.optimizer[key] = value
-    for key, value in (objective or {}).items():
-        config.objective[key] = value
-    encoder, feature_dim = create_encoder(config.model.backbone)
-    total = STEPS_PER_EPOCH * EPOCHS
-    ctx = Context(
-        encoder=encoder,
-        feature_dim=feature_dim,
-        total_steps=total,
-        global_batch=B,
-        num_examples=B * STEPS_PER_EPOCH,
-        steps_per_epoch=STEPS_PER_EPOCH,
-    )
-    objective = create_objective(config, ctx)
-    tx, _ = optim.create_optimizer(
-        config, total, STEPS_PER_EPOCH, objective.frozen_heads, freeze_steps=objective.freeze_steps
-    )
-    enc = encoder.init(jax.random.PRNGKey(2), jnp.zeros((2, 12, 12, 3)), train=False)
-    heads, obj_state = objective.init(jax.random.PRNGKey(3), enc)
-    params = {'encoder': enc['params'], **heads['params']}
-    stats = {'encoder': enc['batch_stats'], **heads['batch_stats']}
-    opt_state = tx.init(params)
+    config = with_overrides(dino_config.get_config(), objective, **optimizer)
 
-    @jax.jit
-    def step_fn(params, stats, opt_state, obj_state, step, vs):
-        def loss_fn(p):
-            return objective.loss({'params': p, 'batch_stats': stats}, obj_state, vs, {}, jax.random.PRNGKey(4))
+    def cosine(objective, params, out):
+        return {'student_cosine': bottleneck_cosine(objective, params['head'], out.batch_stats.get('head', {}),
+                                                    out.probe_features)}
 
-        (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        params, obj_state = objective.update(params, out.objective_state, step + 1)
-        cosine = bottleneck_cosine(objective, params['head'], out.batch_stats.get('head', {}), out.probe_features)
-        return params, out.batch_stats, opt_state, obj_state, dict(out.metrics, student_cosine=cosine)
-
-    history = []
-    for step in range(steps):
-        params, stats, opt_state, obj_state, metrics = step_fn(params, stats, opt_state, obj_state, step, views(step))
-        history.append({k: float(v) for k, v in metrics.items()})
-    return objective, history
+    return run_recipe_steps(config, views, steps, extra=cosine)
 
 
 def test_embedded_recipe_keeps_the_dino_teacher_from_collapsing():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from ssljax import configure, parallel, train
+from ssljax import configure, train
 from ssljax.config_lib import ConfigError
 from ssljax.data import pipeline
 
@@ -34,7 +34,7 @@ def config_for(method, k, **overrides):
 
 def run(config, steps=1):
     configure.check_scale(config, jax.device_count())
-    mesh = parallel.mesh_from_config(config)
+    mesh = configure.mesh_from_config(config)
     data = pipeline.load_train_data(config, mesh)
     exp = train.build_experiment(config, mesh, data.num_examples, 10)
     state = train.init_state(exp)

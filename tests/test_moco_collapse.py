@@ -9,31 +9,13 @@ queue, the shuffled BatchNorm groups) on resnet_mini and real MNIST digits for 2
 steps here) and watch the logged metric.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from recipe_steps import B, mnist_14, run_recipe_steps, with_overrides
 
 from configs import mocov2 as mocov2_config
-from ssljax import optim
-from ssljax.data.sources.embedded import _load_mnist
-from ssljax.models.registry import create_encoder
-from ssljax.objectives import Context, create_objective
-
-B = 32  # images per batch
-STEPS_PER_EPOCH = 4
-EPOCHS = 6  # 24 steps
-
-
-@functools.lru_cache(maxsize=1)
-def mnist_14():
-    """The embedded MNIST training images, 2 x 2 mean-pooled to 14 x 14, standardised: float32 [N, 14, 14, 3]."""
-    images = _load_mnist('train').images.astype(np.float32) / 255.0
-    images = images.reshape(-1, 14, 2, 14, 2, 3).mean(axis=(2, 4))
-    return (images - images.mean()) / images.std()
 
 
 def views(step):
@@ -48,51 +30,12 @@ def views(step):
     return out
 
 
-def run_recipe(config_module, steps=STEPS_PER_EPOCH * EPOCHS, objective=None, **optimizer):
+def run_recipe(config_module, steps=24, objective=None, **optimizer):
     """The embedded config's objective and optimizer (``objective`` / ``optimizer`` keys on top) for ``steps`` steps
     -> one dict of metrics per step."""
-    config = config_module.get_config()
+    config = with_overrides(config_module.get_config(), objective, **optimizer)
     config.objective.queue_size = 8 * B  # the recipe's 8 batches
-    for key, value in optimizer.items():
-        config.optimizer[key] = value
-    for key, value in (objective or {}).items():
-        config.objective[key] = value
-    encoder, feature_dim = create_encoder(config.model.backbone)
-    total = STEPS_PER_EPOCH * EPOCHS
-    ctx = Context(
-        encoder=encoder,
-        feature_dim=feature_dim,
-        total_steps=total,
-        global_batch=B,
-        num_examples=B * STEPS_PER_EPOCH,
-        steps_per_epoch=STEPS_PER_EPOCH,
-    )
-    obj = create_objective(config, ctx)
-    tx, _ = optim.create_optimizer(config, total, STEPS_PER_EPOCH, obj.frozen_heads, freeze_steps=obj.freeze_steps)
-    enc = encoder.init(jax.random.PRNGKey(2), jnp.zeros((2, 12, 12, 3)), train=False)
-    heads, obj_state = obj.init(jax.random.PRNGKey(3), enc)
-    params = {'encoder': enc['params'], **heads['params']}
-    stats = {'encoder': enc['batch_stats'], **heads['batch_stats']}
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step_fn(params, stats, opt_state, obj_state, step, vs):
-        def loss_fn(p):
-            return obj.loss(
-                {'params': p, 'batch_stats': stats}, obj_state, vs, {}, jax.random.fold_in(jax.random.PRNGKey(4), step)
-            )
-
-        (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        params, obj_state = obj.update(params, out.objective_state, step + 1)
-        return params, out.batch_stats, opt_state, obj_state, out.metrics
-
-    history = []
-    for step in range(steps):
-        params, stats, opt_state, obj_state, metrics = step_fn(params, stats, opt_state, obj_state, step, views(step))
-        history.append({k: float(v) for k, v in metrics.items()})
-    return history
+    return run_recipe_steps(config, views, steps, rng=lambda step: jax.random.fold_in(jax.random.PRNGKey(4), step))[1]
 
 
 BEFORE = dict(name='sgd', lr=0.3, weight_decay=1e-4, exclude_bias_and_norm=False)  # the recipe before the fix

@@ -73,7 +73,7 @@ SCRIPT = r'''
 import json, sys, os, tempfile, jax, numpy as np
 sys.path.insert(0, 'tests')
 from conftest import tiny_config
-from ssljax import checkpoint as ckpt_lib, parallel, train
+from ssljax import checkpoint as ckpt_lib, configure, parallel, train
 from ssljax.data import pipeline
 assert jax.device_count() == 8, jax.devices()
 mode, methods, steps = sys.argv[1], sys.argv[2].split(','), int(sys.argv[3])
@@ -103,7 +103,7 @@ def config_for(method, mesh):
 
 def build(method, mesh):
     config = config_for(method, mesh)
-    m = parallel.mesh_from_config(config)
+    m = configure.mesh_from_config(config)
     data = pipeline.load_train_data(config, m)
     exp = train.build_experiment(config, m, data.num_examples, 10)
     return exp, data
@@ -355,7 +355,7 @@ MOCO_HLO = r'''
 import json, re, sys, jax
 sys.path.insert(0, 'tests')
 from conftest import tiny_config
-from ssljax import parallel, train
+from ssljax import configure, parallel, train
 from ssljax.data import pipeline
 from ssljax.objectives import moco
 res = {}
@@ -364,7 +364,7 @@ for way in ('global_vmap', 'shard_map'):
         moco.MoCoV2.global_groups = property(lambda self: False)
     c = tiny_config('mocov2', **{'objective.queue_size': 64, 'model.backbone': 'resnet_mini'})
     c.mesh, c.sharding_min_size_mb = (('data', 2), ('fsdp', 4)), 0.0
-    mesh = parallel.mesh_from_config(c)
+    mesh = configure.mesh_from_config(c)
     data = pipeline.load_train_data(c, mesh)
     exp = train.build_experiment(c, mesh, data.num_examples, 10)
     state = train.init_state(exp)

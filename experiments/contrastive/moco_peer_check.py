@@ -98,7 +98,7 @@ def _stub_torchvision_if_missing() -> bool:
             return module
 
         def exec_module(self, module):
-            pass
+            """Nothing to execute: every attribute comes from _StubModule.__getattr__."""
 
     sys.meta_path.insert(0, _Finder())
     return True
