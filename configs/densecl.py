@@ -9,7 +9,9 @@ the embedded budget's LARS lr 1.0, as MoCo v2's embedded recipe (configs/mocov2.
     python -m ssljax.main --config configs/densecl.py --workdir workdirs/densecl_mnist
 Measured, 15 epochs (`--config.epochs=15`, 2 CPU cores at load 10-14, 1016 s): kNN 80.1 / linear 90.4 / online probe
 73.6, loss 6.825 at step 15 -> 5.502 at 225; loss_lambda 0 (no dense branch): 81.2 / 92.1 / 77.0 (before the
-centred necks: 49.9 / 82.6 / 31.6, and 62.8 kNN at loss_lambda 0; experiments/contrastive/README.md).
+centred necks: 49.9 / 82.6 / 31.6, and 62.8 kNN at loss_lambda 0; experiments/contrastive/README.md). At the
+reference's 7 x 7 grid (`--config.model.cifar_stem=true`, 639 s at load 3.6) the dense branch costs more: 59.0 / 80.8
+/ part-level 37.7 against 66.9 / 87.4 / 40.7 at loss_lambda 0 (random init 35.7 / 54.8; cause not established).
 CIFAR-10 image folders with the reference's settings (WXinlong/DenseCL configs/selfsup/densecl/
 densecl_imagenet_200ep.py: SGD lr 0.03 x B/256, momentum 0.9, wd 1e-4 on every parameter, cosine to 0, batch 256
 on 8 GPUs (bn_groups 8), momentum 0.999, tau 0.2, lambda 0.5, necks 2048-2048-128 (fc and 1x1 conv, no BN); views:
