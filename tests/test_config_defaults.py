@@ -90,3 +90,10 @@ def test_every_default_is_a_plain_config_value(method):
     """Defaults are what a ConfigDict holds and ``--config.objective.KEY=...`` parses: bool, int, float, str, tuple."""
     for key, value in OBJECTIVES[method].config_defaults().items():
         assert isinstance(value, (bool, int, float, str, tuple)), (method, key, value)
+
+
+def test_parallel_default_mesh_is_the_config_default():
+    """parallel imports nothing of ssljax, so it keeps its own copy of the default mesh; the two must agree."""
+    from ssljax import config_lib, parallel
+
+    assert tuple(parallel.DEFAULT_MESH) == tuple(tuple(a) for a in config_lib.SCALE_DEFAULTS['mesh'])
